@@ -1,0 +1,237 @@
+"""The `clipsearch` command: arguments, exit codes and progress, over the library calls.
+
+Exit codes: 0 done; 1 nothing to search or nothing found (no index, empty
+index or folder, nothing above --threshold); 2 bad input (missing folder or
+file, unusable query, model not available, unknown device); 3 the index
+cannot be used as asked (built with another model, written by a newer
+clipsearch, not an index); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+from . import __version__
+from . import indexer, search
+from .encoder import DEVICES, MODEL_ENV, ModelError
+from .output import Format, show_hits, show_index_report, show_info, stderr
+from .store import DB_ENV, ModelMismatchError, MissingIndexError, NewerSchemaError, Store, StoreError
+
+EXIT_NOTHING = 1
+EXIT_BAD_INPUT = 2
+EXIT_INDEX = 3
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(
+    help="Search your photo library by meaning with CLIP. Index a folder once, then find images by "
+         "text or by example.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+DbOption = typer.Option(None, "--db", envvar=DB_ENV, help="Index file [default: ~/.local/share/clipsearch/index.db].",
+                        show_default=False)
+ModelOption = typer.Option(None, "--model", "-m", envvar=MODEL_ENV, show_default=False,
+                           help="Hugging Face model id or local folder [default: the index's model, "
+                                "else laion/CLIP-ViT-B-32-laion2B-s34B-b79K].")
+DeviceOption = typer.Option(None, "--device", help=f"One of {', '.join(DEVICES)} [default: the fastest available].",
+                            show_default=False)
+TopOption = typer.Option(10, "--top", "-t", min=1, help="How many results.")
+InOption = typer.Option(None, "--in", help="Only images under this folder.", show_default=False)
+ThresholdOption = typer.Option(None, "--threshold", help="Only results scoring at least this (cosine, -1..1). "
+                               "Good values depend on the model and the query.", show_default=False)
+JsonOption = typer.Option(False, "--json", help="Print JSON for programs.")
+PathsOption = typer.Option(False, "--paths", "-p", help="Print bare paths, one a line, for pipes.")
+
+
+def _format(json_: bool, paths: bool) -> Format:
+    if json_ and paths:
+        raise typer.BadParameter("--json and --paths cannot be used together.")
+    return Format.json if json_ else Format.paths if paths else Format.table
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Library errors become one clear line on stderr and a meaningful exit code."""
+    try:
+        yield
+    except (search.EmptyIndexError, MissingIndexError) as exc:
+        _fail(exc, EXIT_NOTHING)
+    except (ModelMismatchError, NewerSchemaError, StoreError) as exc:
+        _fail(exc, EXIT_INDEX)
+    except (ModelError, search.QueryError, indexer.IndexingError) as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        stderr.print("[yellow]Interrupted.[/] Work done so far is saved; run the same command again to continue.")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _fail(exc: Exception, code: int) -> None:
+    stderr.print(f"[red]error:[/] {escape(str(exc))}")
+    raise typer.Exit(code) from None
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.1f} img/s" if speed else "", style="cyan")
+
+
+class _RichProgress(indexer.Progress):
+    """Draws the index job's progress on stderr and prints each skipped file above the bar."""
+
+    def __init__(self, bar: Progress | None):
+        self.bar = bar
+        self.task = None
+
+    def scanned(self, changes) -> None:
+        message = (f"Found {changes.seen} images: {len(changes.to_index)} to index, {changes.unchanged} unchanged, "
+                   f"{len(changes.gone)} gone.")
+        stderr.print(message)
+        if self.bar is not None and changes.to_index:
+            self.task = self.bar.add_task("Indexing", total=len(changes.to_index))
+
+    def advance(self, count: int = 1) -> None:
+        if self.bar is not None and self.task is not None:
+            self.bar.advance(self.task, count)
+
+    def skipped(self, path: str, reason: str) -> None:
+        stderr.print(f"[yellow]skipped[/] {escape(path)}: {escape(reason)}")
+
+    def model_loading(self, model_id: str) -> None:
+        stderr.print(f"Loading model {escape(model_id)}...")
+
+
+@app.command("index")
+def index_command(
+    folders: list[Path] = typer.Argument(..., help="Folders to index (recursively).", show_default=False),
+    exclude: list[str] = typer.Option([], "--exclude", "-x", help="Glob of file/folder names or paths to skip, "
+                                      "added to the defaults (hidden files, @eaDir, node_modules...). Repeatable."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model call."),
+    workers: int = typer.Option(min(8, os.cpu_count() or 2), "--workers", min=1, help="Decoding threads."),
+    follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Descend into symlinked folders."),
+    max_megapixels: float = typer.Option(250.0, "--max-megapixels", help="Skip images larger than this."),
+    db: Optional[Path] = DbOption,
+    model: Optional[str] = ModelOption,
+    device: Optional[str] = DeviceOption,
+    json_: bool = JsonOption,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Add new and changed images under FOLDERS to the index, and drop deleted ones.
+
+    Unchanged files are skipped without reading them; renamed and copied files reuse their vector.
+    Safe to interrupt: the next run continues where this one stopped.
+    """
+    options = indexer.IndexOptions(batch_size, workers, tuple(exclude), follow_symlinks, max_megapixels)
+    with _errors():
+        bar = None if quiet or not stderr.is_terminal else Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
+            TimeRemainingColumn(), console=stderr, transient=True,
+        )
+        with Store.open(db) as store:
+            if bar is not None:
+                with bar:
+                    report = indexer.index_folders(folders, store, model, device, options, _RichProgress(bar))
+            else:
+                report = indexer.index_folders(folders, store, model, device, options, _RichProgress(None))
+        show_index_report(report, Format.json if json_ else Format.table)
+
+
+def _encoder_factory(store: Store, model: str | None, device: str | None):
+    model_id = indexer.resolve_model(store, model)
+
+    def load():
+        from .encoder import Encoder
+
+        return Encoder.load(model_id, device)
+
+    return load
+
+
+@app.command("find")
+def find_command(
+    query: list[str] = typer.Argument(..., help='Words, image paths, "+", "-" and "N:" weights, e.g. '
+                                      '"a dog" + "on a beach", "2:sunset" - "people", ./cat.jpg + "in snow".',
+                                      show_default=False),
+    top: int = TopOption,
+    folder: Optional[Path] = InOption,
+    threshold: Optional[float] = ThresholdOption,
+    db: Optional[Path] = DbOption,
+    model: Optional[str] = ModelOption,
+    device: Optional[str] = DeviceOption,
+    json_: bool = JsonOption,
+    paths: bool = PathsOption,
+) -> None:
+    """Find images matching a description (and/or example images), best first."""
+    fmt = _format(json_, paths)
+    with _errors(), Store.open(db, create=False) as store:
+        hits = search.find(query, store, _encoder_factory(store, model, device), top,
+                           str(folder) if folder else None, threshold)
+        show_hits(hits, fmt)
+        if not hits:
+            raise typer.Exit(EXIT_NOTHING)
+
+
+@app.command("similar")
+def similar_command(
+    image: Path = typer.Argument(..., help="An image file, indexed or not.", show_default=False),
+    top: int = TopOption,
+    folder: Optional[Path] = InOption,
+    threshold: Optional[float] = ThresholdOption,
+    db: Optional[Path] = DbOption,
+    model: Optional[str] = ModelOption,
+    device: Optional[str] = DeviceOption,
+    json_: bool = JsonOption,
+    paths: bool = PathsOption,
+) -> None:
+    """Find the images most like IMAGE (IMAGE itself is not listed)."""
+    fmt = _format(json_, paths)
+    with _errors(), Store.open(db, create=False) as store:
+        hits = search.similar(image, store, _encoder_factory(store, model, device), top,
+                              str(folder) if folder else None, threshold)
+        show_hits(hits, fmt)
+        if not hits:
+            raise typer.Exit(EXIT_NOTHING)
+
+
+@app.command("info")
+def info_command(db: Optional[Path] = DbOption, json_: bool = JsonOption) -> None:
+    """Where the index is, which model built it and how many images it holds."""
+    with _errors(), Store.open(db, create=False) as store:
+        recorded = store.model()
+        info = {
+            "index": str(store.path),
+            "model": recorded[0] if recorded else None,
+            "dimensions": recorded[1] if recorded else None,
+            "images": store.count(),
+            "failed_files": store.db["failures"].count,
+            "schema_version": store.schema_version(),
+            "size_bytes": sum(p.stat().st_size for p in store.path.parent.glob(store.path.name + "*")),
+        }
+        show_info(info, Format.json if json_ else Format.table)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"clipsearch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Show the version and exit.")) -> None:
+    """Search your photo library by meaning with CLIP."""
+
+
+def main() -> None:
+    app()

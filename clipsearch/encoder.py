@@ -1,0 +1,186 @@
+"""Loading a CLIP-family model and turning pixels and texts into unit vectors.
+
+Any Hugging Face checkpoint with `get_image_features` / `get_text_features`
+(CLIP, SigLIP, ...) works, by Hub id or local directory, through the same
+`from_pretrained` calls. torch and transformers are imported only when a model
+is actually needed, so database-only commands start instantly.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .images import Preprocess
+
+# LAION's ViT-B/32: the same cost as OpenAI's (one 224px pass, 512-d vectors) but
+# better at retrieval: 66.6% vs 63% ImageNet zero-shot, and 68.8% vs 59.4%
+# text-to-image recall on Crossmodal-3600 in immich's measurements.
+DEFAULT_MODEL = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
+MODEL_ENV = "CLIPSEARCH_MODEL"
+DEVICES = ("cuda", "mps", "cpu")
+
+
+class ModelError(Exception):
+    """The model cannot be loaded or used; the message says what to do."""
+
+
+def model_id_from(name: str | None) -> str:
+    """The model the user asked for: argument, else $CLIPSEARCH_MODEL, else the default.
+
+    A local directory is recorded by its absolute path, so the index knows it
+    whichever folder the command is run from.
+    """
+    name = name or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    expanded = os.path.expanduser(name)
+    if os.path.isdir(expanded):
+        return os.path.abspath(expanded)
+    return name
+
+
+def pick_device(requested: str | None = None) -> str:
+    """CUDA, then Apple MPS, then CPU; or exactly what was requested, if it is there."""
+    import torch
+
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "mps": getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(),
+        "cpu": True,
+    }
+    if requested:
+        kind = requested.split(":")[0]
+        if kind not in available:
+            raise ModelError(f"Unknown device '{requested}'. Use one of: {', '.join(DEVICES)}.")
+        if not available[kind]:
+            raise ModelError(f"Device '{requested}' is not available on this machine (this torch build: "
+                             f"{torch.__version__}). Leave out --device to pick automatically.")
+        return requested
+    return next(kind for kind in DEVICES if available[kind])
+
+
+def _preprocess_from_config(config: dict) -> tuple[Preprocess, np.ndarray, np.ndarray]:
+    """Our decode settings from a Hugging Face image-processor config (CLIP or SigLIP style)."""
+    size = config.get("size") or {}
+    if isinstance(size, int):
+        size = {"shortest_edge": size}
+    crop = config.get("crop_size") or {}
+    if isinstance(crop, int):
+        crop = {"height": crop, "width": crop}
+    if "shortest_edge" in size:
+        short = int(size["shortest_edge"])
+        if not config.get("do_center_crop", True) or not crop:
+            crop = {"height": short, "width": short}
+        prep = Preprocess(short, int(crop["height"]), int(crop["width"]), int(config.get("resample", 3)))
+    else:  # SigLIP-style: a fixed height x width; keep the aspect ratio and centre-crop
+        height, width = int(size.get("height", 224)), int(size.get("width", 224))
+        prep = Preprocess(min(height, width), height, width, int(config.get("resample", 3)))
+    mean = np.array(config.get("image_mean", [0.5, 0.5, 0.5]), dtype=np.float32)
+    std = np.array(config.get("image_std", [0.5, 0.5, 0.5]), dtype=np.float32)
+    if not config.get("do_normalize", True):
+        mean, std = np.zeros(3, np.float32), np.ones(3, np.float32)
+    return prep, mean, std
+
+
+def _offline_message(model_id: str, error: Exception) -> str:
+    looks_like_folder = os.path.isabs(model_id) or model_id.startswith((".", "~")) or model_id.count("/") > 1
+    if looks_like_folder:
+        return (f"Model folder '{model_id}' does not exist or is not a complete model "
+                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
+                f"Pass a folder saved with save_pretrained, or a Hugging Face model id.")
+    return (
+        f"Model '{model_id}' is not on this machine and could not be downloaded "
+        f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}).\n"
+        f"Fix: run clipsearch once with network access so the weights are cached "
+        f"(~/.cache/huggingface), or download them elsewhere and pass the folder: --model /path/to/model"
+    )
+
+
+@dataclass
+class Encoder:
+    """A loaded model on a device. Create it with `Encoder.load`."""
+
+    model_id: str
+    device: str
+    dim: int
+    preprocess: Preprocess
+    _model: object
+    _tokenizer: object
+    _mean: object  # torch tensors on the device, shape 1x3x1x1
+    _std: object
+    _dtype: object
+    _pad_to_max: bool
+
+    @classmethod
+    def load(cls, model: str | None = None, device: str | None = None) -> Encoder:
+        """Load weights, tokenizer and image-processor config by Hub id or local folder."""
+        model_id = model_id_from(model)
+        device = pick_device(device)
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.image_processing_base import ImageProcessingMixin
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()  # we draw our own
+
+        dtype = torch.float16 if device.startswith(("cuda", "mps")) else torch.float32
+        try:
+            network = AutoModel.from_pretrained(model_id, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(model_id)
+            processor_config, _ = ImageProcessingMixin.get_image_processor_dict(model_id)
+        except (OSError, ValueError) as exc:
+            raise ModelError(_offline_message(model_id, exc)) from exc
+        if not (hasattr(network, "get_image_features") and hasattr(network, "get_text_features")):
+            raise ModelError(f"'{model_id}' is a {type(network).__name__}, not a CLIP-style model with "
+                             f"image and text towers. Choose a CLIP or SigLIP checkpoint.")
+        network.eval().to(device)
+        prep, mean, std = _preprocess_from_config(processor_config)
+        dim = int(getattr(network.config, "projection_dim", 0) or network.config.text_config.hidden_size)
+        return cls(
+            model_id=model_id, device=device, dim=dim, preprocess=prep, _model=network, _tokenizer=tokenizer,
+            _mean=torch.from_numpy(mean).view(1, 3, 1, 1).to(device, dtype),
+            _std=torch.from_numpy(std).view(1, 3, 1, 1).to(device, dtype),
+            _dtype=dtype,
+            _pad_to_max=network.config.model_type.startswith("siglip"),
+        )
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 batch (n x H x W x 3, as made by images.decode) -> float32 unit vectors (n x dim)."""
+        import torch
+
+        with torch.inference_mode():
+            batch = torch.from_numpy(np.ascontiguousarray(pixels))
+            if self.device.startswith("cuda"):
+                batch = batch.pin_memory()
+            batch = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).to(self._dtype)
+            batch = (batch / 255 - self._mean) / self._std
+            features = self._model.get_image_features(pixel_values=batch).pooler_output
+            return _unit_rows(features)
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Texts -> float32 unit vectors (n x dim)."""
+        import torch
+
+        tokens = self._tokenizer(
+            texts,
+            padding="max_length" if self._pad_to_max else True,
+            truncation=True,
+            max_length=self._max_text_tokens(),
+            return_tensors="pt",
+        ).to(self.device)
+        with torch.inference_mode():
+            features = self._model.get_text_features(**tokens).pooler_output
+            return _unit_rows(features)
+
+    def _max_text_tokens(self) -> int:
+        config = self._model.config.text_config
+        return int(getattr(config, "max_position_embeddings", 77))
+
+
+def _unit_rows(features) -> np.ndarray:
+    import torch
+
+    features = torch.nn.functional.normalize(features.float(), dim=-1)
+    return features.cpu().numpy()
+

@@ -1,0 +1,170 @@
+"""Opening image files safely and turning them into model-sized pixel arrays.
+
+Everything here is model-agnostic: the caller says how many pixels it wants
+(`Preprocess`), and this module decodes as few as it can (JPEG draft mode),
+applies EXIF orientation, guards against decompression bombs and reports
+every failure as an `ImageError` whose message names the problem.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+try:  # HEIC/HEIF from phones; Pillow itself reads AVIF.
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+except ImportError:  # pragma: no cover - optional at runtime
+    pillow_heif = None
+
+# We enforce our own, clearer pixel limit (see `decode`).
+Image.MAX_IMAGE_PIXELS = None
+
+_CANDIDATE_EXTENSIONS = {
+    ".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
+    ".heic", ".heif", ".avif",
+}
+
+DEFAULT_MAX_MEGAPIXELS = 250.0
+
+
+def supported_extensions() -> frozenset[str]:
+    """Lower-case extensions (with dot) that the installed Pillow plugins can open."""
+    readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    return frozenset(_CANDIDATE_EXTENSIONS & readable)
+
+
+class ImageError(Exception):
+    """A file that cannot be turned into pixels; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a model wants its pixels: resize the short side, then centre-crop."""
+
+    shortest_edge: int = 224
+    crop_height: int = 224
+    crop_width: int = 224
+    resample: int = Image.Resampling.BICUBIC
+
+
+@dataclass
+class DecodedImage:
+    pixels: np.ndarray  # uint8, crop_height x crop_width x 3
+    width: int  # displayed size of the original (after EXIF orientation)
+    height: int
+
+
+def read_bytes(path: str) -> bytes:
+    """Read a whole file, translating OS errors into reasons a person understands."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise ImageError("vanished during the run") from None
+    except PermissionError:
+        raise ImageError("permission denied (check the file's read permission)") from None
+    except IsADirectoryError:
+        raise ImageError("is a directory") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    return data
+
+
+def _flatten_to_rgb(image: Image.Image) -> Image.Image:
+    """RGB without surprises: transparent areas become white, not black."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16-bit greyscale (some TIFF/PNG scans): scale down to 8 bits first.
+        array = np.asarray(image, dtype=np.float32)
+        peak = float(array.max()) or 1.0
+        return Image.fromarray((array * (255.0 / max(peak, 255.0))).astype(np.uint8)).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_oriented(
+    data: bytes, min_short_side: int | None = None, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+) -> Image.Image:
+    """Decode `data` upright, as RGB, decoding JPEGs at reduced size when allowed.
+
+    `min_short_side` is the smallest short side the caller needs; JPEGs are then
+    decoded with Pillow's draft mode (DCT scaling by 1/2, 1/4 or 1/8), which is
+    several times faster than a full decode followed by a resize.
+    """
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_megapixels * 1_000_000:
+            raise ImageError(
+                f"too large ({width}x{height}, {width * height / 1e6:.0f} MP > "
+                f"{max_megapixels:g} MP limit; raise it with --max-megapixels)"
+            )
+        if min_short_side and image.format == "JPEG":
+            scale = min(width, height) / min_short_side
+            if scale >= 2:
+                image.draft("RGB", (int(width / scale) + 1, int(height / scale) + 1))
+        image = ImageOps.exif_transpose(image)  # loads the pixels
+        return _flatten_to_rgb(image)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError("not an image (format not recognised)") from None
+    except Image.DecompressionBombError as exc:  # pragma: no cover - limit disabled above
+        raise ImageError(f"too large: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        message = str(exc) or type(exc).__name__
+        if "truncated" in message:
+            raise ImageError("truncated or incomplete file") from None
+        raise ImageError(f"corrupt image ({message})") from None
+
+
+def displayed_size(data: bytes) -> tuple[int, int]:
+    """Width and height as a viewer shows them (EXIF orientation applied), from the header only."""
+    image = Image.open(io.BytesIO(data))
+    width, height = image.size
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # broken EXIF blocks are common and harmless here
+        orientation = 1
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def to_model_pixels(image: Image.Image, prep: Preprocess) -> np.ndarray:
+    """Resize the short side to `prep.shortest_edge`, centre-crop, return uint8 HxWx3."""
+    width, height = image.size
+    scale = prep.shortest_edge / min(width, height)
+    new_size = (max(prep.crop_width, round(width * scale)), max(prep.crop_height, round(height * scale)))
+    if new_size != image.size:
+        image = image.resize(new_size, prep.resample, reducing_gap=3.0)
+    left = (new_size[0] - prep.crop_width) // 2
+    top = (new_size[1] - prep.crop_height) // 2
+    image = image.crop((left, top, left + prep.crop_width, top + prep.crop_height))
+    return np.asarray(image, dtype=np.uint8)
+
+
+def decode(data: bytes, prep: Preprocess, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> DecodedImage:
+    """Bytes of an image file to model pixels plus the original's displayed size."""
+    try:
+        width, height = displayed_size(data)
+    except UnidentifiedImageError:
+        raise ImageError("not an image (format not recognised)") from None
+    except Exception as exc:
+        raise ImageError(f"corrupt image ({exc})") from None
+    image = open_oriented(data, prep.shortest_edge, max_megapixels)
+    return DecodedImage(to_model_pixels(image, prep), width, height)
+
+
+def decode_file(path: str | os.PathLike, prep: Preprocess, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> DecodedImage:
+    return decode(read_bytes(os.fspath(path)), prep, max_megapixels)

@@ -1,0 +1,254 @@
+"""The index job: scan -> read, hash and decode in a thread pool -> batched encode -> store.
+
+Decoding (Pillow) and inference (torch) both release the GIL, so a thread
+pool keeps the model fed while it works on the previous batch. Each batch is
+committed on its own, so an interrupted run resumes where it stopped. The
+model is loaded only when some file's content has never been embedded: a
+re-run over an unchanged, renamed or copied library does no model work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import images
+from .encoder import Encoder, model_id_from
+from .scan import Changes, FileEntry, compare, walk_images
+from .store import ImageRecord, Store, encode_vector, normalise_path
+
+
+class IndexingError(Exception):
+    """The job cannot start (a folder is missing, ...); the message says why."""
+
+
+@dataclass
+class IndexOptions:
+    batch_size: int = 32
+    workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 2))
+    exclude: tuple[str, ...] = ()
+    follow_symlinks: bool = False
+    max_megapixels: float = images.DEFAULT_MAX_MEGAPIXELS
+
+
+@dataclass
+class IndexReport:
+    scanned: int = 0
+    new: int = 0
+    updated: int = 0
+    reused: int = 0  # renamed or copied files that got a stored vector
+    removed: int = 0
+    unchanged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    encoded: int = 0  # images that went through the model
+    seconds: float = 0.0
+    model_loaded: bool = False
+    interrupted: bool = False
+
+    @property
+    def images_per_second(self) -> float:
+        return self.encoded / self.seconds if self.seconds else 0.0
+
+
+class Progress:
+    """Hooks the job calls as it goes; the CLI draws a progress bar from them. No-ops here."""
+
+    def scanned(self, changes: Changes) -> None: ...
+
+    def advance(self, count: int = 1) -> None: ...
+
+    def skipped(self, path: str, reason: str) -> None: ...
+
+    def model_loading(self, model_id: str) -> None: ...
+
+
+@dataclass
+class _Reused:
+    entry: FileEntry
+    digest: str
+
+
+@dataclass
+class _Decoded:
+    entry: FileEntry
+    digest: str
+    image: images.DecodedImage
+
+
+@dataclass
+class _Failed:
+    entry: FileEntry
+    reason: str
+
+
+class _LazyEncoder:
+    """Loads the model the first time a worker needs its pixel settings; thread-safe."""
+
+    def __init__(self, model_id: str, device: str | None, progress: Progress):
+        self.model_id, self.device, self.progress = model_id, device, progress
+        self.encoder: Encoder | None = None
+        self._error: Exception | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Encoder:
+        with self._lock:
+            if self._error is not None:  # fail every worker the same way, without retrying
+                raise self._error
+            if self.encoder is None:
+                self.progress.model_loading(self.model_id)
+                try:
+                    self.encoder = Encoder.load(self.model_id, self.device)
+                except Exception as exc:
+                    self._error = exc
+                    raise
+            return self.encoder
+
+
+def _prepare(entry: FileEntry, known_hashes: set[str], lazy: _LazyEncoder, max_megapixels: float):
+    """Worker: read once, hash, and decode only content the index has never seen."""
+    try:
+        data = images.read_bytes(entry.path)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in known_hashes:
+            return _Reused(entry, digest)
+        return _Decoded(entry, digest, images.decode(data, lazy.get().preprocess, max_megapixels))
+    except images.ImageError as exc:
+        return _Failed(entry, str(exc))
+
+
+def resolve_model(store: Store, model: str | None) -> str:
+    """Explicit --model / $CLIPSEARCH_MODEL, else the model the index was built with, else the default."""
+    recorded = store.model()
+    if model is None and not os.environ.get("CLIPSEARCH_MODEL") and recorded:
+        return recorded[0]
+    model_id = model_id_from(model)
+    store.check_model(model_id)
+    return model_id
+
+
+def index_folders(
+    folders: Iterable[str | os.PathLike],
+    store: Store,
+    model: str | None = None,
+    device: str | None = None,
+    options: IndexOptions | None = None,
+    progress: Progress | None = None,
+    encoder: Encoder | None = None,
+) -> IndexReport:
+    """Bring the index up to date with `folders`: add new and changed images, drop deleted ones."""
+    options = options or IndexOptions()
+    progress = progress or Progress()
+    started = time.perf_counter()
+    roots = [normalise_path(folder) for folder in folders]
+    for root in roots:
+        if not os.path.isdir(root):
+            raise IndexingError(f"{root} is not a folder (is the drive mounted?). Nothing was changed.")
+    model_id = encoder.model_id if encoder else resolve_model(store, model)
+    store.check_model(model_id)
+
+    report = IndexReport()
+
+    def scan_error(path: str, reason: str) -> None:
+        report.skipped.append((path, reason))
+        progress.skipped(path, reason)
+
+    entries = walk_images(roots, options.exclude, options.follow_symlinks, on_error=scan_error)
+    indexed = store.files_under(roots)
+    changes = compare(entries, indexed, store.failures_under(roots))
+    report.scanned, report.unchanged = changes.seen, changes.unchanged
+    for path, reason in changes.known_bad:
+        report.skipped.append((path, f"{reason} (unchanged since last run)"))
+    progress.scanned(changes)
+
+    lazy = _LazyEncoder(model_id, device, progress)
+    lazy.encoder = encoder
+    try:
+        _process(changes.to_index, set(indexed), store, lazy, options, progress, report)
+    except KeyboardInterrupt:
+        report.interrupted = True
+        report.seconds = time.perf_counter() - started
+        raise
+    finally:
+        report.model_loaded = lazy.encoder is not None and encoder is None
+    report.removed = store.remove(changes.gone)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _process(to_index: list[FileEntry], previously_indexed: set[str], store: Store, lazy: _LazyEncoder,
+             options: IndexOptions, progress: Progress, report: IndexReport) -> None:
+    if not to_index:
+        return
+    known_hashes = store.known_hashes()
+    pending_pixels: list[_Decoded] = []
+    pending_records: list[ImageRecord] = []
+    pending_failures: list[tuple[str, int, int, str]] = []
+
+    def count_stored(entry: FileEntry) -> None:
+        if entry.path in previously_indexed:
+            report.updated += 1
+        else:
+            report.new += 1
+
+    def flush(encode_all: bool) -> None:
+        while pending_pixels and (encode_all or len(pending_pixels) >= options.batch_size):
+            batch = pending_pixels[:options.batch_size]
+            del pending_pixels[:options.batch_size]
+            encoder = lazy.get()
+            vectors = encoder.embed_pixels(np.stack([item.image.pixels for item in batch]))
+            store.set_model(encoder.model_id, encoder.dim)
+            for item, vector in zip(batch, vectors):
+                pending_records.append(ImageRecord(
+                    item.entry.path, item.entry.size, item.entry.mtime_ns, item.digest,
+                    item.image.width, item.image.height, encode_vector(vector),
+                ))
+                count_stored(item.entry)
+            report.encoded += len(batch)
+            progress.advance(len(batch))
+        if (encode_all or len(pending_records) >= options.batch_size) and (pending_records or pending_failures):
+            store.write(pending_records, pending_failures)
+            pending_records.clear()
+            pending_failures.clear()
+
+    window = max(options.batch_size * 2, options.workers * 4)
+    in_flight: deque[Future] = deque()
+    queue = iter(to_index)
+    with ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="decode") as pool:
+        try:
+            while True:
+                while len(in_flight) < window:
+                    entry = next(queue, None)
+                    if entry is None:
+                        break
+                    in_flight.append(pool.submit(_prepare, entry, known_hashes, lazy, options.max_megapixels))
+                if not in_flight:
+                    break
+                result = in_flight.popleft().result()
+                if isinstance(result, _Failed):
+                    pending_failures.append((result.entry.path, result.entry.size, result.entry.mtime_ns, result.reason))
+                    report.skipped.append((result.entry.path, result.reason))
+                    progress.skipped(result.entry.path, result.reason)
+                    progress.advance()
+                elif isinstance(result, _Reused):
+                    vector, width, height = store.vector_for_hash(result.digest)
+                    pending_records.append(ImageRecord(
+                        result.entry.path, result.entry.size, result.entry.mtime_ns, result.digest, width, height, vector,
+                    ))
+                    report.reused += 1
+                    progress.advance()
+                else:
+                    pending_pixels.append(result)
+                flush(encode_all=False)
+            flush(encode_all=True)
+        except BaseException:
+            for future in in_flight:
+                future.cancel()
+            raise

@@ -1,0 +1,213 @@
+"""Queries: parsing combined terms, embedding them, ranking stored vectors.
+
+A query is a sum of weighted terms, like rclip's: `"horse" + "stripes"`,
+`"apple" - "fruit"`, `"2:golden retriever"`, and image paths as terms
+(`./cat.jpg + "in snow"`). Each term is embedded and L2-normalised, the
+weighted sum is normalised again, and images are ranked by dot product with
+it (cosine similarity, since stored vectors are unit length).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import images
+from .store import Store, StoreError, Vectors, normalise_path
+
+_WEIGHT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(.+)$", re.S)
+_OPERATOR = re.compile(r"\s+([+-])\s+")
+
+
+class QueryError(Exception):
+    """The query cannot be run; the message says why."""
+
+
+class EmptyIndexError(QueryError):
+    """Nothing to search: the index (or the folder asked for) holds no images."""
+
+
+@dataclass(frozen=True)
+class Term:
+    text: str  # the words, or an image path when `is_image`
+    weight: float = 1.0
+    is_image: bool = False
+
+
+@dataclass
+class Hit:
+    path: str
+    score: float
+    width: int | None = None
+    height: int | None = None
+    size: int | None = None
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "score": round(self.score, 6), "width": self.width,
+                "height": self.height, "size": self.size}
+
+
+def _looks_like_image_path(text: str) -> bool:
+    extension = os.path.splitext(text)[1].lower()
+    return extension in images.supported_extensions() and os.path.isfile(os.path.expanduser(text))
+
+
+def parse_query(parts: Sequence[str]) -> list[Term]:
+    """Command-line words to weighted terms.
+
+    `+` and `-` work as separate words (`find cat + snow`) or inside one quoted
+    argument when surrounded by spaces (`find "cat + snow"`); a hyphen inside a
+    word (`t-shirt`) is just text. `N:` before a term multiplies it by N.
+    """
+    tokens: list[str] = []
+    for part in parts:
+        tokens.extend(t for t in _OPERATOR.split(part) if t.strip())
+    terms: list[Term] = []
+    sign = 1.0
+    words: list[str] = []
+
+    def finish_term() -> None:
+        nonlocal sign
+        if not words:
+            return
+        text = " ".join(words).strip()
+        weight = 1.0
+        match = _WEIGHT.match(text)
+        if match:
+            weight, text = float(match.group(1)), match.group(2).strip()
+        terms.append(Term(text, sign * weight, _looks_like_image_path(text)))
+        words.clear()
+        sign = 1.0
+
+    for token in tokens:
+        if token in ("+", "-"):
+            if not words and not terms and token == "+":
+                continue
+            finish_term()
+            sign = -1.0 if token == "-" else 1.0
+        else:
+            words.append(token)
+    finish_term()
+    if not terms:
+        raise QueryError("Empty query. Give some words, an image path, or both: clipsearch find \"a red car\"")
+    if all(term.weight <= 0 for term in terms):
+        raise QueryError("A query needs at least one term to add, not only terms to subtract.")
+    return terms
+
+
+def combine(vectors: np.ndarray, weights: Sequence[float]) -> np.ndarray:
+    """Weighted sum of unit vectors, normalised to unit length."""
+    combined = (np.asarray(weights, dtype=np.float32)[:, None] * vectors).sum(axis=0)
+    norm = float(np.linalg.norm(combined))
+    if norm < 1e-6:
+        raise QueryError("The query's terms cancel each other out; change the weights.")
+    return combined / norm
+
+
+def top_k(matrix: np.ndarray, query: np.ndarray, k: int, exclude: set[int] = frozenset()) -> list[tuple[int, float]]:
+    """Indices and scores of the k best rows, best first, without sorting every row."""
+    scores = matrix @ query.astype(np.float32)
+    for row in exclude:
+        scores[row] = -np.inf
+    k = min(k, len(scores) - len(exclude))
+    if k <= 0:
+        return []
+    best = np.argpartition(-scores, k - 1)[:k]
+    best = best[np.argsort(-scores[best], kind="stable")]
+    return [(int(i), float(scores[i])) for i in best]
+
+
+def _load_vectors(store: Store, folder: str | None) -> Vectors:
+    if folder is not None:
+        folder = normalise_path(folder)
+        if not os.path.isdir(folder) and store.count(folder) == 0:
+            raise QueryError(f"{folder} is not a folder, and nothing under it is indexed.")
+    vectors = store.vectors(folder)
+    if not len(vectors):
+        where = f" under {folder}" if folder else ""
+        raise EmptyIndexError(f"No images indexed{where} in {store.path}. Run: clipsearch index {folder or 'DIR'}")
+    return vectors
+
+
+def _hits(store: Store, vectors: Vectors, ranked: list[tuple[int, float]], threshold: float | None) -> list[Hit]:
+    kept = [(int(vectors.ids[i]), score) for i, score in ranked if threshold is None or score >= threshold]
+    rows = store.image_rows([image_id for image_id, _ in kept])
+    return [
+        Hit(rows[image_id]["path"], score, rows[image_id]["width"], rows[image_id]["height"], rows[image_id]["size"])
+        for image_id, score in kept
+        if image_id in rows  # removed by a concurrent index run since the vectors were read
+    ]
+
+
+def embed_terms(terms: list[Term], store: Store, get_encoder: Callable) -> np.ndarray:
+    """One unit vector per term: stored vectors for indexed images, the model for the rest."""
+    vectors: list[np.ndarray | None] = []
+    for term in terms:
+        stored = store.vector_for_path(normalise_path(term.text)) if term.is_image else None
+        vectors.append(stored)
+    texts = [t.text for t, v in zip(terms, vectors) if v is None and not t.is_image]
+    new_images = [t.text for t, v in zip(terms, vectors) if v is None and t.is_image]
+    if texts or new_images:
+        encoder = get_encoder()
+        text_vectors = iter(encoder.embed_texts(texts)) if texts else iter(())
+        image_vectors = iter(_embed_files(encoder, new_images)) if new_images else iter(())
+        vectors = [
+            v if v is not None else next(image_vectors if t.is_image else text_vectors)
+            for t, v in zip(terms, vectors)
+        ]
+    return np.stack(vectors)
+
+
+def _embed_files(encoder, paths: list[str]) -> np.ndarray:
+    pixels = []
+    for path in paths:
+        try:
+            pixels.append(images.decode_file(os.path.expanduser(path), encoder.preprocess).pixels)
+        except images.ImageError as exc:
+            raise QueryError(f"Cannot use {path} as a query: {exc}") from None
+    return encoder.embed_pixels(np.stack(pixels))
+
+
+def find(
+    query: Sequence[str] | str,
+    store: Store,
+    get_encoder: Callable,
+    top: int = 10,
+    folder: str | None = None,
+    threshold: float | None = None,
+) -> list[Hit]:
+    """Images best matching a (possibly combined) query, best first.
+
+    `get_encoder` is called only if some term needs the model (text, or an
+    image that is not in the index).
+    """
+    terms = parse_query([query] if isinstance(query, str) else query)
+    vectors = _load_vectors(store, folder)
+    query_vector = combine(embed_terms(terms, store, get_encoder), [t.weight for t in terms])
+    return _hits(store, vectors, top_k(vectors.matrix, query_vector, top), threshold)
+
+
+def similar(
+    image: str | os.PathLike,
+    store: Store,
+    get_encoder: Callable,
+    top: int = 10,
+    folder: str | None = None,
+    threshold: float | None = None,
+) -> list[Hit]:
+    """Images most like `image` (indexed or not); the image itself is never listed."""
+    path = normalise_path(image)
+    if not os.path.isfile(path) and store.vector_for_path(path) is None:
+        raise QueryError(f"{image}: no such file, and not in the index.")
+    vectors = _load_vectors(store, folder)
+    query_vector = embed_terms([Term(path, 1.0, True)], store, get_encoder)[0]
+    own_id = store.id_for_path(path)
+    exclude = {int(i) for i in np.flatnonzero(vectors.ids == own_id)} if own_id is not None else set()
+    return _hits(store, vectors, top_k(vectors.matrix, query_vector, top, exclude), threshold)
+
+
+__all__ = ["Hit", "QueryError", "EmptyIndexError", "StoreError", "Term", "find", "parse_query", "similar", "top_k"]

@@ -1,0 +1,389 @@
+"""The index: one SQLite file holding a vector and file facts per image.
+
+WAL mode lets `find` read while `index` writes; every write is a transaction,
+so a killed indexer loses at most the batch in flight. Vectors are stored
+L2-normalised as float16 (half the disk and load time of float32, ranking
+unchanged at CLIP's precision). This module never imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sqlite_utils
+
+SCHEMA_VERSION = 1
+DB_ENV = "CLIPSEARCH_DB"
+VECTOR_DTYPE = np.dtype("<f2")
+
+
+class StoreError(Exception):
+    """The index cannot be used as asked; the message says why and what to do."""
+
+
+class NewerSchemaError(StoreError):
+    pass
+
+
+class ModelMismatchError(StoreError):
+    pass
+
+
+class MissingIndexError(StoreError):
+    pass
+
+
+def default_db_path() -> Path:
+    """$CLIPSEARCH_DB, else $XDG_DATA_HOME/clipsearch/index.db (~/.local/share by default)."""
+    if os.environ.get(DB_ENV):
+        return Path(os.environ[DB_ENV]).expanduser()
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(data_home) / "clipsearch" / "index.db"
+
+
+def normalise_path(path: str | os.PathLike) -> str:
+    """Absolute, with `..` and duplicate slashes removed, symlinks kept as the user sees them."""
+    return os.path.normpath(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
+def folder_range(folder: str) -> tuple[str, str]:
+    """Bounds such that `low <= path < high` selects everything under `folder`.
+
+    Using a range instead of LIKE keeps the path index usable and needs no
+    escaping of `%` or `_` in folder names.
+    """
+    prefix = folder.rstrip(os.sep) + os.sep
+    return prefix, prefix[:-1] + chr(ord(os.sep) + 1)
+
+
+def encode_vector(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype=VECTOR_DTYPE).tobytes()
+
+
+def decode_vectors(blobs: list[bytes], dim: int) -> np.ndarray:
+    """Many stored vectors as one float32 matrix (n x dim)."""
+    if not blobs:
+        return np.zeros((0, dim), dtype=np.float32)
+    return np.frombuffer(b"".join(blobs), dtype=VECTOR_DTYPE).reshape(len(blobs), dim).astype(np.float32)
+
+
+@dataclass
+class ImageRecord:
+    path: str
+    size: int
+    mtime_ns: int
+    hash: str
+    width: int
+    height: int
+    vector: bytes
+
+
+@dataclass
+class StoredFile:
+    id: int
+    size: int
+    mtime_ns: int
+
+
+@dataclass
+class Vectors:
+    """Stored vectors of a set of images; row i belongs to image id ids[i]."""
+
+    ids: np.ndarray  # int64
+    matrix: np.ndarray  # float32, n x dim, rows L2-normalised
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _create_v1(db: sqlite_utils.Database) -> None:
+    db["meta"].create({"key": str, "value": str}, pk="key")
+    db["images"].create(
+        {
+            "id": int, "path": str, "size": int, "mtime_ns": int, "hash": str,
+            "width": int, "height": int, "vector": bytes, "indexed_at": str,
+        },
+        pk="id",
+        not_null={"path", "size", "mtime_ns", "hash", "vector"},
+    )
+    db["images"].create_index(["path"], unique=True)
+    db["images"].create_index(["hash"])
+    # Files that could not be read, so an unchanged broken file is not retried every run.
+    db["failures"].create({"path": str, "size": int, "mtime_ns": int, "reason": str}, pk="path")
+
+
+# Migration N brings a database from schema N-1 to N.
+MIGRATIONS = {1: _create_v1}
+
+
+class Store:
+    """An open index database. Use `Store.open(path)`; close it (or use `with`) when done."""
+
+    def __init__(self, db: sqlite_utils.Database, path: Path):
+        self.db = db
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | os.PathLike | None = None, create: bool = True) -> Store:
+        """Open (and, if `create`, create or migrate) the index at `path` or the default location."""
+        path = Path(path).expanduser() if path else default_db_path()
+        if not path.exists():
+            if not create:
+                raise MissingIndexError(f"No index at {path}. Build one first: clipsearch index DIR")
+            path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            connection = sqlite3.connect(path, timeout=30)
+            db = sqlite_utils.Database(connection)
+            db.execute("PRAGMA busy_timeout = 30000")
+            db.enable_wal()
+            db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: safe against kill -9
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path} is not a clipsearch index ({exc}). Pass another --db.") from None
+        store = cls(db, path)
+        store._migrate(create)
+        return store
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- schema -------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        if not self.db["schema_version"].exists():
+            return 0
+        row = self.db.execute("SELECT max(version) FROM schema_version").fetchone()
+        return row[0] or 0
+
+    def _migrate(self, create: bool) -> None:
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise NewerSchemaError(
+                f"{self.path} was written by a newer clipsearch (index schema {version}; this version "
+                f"reads up to {SCHEMA_VERSION}). Upgrade clipsearch (pipx upgrade clipsearch) or pass another --db."
+            )
+        if version == SCHEMA_VERSION:
+            return
+        if version == 0 and self.db.table_names() and "images" not in self.db.table_names():
+            raise StoreError(f"{self.path} is an SQLite file but not a clipsearch index. Pass another --db.")
+        if not create:
+            raise MissingIndexError(f"No index at {self.path}. Build one first: clipsearch index DIR")
+        with self.db.atomic():
+            if not self.db["schema_version"].exists():
+                self.db["schema_version"].create({"version": int})
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                MIGRATIONS[target](self.db)
+                self.db["schema_version"].insert({"version": target})
+
+    # -- model --------------------------------------------------------------
+
+    def model(self) -> tuple[str, int] | None:
+        """(model id, embedding size) of the vectors in this index, or None while it is empty."""
+        values = {row["key"]: row["value"] for row in self.db["meta"].rows}
+        if "model" not in values:
+            return None
+        return values["model"], int(values["dim"])
+
+    def check_model(self, model_id: str) -> None:
+        recorded = self.model()
+        if recorded and recorded[0] != model_id:
+            raise ModelMismatchError(
+                f"The index {self.path} was built with model '{recorded[0]}', not '{model_id}'. "
+                f"Vectors of different models cannot be compared. Use --model '{recorded[0]}', "
+                f"or keep a separate index for the other model with --db."
+            )
+
+    def set_model(self, model_id: str, dim: int) -> None:
+        self.check_model(model_id)
+        with self.db.atomic():
+            self.db["meta"].upsert_all(
+                [{"key": "model", "value": model_id}, {"key": "dim", "value": str(dim)}], pk="key"
+            )
+
+    # -- files --------------------------------------------------------------
+
+    def paths(self, folder: str | None = None) -> list[str]:
+        where, params = self._scope(folder)
+        return [row[0] for row in self.db.execute(f"SELECT path FROM images {where} ORDER BY path", params)]
+
+    def count(self, folder: str | None = None) -> int:
+        where, params = self._scope(folder)
+        return self.db.execute(f"SELECT count(*) FROM images {where}", params).fetchone()[0]
+
+    def _scope(self, folder: str | None) -> tuple[str, list]:
+        if folder is None:
+            return "", []
+        low, high = folder_range(folder)
+        return "WHERE path >= ? AND path < ?", [low, high]
+
+    def files_under(self, folders: Iterable[str]) -> dict[str, StoredFile]:
+        """Indexed files under any of `folders`: path -> id, size, mtime."""
+        found = {}
+        for folder in folders:
+            where, params = self._scope(folder)
+            for id_, path, size, mtime_ns in self.db.execute(
+                f"SELECT id, path, size, mtime_ns FROM images {where}", params
+            ):
+                found[path] = StoredFile(id_, size, mtime_ns)
+        return found
+
+    def failures_under(self, folders: Iterable[str]) -> dict[str, tuple[int, int, str]]:
+        """Files that failed before: path -> (size, mtime_ns, reason)."""
+        found = {}
+        for folder in folders:
+            where, params = self._scope(folder)
+            for path, size, mtime_ns, reason in self.db.execute(
+                f"SELECT path, size, mtime_ns, reason FROM failures {where}", params
+            ):
+                found[path] = (size, mtime_ns, reason)
+        return found
+
+    def known_hashes(self) -> set[str]:
+        return {row[0] for row in self.db.execute("SELECT DISTINCT hash FROM images")}
+
+    def vector_for_hash(self, content_hash: str) -> tuple[bytes, int, int] | None:
+        """A stored vector (and size) for content with this hash, to reuse for renamed or copied files."""
+        row = self.db.execute(
+            "SELECT vector, width, height FROM images WHERE hash = ? LIMIT 1", [content_hash]
+        ).fetchone()
+        return (row[0], row[1], row[2]) if row else None
+
+    def write(self, records: list[ImageRecord], failures: list[tuple[str, int, int, str]] = ()) -> None:
+        """Store a batch of images (replacing rows of the same path) and failures, in one transaction."""
+        rows = [
+            {**record.__dict__, "indexed_at": _now()} for record in records
+        ]
+        with self.db.atomic():
+            if rows:
+                self.db["images"].upsert_all(rows, pk="path")
+                self.db.conn.executemany("DELETE FROM failures WHERE path = ?", [[r["path"]] for r in rows])
+            self._bump_generation()
+            if failures:
+                self.db.conn.executemany("DELETE FROM images WHERE path = ?", [[f[0]] for f in failures])
+                self.db["failures"].upsert_all(
+                    [{"path": p, "size": s, "mtime_ns": m, "reason": r} for p, s, m, r in failures], pk="path"
+                )
+
+    def remove(self, paths: Iterable[str]) -> int:
+        """Forget these files (images and failures); returns how many images left the index."""
+        paths = [[p] for p in paths]
+        if not paths:
+            return 0
+        with self.db.atomic():
+            before = self.db.execute("SELECT total_changes()").fetchone()[0]
+            self.db.conn.executemany("DELETE FROM images WHERE path = ?", paths)
+            removed = self.db.execute("SELECT total_changes()").fetchone()[0] - before
+            self._bump_generation()
+            self.db.conn.executemany("DELETE FROM failures WHERE path = ?", paths)
+        return removed
+
+    # -- vectors ------------------------------------------------------------
+
+    def _bump_generation(self) -> None:
+        """Count every change to the images, so a vector cache knows when it is stale."""
+        self.db.execute(
+            "INSERT INTO meta (key, value) VALUES ('generation', '1') "
+            "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+        )
+
+    def _generation(self) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        return int(row[0]) if row else 0
+
+    @property
+    def cache_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".vectors")
+
+    def vectors(self, folder: str | None = None) -> Vectors:
+        """All stored vectors (or those under `folder`) as one matrix, for ranking.
+
+        The whole-index matrix is also kept as float32 in a cache file beside the
+        database (`index.db.vectors`), tagged with the index's change counter and
+        memory-mapped when read: many times faster than decoding every row from
+        SQLite, which rclip does on every query.
+        """
+        recorded = self.model()
+        dim = recorded[1] if recorded else 0
+        where, params = self._scope(folder)
+        with self.db.atomic():  # one snapshot for the change counter and the rows
+            generation = self._generation()
+            if folder is None:
+                cached = self._read_cache(generation, dim)
+                if cached is not None:
+                    return cached
+            ids, blobs = [], []
+            for id_, blob in self.db.execute(f"SELECT id, vector FROM images {where} ORDER BY id", params):
+                ids.append(id_)
+                blobs.append(blob)
+        vectors = Vectors(np.array(ids, dtype=np.int64), decode_vectors(blobs, dim))
+        if folder is None:
+            self._write_cache(generation, vectors)
+        return vectors
+
+    def _read_cache(self, generation: int, dim: int) -> Vectors | None:
+        try:
+            with open(self.cache_path, "rb") as handle:
+                if int(np.load(handle)[0]) != generation:
+                    return None
+                ids = np.load(handle)
+                np.lib.format.read_magic(handle)
+                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(handle)
+                offset = handle.tell()
+            if fortran_order or dtype != np.float32 or shape != (len(ids), dim):
+                return None
+            # Memory-mapped: no copy, and the OS page cache keeps it warm between queries.
+            matrix = np.memmap(self.cache_path, dtype=np.float32, mode="r", offset=offset, shape=shape) if len(ids) \
+                else np.zeros((0, dim), dtype=np.float32)
+        except (OSError, ValueError, IndexError):
+            return None  # missing, stale or damaged: rebuilt from the database
+        return Vectors(ids, matrix)
+
+    def _write_cache(self, generation: int, vectors: Vectors) -> None:
+        partial = self.cache_path.with_name(self.cache_path.name + f".{os.getpid()}.tmp")
+        try:
+            with open(partial, "wb") as handle:
+                np.save(handle, np.array([generation], dtype=np.int64))
+                np.save(handle, vectors.ids)
+                np.save(handle, np.ascontiguousarray(vectors.matrix, dtype=np.float32))
+            os.replace(partial, self.cache_path)
+        except OSError:  # a read-only folder: search still works, just without the cache
+            partial.unlink(missing_ok=True)
+
+    def vector_for_path(self, path: str) -> np.ndarray | None:
+        recorded = self.model()
+        row = self.db.execute("SELECT vector FROM images WHERE path = ?", [path]).fetchone()
+        if row is None or recorded is None:
+            return None
+        return decode_vectors([row[0]], recorded[1])[0]
+
+    def id_for_path(self, path: str) -> int | None:
+        row = self.db.execute("SELECT id FROM images WHERE path = ?", [path]).fetchone()
+        return row[0] if row else None
+
+    def image_rows(self, ids: list[int]) -> dict[int, dict]:
+        """File facts (no vector) of the given image ids, for output."""
+        found = {}
+        for start in range(0, len(ids), 500):
+            chunk = [int(i) for i in ids[start:start + 500]]
+            marks = ",".join("?" * len(chunk))
+            for row in self.db.query(
+                f"SELECT id, path, size, mtime_ns, hash, width, height FROM images WHERE id IN ({marks})", chunk
+            ):
+                found[row["id"]] = row
+        return found
+
+
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,168 @@
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+
+from clipsearch import scenes
+from clipsearch.store import SCHEMA_VERSION, Store
+
+from .conftest import REPO, TINY_MODEL
+
+
+def test_index_find_similar_end_to_end(cli, small_library, tmp_path):
+    db = tmp_path / "index.db"
+    result = cli("index", small_library, "--db", db, "--model", TINY_MODEL)
+    assert result.exit_code == 0, result.output
+    assert "12 new" in result.stderr
+
+    red_circles = sorted(str(p) for p in small_library.glob("*-red-circle.jpg"))
+    some_file = sorted(small_library.glob("*.jpg"))[0]
+
+    table = cli("find", "a red circle", "--db", db, "--top", "3")
+    assert table.exit_code == 0
+    assert "score" in table.stdout and "photos" in table.stdout
+
+    paths = cli("find", "a", "red", "circle", "--db", db, "--top", "3", "--paths")
+    assert paths.exit_code == 0
+    lines = paths.stdout.splitlines()
+    assert len(lines) == 3 and all(os.path.isfile(line) for line in lines)
+    if red_circles:
+        assert lines[0] in red_circles
+
+    as_json = cli("find", "a blue square", "+", "2:a star", "--db", db, "--top", "4", "--json")
+    results = json.loads(as_json.stdout)
+    assert len(results) == 4 and {"path", "score"} <= set(results[0])
+
+    similar = cli("similar", some_file, "--db", db, "--json", "--top", "11")
+    listed = [r["path"] for r in json.loads(similar.stdout)]
+    assert len(listed) == 11 and str(some_file) not in listed
+
+    info = cli("info", "--db", db, "--json")
+    assert json.loads(info.stdout)["images"] == 12
+
+
+def test_environment_chooses_the_index_and_the_model(cli, small_library, tmp_path):
+    env = {"CLIPSEARCH_DB": str(tmp_path / "env.db"), "CLIPSEARCH_MODEL": TINY_MODEL}
+    assert cli("index", small_library, env=env).exit_code == 0
+    assert (tmp_path / "env.db").exists()
+    assert cli("find", "a star", "--paths", env=env).exit_code == 0
+
+
+def test_default_index_lives_in_xdg_data_home(cli, small_library):
+    assert cli("index", small_library, "--model", TINY_MODEL).exit_code == 0
+    expected = os.path.join(os.environ["XDG_DATA_HOME"], "clipsearch", "index.db")
+    assert os.path.exists(expected)
+    # Queries use the model the index was built with, without being told again.
+    assert cli("find", "a star", "--paths").exit_code == 0
+
+
+def test_exit_codes_and_messages(cli, small_library, tmp_path):
+    db = tmp_path / "index.db"
+
+    missing = cli("find", "cats", "--db", tmp_path / "none.db")
+    assert missing.exit_code == 1 and "No index at" in missing.stderr
+
+    no_folder = cli("index", tmp_path / "unplugged", "--db", db, "--model", TINY_MODEL)
+    assert no_folder.exit_code == 2 and "not a folder" in no_folder.stderr
+
+    empty_folder = tmp_path / "empty"
+    empty_folder.mkdir()
+    assert cli("index", empty_folder, "--db", db, "--model", TINY_MODEL).exit_code == 0
+    empty = cli("find", "cats", "--db", db)
+    assert empty.exit_code == 1 and "No images indexed" in empty.stderr
+
+    assert cli("index", small_library, "--db", db, "--model", TINY_MODEL).exit_code == 0
+    mismatch = cli("find", "cats", "--db", db, "--model", "openai/clip-vit-base-patch32")
+    assert mismatch.exit_code == 3 and "built with model" in mismatch.stderr
+    mismatch = cli("index", small_library, "--db", db, "--model", "openai/clip-vit-base-patch32")
+    assert mismatch.exit_code == 3
+
+    nothing = cli("find", "a star", "--db", db, "--threshold", "0.999")
+    assert nothing.exit_code == 1
+
+    bad_image = cli("similar", tmp_path / "nope.jpg", "--db", db)
+    assert bad_image.exit_code == 2 and "no such file" in bad_image.stderr
+
+    outside = cli("find", "cats", "--db", db, "--in", tmp_path / "elsewhere")
+    assert outside.exit_code == 2 and "not a folder" in outside.stderr
+
+    with sqlite3.connect(db) as connection:
+        connection.execute("INSERT INTO schema_version VALUES (?)", [SCHEMA_VERSION + 1])
+    newer = cli("find", "cats", "--db", db)
+    assert newer.exit_code == 3 and "newer clipsearch" in newer.stderr
+
+
+def test_offline_missing_model_is_a_clear_message(tmp_path, small_library):
+    """A Hub model that is not cached and cannot be downloaded: exit 2, model named, fix given."""
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
+           "XDG_DATA_HOME": str(tmp_path / "data")}
+    result = subprocess.run(
+        [sys.executable, "-m", "clipsearch", "index", str(small_library), "--db", str(tmp_path / "i.db")],
+        env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in result.stderr
+    assert "network" in result.stderr and "--model" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    missing_folder = subprocess.run(
+        [sys.executable, "-m", "clipsearch", "index", str(small_library), "--db", str(tmp_path / "j.db"),
+         "--model", str(tmp_path / "no-such-model-folder")],
+        env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert missing_folder.returncode == 2 and "no-such-model-folder" in missing_folder.stderr
+
+
+def test_console_script_help_and_version():
+    result = subprocess.run([sys.executable, "-m", "clipsearch", "--help"], capture_output=True, text=True,
+                            cwd=REPO, timeout=60)
+    assert result.returncode == 0
+    for command in ("index", "find", "similar", "info"):
+        assert command in result.stdout
+    version = subprocess.run([sys.executable, "-m", "clipsearch", "--version"], capture_output=True, text=True)
+    assert version.stdout.startswith("clipsearch ")
+
+
+def test_unknown_device_is_a_clear_message(cli, small_library, tmp_path):
+    result = cli("index", small_library, "--db", tmp_path / "i.db", "--model", TINY_MODEL, "--device", "tpu")
+    assert result.exit_code == 2 and "Unknown device" in result.stderr
+
+
+def test_kill_9_during_index_then_resume(tmp_path):
+    """A real `clipsearch index` process killed mid-run: the index stays valid and the next run finishes the job."""
+    library = tmp_path / "photos"
+    scenes.write_library(library, 48, seed=11)
+    db = tmp_path / "index.db"
+    command = [sys.executable, "-m", "clipsearch", "index", str(library), "--db", str(db), "--model", TINY_MODEL,
+               "--batch-size", "2", "--workers", "1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    stored = 0
+    while time.time() < deadline and process.poll() is None:
+        time.sleep(0.05)
+        try:
+            with sqlite3.connect(db, timeout=5) as connection:
+                stored = connection.execute("SELECT count(*) FROM images").fetchone()[0]
+        except sqlite3.OperationalError:
+            continue
+        if stored >= 6:
+            break
+    process.kill()
+    process.wait()
+    assert 6 <= stored < 48, "the run should have been killed part-way"
+
+    with Store.open(db) as store:
+        assert store.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        survived = store.count()
+    assert survived >= stored
+
+    resumed = subprocess.run(command + ["--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads(resumed.stdout)
+    assert report["unchanged"] == survived
+    assert report["new"] + report["unchanged"] == 48
+    with Store.open(db) as store:
+        assert store.count() == 48

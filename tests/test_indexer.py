@@ -1,0 +1,165 @@
+import os
+import shutil
+import stat
+
+import pytest
+
+from clipsearch.indexer import IndexingError, IndexOptions, Progress, index_folders
+from clipsearch.store import ModelMismatchError, Store
+
+from .conftest import TINY_MODEL, set_mtime
+
+
+def run(folder, db_path, **kwargs):
+    kwargs.setdefault("model", TINY_MODEL)
+    kwargs.setdefault("options", IndexOptions(batch_size=4, workers=2))
+    with Store.open(db_path) as store:
+        return index_folders([folder], store, **kwargs)
+
+
+def paths_in(db_path) -> set[str]:
+    with Store.open(db_path) as store:
+        return set(store.paths())
+
+
+def on_disk(folder) -> set[str]:
+    return {str(p) for p in folder.rglob("*.jpg")}
+
+
+def test_first_run_indexes_everything_second_run_does_no_model_work(small_library, tmp_path):
+    db = tmp_path / "index.db"
+    first = run(small_library, db)
+    assert (first.new, first.encoded, first.skipped) == (12, 12, [])
+    assert first.model_loaded
+    assert paths_in(db) == on_disk(small_library)
+    with Store.open(db) as store:
+        assert store.model() == (TINY_MODEL, 64)
+
+    second = run(small_library, db)
+    assert second.unchanged == 12
+    assert (second.new, second.updated, second.encoded, second.reused) == (0, 0, 0, 0)
+    assert not second.model_loaded, "an unchanged library must not even load the model"
+
+
+def test_touch_rename_copy_modify_delete(small_library, tmp_path):
+    db = tmp_path / "index.db"
+    run(small_library, db)
+    files = sorted(small_library.glob("*.jpg"))
+    with Store.open(db) as store:
+        vector_before = store.vector_for_path(str(files[1]))
+
+    set_mtime(files[0], 60)  # touched: same bytes, new mtime
+    renamed = small_library / "renamed.jpg"
+    files[1].rename(renamed)
+    (small_library / "copies").mkdir()
+    shutil.copy(files[2], small_library / "copies" / "copy.jpg")
+    files[3].unlink()
+
+    report = run(small_library, db)
+    assert report.encoded == 0 and not report.model_loaded, "reuse needs no model"
+    assert report.reused == 3  # touched, renamed, copied
+    assert report.removed == 2  # the rename's old path and the deleted file
+    assert paths_in(db) == on_disk(small_library)
+    with Store.open(db) as store:
+        assert (store.vector_for_path(str(renamed)) == vector_before).all()
+
+    # New content in an existing file is re-embedded.
+    shutil.copy(files[5], files[4])
+    set_mtime(files[4], 120)
+    report = run(small_library, db)
+    assert report.reused == 1  # files[4] now holds files[5]'s bytes: reused, and counted so
+    (small_library / "copies" / "copy.jpg").write_bytes(b"")  # an indexed file that became broken
+    from clipsearch import scenes
+
+    scenes.draw(scenes.random_scene(__import__("random").Random(99), 200, 150)).save(files[6])
+    set_mtime(files[6], 180)
+    report = run(small_library, db)
+    assert (report.updated, report.encoded) == (1, 1)
+    assert [reason for _, reason in report.skipped] == ["empty file (0 bytes)"]
+    assert str(small_library / "copies" / "copy.jpg") not in paths_in(db), "a broken file loses its stale vector"
+
+
+def test_bad_files_are_skipped_with_reasons_and_the_rest_indexed(small_library, tmp_path):
+    good = sorted(small_library.glob("*.jpg"))
+    (small_library / "empty.jpg").write_bytes(b"")
+    (small_library / "notes.png").write_text("shopping list: milk")
+    (small_library / "half.jpg").write_bytes(good[0].read_bytes()[:2000])
+    (small_library / "dangling.jpg").symlink_to(small_library / "nowhere.jpg")
+    locked = small_library / "locked.jpg"
+    shutil.copy(good[1], locked)
+    locked.chmod(0)
+
+    class DeleteAfterScan(Progress):
+        def scanned(self, changes):
+            good[2].unlink()  # vanishes between the scan and the read
+
+    db = tmp_path / "index.db"
+    report = run(small_library, db, progress=DeleteAfterScan())
+    reasons = {os.path.basename(path): reason for path, reason in report.skipped}
+    assert reasons["empty.jpg"] == "empty file (0 bytes)"
+    assert reasons["notes.png"].startswith("not an image")
+    assert "truncated" in reasons["half.jpg"]
+    assert reasons["dangling.jpg"].startswith("broken symlink")
+    assert reasons[good[2].name] == "vanished during the run"
+    if os.geteuid() != 0:  # root reads anything; test_images covers the message
+        assert reasons["locked.jpg"].startswith("permission denied")
+    assert report.new == len(paths_in(db)) >= 10
+
+    # Unchanged broken files are not retried, but still reported.
+    again = run(small_library, db)
+    assert again.encoded == 0 and not again.model_loaded
+    assert {os.path.basename(p) for p, _ in again.skipped} >= {"empty.jpg", "notes.png", "half.jpg"}
+    locked.chmod(stat.S_IRUSR | stat.S_IWUSR)
+
+
+def test_interrupted_run_resumes_where_it_stopped(small_library, tmp_path):
+    class InterruptAfterTwoBatches(Progress):
+        done = 0
+
+        def advance(self, count=1):
+            self.done += count
+            if self.done >= 8:
+                raise KeyboardInterrupt
+
+    db = tmp_path / "index.db"
+    with pytest.raises(KeyboardInterrupt):
+        run(small_library, db, progress=InterruptAfterTwoBatches())
+    saved = paths_in(db)
+    assert 4 <= len(saved) < 12, "whole batches written before the interrupt are kept"
+
+    report = run(small_library, db)
+    assert report.unchanged == len(saved)
+    assert report.new == 12 - len(saved)
+    assert paths_in(db) == on_disk(small_library)
+
+
+def test_missing_folder_changes_nothing(small_library, tmp_path):
+    db = tmp_path / "index.db"
+    run(small_library, db)
+    with pytest.raises(IndexingError, match="not a folder"):
+        run(tmp_path / "unplugged-drive", db)
+    assert paths_in(db) == on_disk(small_library)
+
+
+def test_other_model_is_refused(small_library, tmp_path):
+    db = tmp_path / "index.db"
+    run(small_library, db)
+    with pytest.raises(ModelMismatchError, match="built with model"):
+        run(small_library, db, model="openai/clip-vit-base-patch32")
+
+
+def test_several_folders_and_only_those_are_pruned(tmp_path):
+    from clipsearch import scenes
+
+    scenes.write_library(tmp_path / "a", 3, seed=1)
+    scenes.write_library(tmp_path / "b", 3, seed=2)
+    db = tmp_path / "index.db"
+    with Store.open(db) as store:
+        index_folders([tmp_path / "a", tmp_path / "b"], store, model=TINY_MODEL)
+        assert store.count() == 6
+        for path in (tmp_path / "b").iterdir():
+            path.unlink()
+        report = index_folders([tmp_path / "a"], store)  # b is not being indexed: left alone
+        assert report.removed == 0 and store.count() == 6
+        report = index_folders([tmp_path / "b"], store)
+        assert report.removed == 3 and store.count() == 3

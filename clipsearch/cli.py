@@ -9,7 +9,6 @@ clipsearch, not an index); 130 interrupted.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -114,11 +113,11 @@ class _RichProgress(indexer.Progress):
 
 @app.command("index")
 def index_command(
-    folders: list[Path] = typer.Argument(..., help="Folders to index (recursively).", show_default=False),
+    folders: list[Path] = typer.Argument(..., help="Folders to index (recursively).", show_default=False, metavar="FOLDER"),
     exclude: list[str] = typer.Option([], "--exclude", "-x", help="Glob of file/folder names or paths to skip, "
                                       "added to the defaults (hidden files, @eaDir, node_modules...). Repeatable."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model call."),
-    workers: int = typer.Option(min(8, os.cpu_count() or 2), "--workers", min=1, help="Decoding threads."),
+    workers: int = typer.Option(indexer.DEFAULT_WORKERS, "--workers", min=1, help="Decoding threads."),
     follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Descend into symlinked folders."),
     max_megapixels: float = typer.Option(250.0, "--max-megapixels", help="Skip images larger than this."),
     db: Optional[Path] = DbOption,
@@ -158,11 +157,21 @@ def _encoder_factory(store: Store, model: str | None, device: str | None):
     return load
 
 
+def _run_query(search_function, query, top, folder, threshold, db, model, device, fmt: Format) -> None:
+    """find and similar: open the index, rank, print; exit 1 when nothing was found."""
+    with _errors(), Store.open(db, create=False) as store:
+        hits = search_function(query, store, _encoder_factory(store, model, device), top,
+                               str(folder) if folder else None, threshold)
+        show_hits(hits, fmt)
+    if not hits:
+        raise typer.Exit(EXIT_NOTHING)
+
+
 @app.command("find")
 def find_command(
     query: list[str] = typer.Argument(..., help='Words, image paths, "+", "-" and "N:" weights, e.g. '
                                       '"a dog" + "on a beach", "2:sunset" - "people", ./cat.jpg + "in snow".',
-                                      show_default=False),
+                                      show_default=False, metavar="QUERY"),
     top: int = TopOption,
     folder: Optional[Path] = InOption,
     threshold: Optional[float] = ThresholdOption,
@@ -173,18 +182,12 @@ def find_command(
     paths: bool = PathsOption,
 ) -> None:
     """Find images matching a description (and/or example images), best first."""
-    fmt = _format(json_, paths)
-    with _errors(), Store.open(db, create=False) as store:
-        hits = search.find(query, store, _encoder_factory(store, model, device), top,
-                           str(folder) if folder else None, threshold)
-        show_hits(hits, fmt)
-        if not hits:
-            raise typer.Exit(EXIT_NOTHING)
+    _run_query(search.find, query, top, folder, threshold, db, model, device, _format(json_, paths))
 
 
 @app.command("similar")
 def similar_command(
-    image: Path = typer.Argument(..., help="An image file, indexed or not.", show_default=False),
+    image: Path = typer.Argument(..., help="An image file, indexed or not.", show_default=False, metavar="IMAGE"),
     top: int = TopOption,
     folder: Optional[Path] = InOption,
     threshold: Optional[float] = ThresholdOption,
@@ -195,13 +198,7 @@ def similar_command(
     paths: bool = PathsOption,
 ) -> None:
     """Find the images most like IMAGE (IMAGE itself is not listed)."""
-    fmt = _format(json_, paths)
-    with _errors(), Store.open(db, create=False) as store:
-        hits = search.similar(image, store, _encoder_factory(store, model, device), top,
-                              str(folder) if folder else None, threshold)
-        show_hits(hits, fmt)
-        if not hits:
-            raise typer.Exit(EXIT_NOTHING)
+    _run_query(search.similar, image, top, folder, threshold, db, model, device, _format(json_, paths))
 
 
 @app.command("info")

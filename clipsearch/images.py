@@ -96,8 +96,8 @@ def _flatten_to_rgb(image: Image.Image) -> Image.Image:
 
 def open_oriented(
     data: bytes, min_short_side: int | None = None, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
-) -> Image.Image:
-    """Decode `data` upright, as RGB, decoding JPEGs at reduced size when allowed.
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode `data` upright as RGB; also return the original's displayed width and height.
 
     `min_short_side` is the smallest short side the caller needs; JPEGs are then
     decoded with Pillow's draft mode (DCT scaling by 1/2, 1/4 or 1/8), which is
@@ -111,34 +111,30 @@ def open_oriented(
                 f"too large ({width}x{height}, {width * height / 1e6:.0f} MP > "
                 f"{max_megapixels:g} MP limit; raise it with --max-megapixels)"
             )
+        if _orientation(image) in (5, 6, 7, 8):
+            width, height = height, width
         if min_short_side and image.format == "JPEG":
             scale = min(width, height) / min_short_side
             if scale >= 2:
-                image.draft("RGB", (int(width / scale) + 1, int(height / scale) + 1))
+                image.draft("RGB", (int(image.width / scale) + 1, int(image.height / scale) + 1))
         image = ImageOps.exif_transpose(image)  # loads the pixels
-        return _flatten_to_rgb(image)
+        return _flatten_to_rgb(image), (width, height)
     except ImageError:
         raise
     except UnidentifiedImageError:
         raise ImageError("not an image (format not recognised)") from None
-    except Image.DecompressionBombError as exc:  # pragma: no cover - limit disabled above
-        raise ImageError(f"too large: {exc}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         message = str(exc) or type(exc).__name__
         if "truncated" in message:
             raise ImageError("truncated or incomplete file") from None
         raise ImageError(f"corrupt image ({message})") from None
 
 
-def displayed_size(data: bytes) -> tuple[int, int]:
-    """Width and height as a viewer shows them (EXIF orientation applied), from the header only."""
-    image = Image.open(io.BytesIO(data))
-    width, height = image.size
+def _orientation(image: Image.Image) -> int:
     try:
-        orientation = image.getexif().get(0x0112, 1)
+        return int(image.getexif().get(0x0112, 1))
     except Exception:  # broken EXIF blocks are common and harmless here
-        orientation = 1
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+        return 1
 
 
 def to_model_pixels(image: Image.Image, prep: Preprocess) -> np.ndarray:
@@ -156,13 +152,7 @@ def to_model_pixels(image: Image.Image, prep: Preprocess) -> np.ndarray:
 
 def decode(data: bytes, prep: Preprocess, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> DecodedImage:
     """Bytes of an image file to model pixels plus the original's displayed size."""
-    try:
-        width, height = displayed_size(data)
-    except UnidentifiedImageError:
-        raise ImageError("not an image (format not recognised)") from None
-    except Exception as exc:
-        raise ImageError(f"corrupt image ({exc})") from None
-    image = open_oriented(data, prep.shortest_edge, max_megapixels)
+    image, (width, height) = open_oriented(data, prep.shortest_edge, max_megapixels)
     return DecodedImage(to_model_pixels(image, prep), width, height)
 
 

@@ -72,7 +72,7 @@ def show_index_report(report: IndexReport, fmt: Format) -> None:
     rate = f" ({report.images_per_second:.1f} images/s through the model)" if report.encoded else ""
     stderr.print(
         f"[bold]{report.scanned}[/] images found: [green]{report.new} new[/], {report.updated} updated, "
-        f"{report.reused} reused (renamed or copied), {report.removed} removed, {report.unchanged} unchanged, "
+        f"{report.reused} reused (content already indexed), {report.removed} removed, {report.unchanged} unchanged, "
         f"[yellow]{len(report.skipped)} skipped[/] in {report.seconds:.1f}s{rate}."
     )
     if report.skipped:

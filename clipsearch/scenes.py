@@ -71,7 +71,7 @@ class Scene:
 
     @property
     def size_word(self) -> str:
-        return "big" if self.radius >= 0.25 else "small"
+        return "big" if self.radius >= 0.29 else "small"
 
 
 def random_scene(rng: random.Random, width: int = 256, height: int | None = None) -> Scene:
@@ -80,7 +80,7 @@ def random_scene(rng: random.Random, width: int = 256, height: int | None = None
         height = width
     colour = rng.choice(list(COLOURS))
     background = rng.choice([b for b in BACKGROUNDS if (colour, b) not in _LOW_CONTRAST])
-    radius = rng.uniform(0.14, 0.36)
+    radius = rng.uniform(0.2, 0.38)
     short = min(width, height)
     margin_x = (width - short) / 2 / width
     margin_y = (height - short) / 2 / height

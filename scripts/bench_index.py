@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import random
-import shutil
 import statistics
 import sys
 import tempfile
@@ -87,7 +86,7 @@ def decode_rate(paths: list[Path], prep: images.Preprocess, workers: int, draft:
         if draft:
             images.decode(data, prep)
         else:
-            images.to_model_pixels(images.open_oriented(data, None), prep)
+            images.to_model_pixels(images.open_oriented(data, None)[0], prep)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:

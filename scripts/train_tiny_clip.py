@@ -7,10 +7,12 @@ background, see clipsearch/scenes.py) on the CPU in a few minutes. It is saved
 with `save_pretrained` (model, CLIP tokenizer, image-processor config), so
 clipsearch loads it through exactly the code path of a Hugging Face model.
 
-    python scripts/train_tiny_clip.py [--out models/tiny-clip] [--steps 2500]
+    python scripts/train_tiny_clip.py [--out models/tiny-clip] [--steps 5000]
+    python scripts/train_tiny_clip.py --evaluate      # measure the shipped model only
 
-Prints text-to-image precision@1 on held-out scenes, decoded from JPEG files
-through clipsearch's own decode path.
+Prints text-to-image precision@1 and @5 for "a <colour> <shape>" queries,
+image-to-label accuracy and image-to-image (similar) accuracy on 600
+held-out scenes, JPEG-encoded and decoded through clipsearch's own path.
 """
 
 from __future__ import annotations
@@ -134,8 +136,8 @@ def make_model(tokenizer: CLIPTokenizer) -> CLIPModel:
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         ),
         vision_config=dict(
-            image_size=IMAGE_SIZE, patch_size=16, hidden_size=96, intermediate_size=192,
-            num_hidden_layers=4, num_attention_heads=3,
+            image_size=IMAGE_SIZE, patch_size=16, hidden_size=128, intermediate_size=256,
+            num_hidden_layers=4, num_attention_heads=4,
         ),
         projection_dim=64,
     )
@@ -169,8 +171,12 @@ def evaluate(model: CLIPModel, tokenizer: CLIPTokenizer, pixels: np.ndarray, dra
     label_vectors = embed_texts(model, tokenizer, [f"a {label}" for label in all_labels])
     best = (image_vectors @ label_vectors.T).argmax(dim=1)
     image_accuracy = sum(all_labels[b] == labels[i] for i, b in enumerate(best)) / len(labels)
+    # Image-to-image: is each image's nearest other image the same coloured shape? (`clipsearch similar`)
+    neighbours = (image_vectors @ image_vectors.T).fill_diagonal_(-2).argmax(dim=1)
+    similar_accuracy = sum(labels[n] == labels[i] for i, n in enumerate(neighbours)) / len(labels)
     model.train()
-    return {"text_to_image_p@1": p_at_1, "text_to_image_p@5": p_at_5, "image_to_label_acc": image_accuracy}
+    return {"text_to_image_p@1": p_at_1, "text_to_image_p@5": p_at_5, "image_to_label_acc": image_accuracy,
+            "similar_top1_acc": similar_accuracy}
 
 
 def train(steps: int, batch_size: int, train_count: int, out: Path) -> dict[str, float]:
@@ -236,11 +242,20 @@ def train(steps: int, batch_size: int, train_count: int, out: Path) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "models" / "tiny-clip")
-    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--train-count", type=int, default=16000)
+    parser.add_argument("--evaluate", action="store_true", help="Only measure the saved model in --out.")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.evaluate:
+        from transformers import AutoTokenizer
+
+        model = CLIPModel.from_pretrained(args.out)
+        tokenizer = AutoTokenizer.from_pretrained(args.out)
+        test_pixels, test_scenes = render_dataset(600, seed=SEED + 1)
+        metrics = evaluate(model, tokenizer, test_pixels, test_scenes)
+        print(f"{args.out}: " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+        return
     train(args.steps, args.batch_size, args.train_count, args.out)
 
 

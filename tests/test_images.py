@@ -40,7 +40,8 @@ def test_exif_orientation_is_applied():
 def test_large_jpeg_is_decoded_in_draft_mode_to_the_model_size():
     big = Image.new("RGB", (4000, 3000), (10, 200, 30))
     data = jpeg_bytes(big)
-    drafted = images.open_oriented(data, min_short_side=64)
+    drafted, displayed = images.open_oriented(data, min_short_side=64)
+    assert displayed == (4000, 3000)
     assert min(drafted.size) >= 64
     assert drafted.size[0] <= 4000 // 8 + 1, "JPEG should be decoded at 1/8 scale"
     decoded = images.decode(data, PREP)
@@ -84,7 +85,7 @@ def test_16_bit_greyscale_png(tmp_path):
         (b"", "empty file"),
         (b"this is a text file, not a photo", "not an image"),
         ("truncated", "truncated"),
-        ("garbage-after-header", "corrupt image"),
+        ("garbage-after-header", "corrupt image|not an image"),  # wording varies with Pillow's version
     ],
 )
 def test_bad_files_raise_image_error_with_a_reason(tmp_path, content, reason):

@@ -1,5 +1,3 @@
-import itertools
-import os
 
 import numpy as np
 import pytest

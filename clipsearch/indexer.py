@@ -184,6 +184,8 @@ def index_folders(
     finally:
         report.model_loaded = lazy.encoder is not None and encoder is None
     report.removed = store.remove(changes.gone)
+    if store.model():
+        store.vectors()  # refresh the query cache now, so the next search does not pay for it
     report.seconds = time.perf_counter() - started
     return report
 

@@ -57,7 +57,7 @@ def main() -> None:
     with Store.open(path, create=False) as store:
         t0 = time.perf_counter()
         top_k(store.vectors().matrix, query, 10)
-        print(f"first query after a change (reads every row, rewrites the cache): "
+        print(f"no cache: read every row from SQLite (then write the cache): "
               f"{(time.perf_counter() - t0) * 1000:.0f} ms")
 
     for label, folder in (("whole index", None), ("one folder (--in, 1000 images)", "/photos/0042")):

@@ -34,6 +34,7 @@ def test_first_run_indexes_everything_second_run_does_no_model_work(small_librar
     assert paths_in(db) == on_disk(small_library)
     with Store.open(db) as store:
         assert store.model() == (TINY_MODEL, 64)
+        assert store._read_cache(store._generation(), 64) is not None, "index leaves a fresh query cache"
 
     second = run(small_library, db)
     assert second.unchanged == 12

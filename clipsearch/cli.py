@@ -10,7 +10,7 @@ clipsearch, not an index); 130 interrupted.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Optional
 
@@ -137,12 +137,8 @@ def index_command(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
             TimeRemainingColumn(), console=stderr, transient=True,
         )
-        with Store.open(db) as store:
-            if bar is not None:
-                with bar:
-                    report = indexer.index_folders(folders, store, model, device, options, _RichProgress(bar))
-            else:
-                report = indexer.index_folders(folders, store, model, device, options, _RichProgress(None))
+        with Store.open(db) as store, bar or nullcontext():
+            report = indexer.index_folders(folders, store, model, device, options, _RichProgress(bar))
         show_index_report(report, Format.json if json_ else Format.table)
 
 

@@ -19,6 +19,9 @@ from clipsearch.encoder import Encoder
 from clipsearch.indexer import IndexOptions, index_folders
 from clipsearch.store import Store
 
+# Set before transformers is first imported (it reads this once): tests never reach the Hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
 REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = str(REPO / "models" / "tiny-clip")
 

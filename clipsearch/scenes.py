@@ -13,6 +13,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -147,7 +148,9 @@ def draw(scene: Scene) -> Image.Image:
     gradient = Image.linear_gradient("L").resize((scene.width, scene.height))
     image = Image.composite(Image.new("RGB", gradient.size, bottom), Image.new("RGB", gradient.size, top), gradient)
     # A little texture so the background is not a flat colour.
-    noise = Image.effect_noise((max(1, scene.width // 4), max(1, scene.height // 4)), 24).resize(image.size)
+    small = (max(1, scene.height // 4), max(1, scene.width // 4))
+    grain = np.random.default_rng(scene.seed).normal(128, 24, small).clip(0, 255).astype(np.uint8)
+    noise = Image.fromarray(grain).resize(image.size)
     image = Image.blend(image, Image.merge("RGB", (noise, noise, noise)), 0.12)
 
     drawing = ImageDraw.Draw(image)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -39,8 +40,14 @@ class Changes:
     seen: int
 
 
-def _excluded(name: str, path: str, patterns: Iterable[str]) -> bool:
-    return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(path, p) for p in patterns)
+def _exclusion_matcher(patterns: Iterable[str]):
+    """One compiled regex for all globs: a name or path test per entry, not one per pattern."""
+    regex = re.compile("|".join(fnmatch.translate(os.path.normcase(p)) for p in patterns))
+
+    def excluded(name: str, path: str) -> bool:
+        return bool(regex.match(os.path.normcase(name)) or regex.match(os.path.normcase(path)))
+
+    return excluded
 
 
 def walk_images(
@@ -56,7 +63,7 @@ def walk_images(
     are followed only with `follow_symlinks`, after all real folders, so a
     folder reachable both ways is listed under its real path, and only once.
     """
-    patterns = tuple(DEFAULT_EXCLUDES) + tuple(exclude)
+    excluded = _exclusion_matcher(tuple(DEFAULT_EXCLUDES) + tuple(exclude))
     extensions = supported_extensions()
     visited: set[tuple[int, int]] = set()
     stack = [normalise_path(root) for root in roots][::-1]
@@ -79,7 +86,7 @@ def walk_images(
             if entry.name.startswith("."):  # hidden files, .git, .Trash, macOS ._ files
                 continue
             path = os.path.join(folder, entry.name)
-            if _excluded(entry.name, path, patterns):
+            if excluded(entry.name, path):
                 continue
             try:
                 if entry.is_dir(follow_symlinks=False):

@@ -36,12 +36,16 @@ demo: install
 	@$(BIN)/clipsearch similar $(DEMO_DIR)/0000-*.jpg --db $(DEMO_DB) --top 5
 	@echo; echo '$$ clipsearch find "a purple triangle" --top 3 --json'
 	@$(BIN)/clipsearch find "a purple triangle" --db $(DEMO_DB) --top 3 --json
+	@echo; echo '$$ clipsearch dedupe --in $(DEMO_DIR)/imported'
+	@$(BIN)/clipsearch dedupe --db $(DEMO_DB) --in $(DEMO_DIR)/imported
 
 test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
 	$(BIN)/python scripts/bench_index.py
+	$(BIN)/python scripts/bench_search.py
+	$(BIN)/python scripts/bench_dedupe.py
 
 clean:
 	rm -rf $(DEMO_DIR) $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm .pytest_cache

@@ -20,9 +20,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from . import __version__
-from . import indexer, search
+from . import dedupe, indexer, moves, search
 from .encoder import DEVICES, MODEL_ENV, ModelError
-from .output import Format, show_hits, show_index_report, show_info, stderr
+from .output import (Format, show_groups, show_hits, show_index_report, show_info, show_move_report, show_plan,
+                     show_undo_report, stderr)
 from .store import DB_ENV, ModelMismatchError, MissingIndexError, NewerSchemaError, Store, StoreError
 
 EXIT_NOTHING = 1
@@ -68,7 +69,7 @@ def _errors() -> Iterator[None]:
         _fail(exc, EXIT_NOTHING)
     except (ModelMismatchError, NewerSchemaError, StoreError) as exc:
         _fail(exc, EXIT_INDEX)
-    except (ModelError, search.QueryError, indexer.IndexingError) as exc:
+    except (ModelError, search.QueryError, indexer.IndexingError, moves.MoveError, dedupe.DedupeError) as exc:
         _fail(exc, EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         stderr.print("[yellow]Interrupted.[/] Work done so far is saved; run the same command again to continue.")
@@ -110,6 +111,18 @@ class _RichProgress(indexer.Progress):
     def model_loading(self, model_id: str) -> None:
         stderr.print(f"Loading model {escape(model_id)}...")
 
+    def fingerprinting(self, count: int) -> None:
+        stderr.print(f"Computing perceptual hashes of {count} images indexed before dedupe existed (once)...")
+        if self.bar is not None:
+            self.task = self.bar.add_task("Hashing", total=count)
+
+
+def _progress_bar(quiet: bool) -> Progress | None:
+    if quiet or not stderr.is_terminal:
+        return None
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    _RateColumn(), TimeRemainingColumn(), console=stderr, transient=True)
+
 
 @app.command("index")
 def index_command(
@@ -133,10 +146,7 @@ def index_command(
     """
     options = indexer.IndexOptions(batch_size, workers, tuple(exclude), follow_symlinks, max_megapixels)
     with _errors():
-        bar = None if quiet or not stderr.is_terminal else Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _RateColumn(),
-            TimeRemainingColumn(), console=stderr, transient=True,
-        )
+        bar = _progress_bar(quiet)
         with Store.open(db) as store, bar or nullcontext():
             report = indexer.index_folders(folders, store, model, device, options, _RichProgress(bar))
         show_index_report(report, Format.json if json_ else Format.table)
@@ -195,6 +205,76 @@ def similar_command(
 ) -> None:
     """Find the images most like IMAGE (IMAGE itself is not listed)."""
     _run_query(search.similar, image, top, folder, threshold, db, model, device, _format(json_, paths))
+
+
+@app.command("dedupe")
+def dedupe_command(
+    folder: Optional[Path] = InOption,
+    similar: bool = typer.Option(False, "--similar", help="Also group bursts and near-shots of one scene."),
+    near_threshold: Optional[float] = typer.Option(
+        None, "--near-threshold", show_default=False,
+        help="Cosine above which two images are near-identical candidates (the hash decides) "
+             "[default: 0.93 for ViT-B/32; the model's own default otherwise]."),
+    max_hash_distance: int = typer.Option(56, "--max-hash-distance", min=0, max=256,
+                                          help="Near-identical: at most this many of the 256 hash bits differ."),
+    similar_threshold: Optional[float] = typer.Option(
+        None, "--similar-threshold", show_default=False,
+        help="Cosine above which images are similar shots [default: 0.90 for ViT-B/32]."),
+    keep: dedupe.KeepPolicy = typer.Option(dedupe.KeepPolicy.best, "--keep",
+                                           help="Which file of a group to keep. best: most pixels, then largest "
+                                                "file, then oldest, then shortest path."),
+    prefer: list[Path] = typer.Option([], "--prefer", help="Keep files in this folder first. Repeatable."),
+    move_to: Optional[Path] = typer.Option(None, "--move-to", help="Move the extra files here, keeping their "
+                                           "folders (asks first).", show_default=False),
+    trash: bool = typer.Option(False, "--trash", help="Send the extra files to the system trash (asks first)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before moving."),
+    undo: Optional[Path] = typer.Option(None, "--undo", help="Put back everything a --move-to or --trash run "
+                                        "moved, from its manifest.", show_default=False, metavar="MANIFEST"),
+    db: Optional[Path] = DbOption,
+    json_: bool = JsonOption,
+    paths: bool = typer.Option(False, "--paths", "-p", help="Print only the files that could go, one a line."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Find exact copies and near-identical versions of photos (and, with --similar, bursts).
+
+    Only reports, unless --move-to or --trash is given; even then nothing is deleted, and
+    --undo MANIFEST puts everything back.
+    """
+    fmt = _format(json_, paths)
+    if move_to and trash:
+        raise typer.BadParameter("Use --move-to or --trash, not both.")
+    with _errors(), Store.open(db, create=False) as store:
+        if undo:
+            report = moves.undo_moves(undo, store)
+            show_undo_report(report, fmt)
+            if report.skipped:
+                raise typer.Exit(EXIT_NOTHING)
+            return
+        scope = str(folder) if folder else None
+        if scope and not folder.is_dir():
+            raise indexer.IndexingError(f"{folder} is not a folder.")
+        bar = _progress_bar(quiet)
+        with bar or nullcontext():
+            unreadable = indexer.fill_fingerprints(store, scope, progress=_RichProgress(bar))
+        for path, reason in unreadable:
+            stderr.print(f"[yellow]not hashed[/] {escape(path)}: {escape(reason)} (only exact copies of it are found)")
+        options = dedupe.DedupeOptions(similar, near_threshold, similar_threshold, max_hash_distance, keep=keep,
+                                       prefer=tuple(str(p) for p in prefer))
+        groups = dedupe.find_duplicates(store, scope, options)
+        show_groups(groups, fmt)
+        if not groups:
+            raise typer.Exit(EXIT_NOTHING)
+        if move_to is None and not trash:
+            return
+        plan = moves.plan_moves(groups, str(move_to) if move_to else None, store, scope)
+        show_plan(plan)
+        if not yes and not typer.confirm("Go ahead?", default=False, err=True):
+            stderr.print("Nothing was moved.")
+            raise typer.Exit(EXIT_NOTHING)
+        manifest = moves.default_manifest_path(str(move_to) if move_to else None)
+        report = moves.apply_moves(plan, store, manifest)
+        store.vectors()  # refresh the query cache
+        show_move_report(report, fmt)
 
 
 @app.command("info")

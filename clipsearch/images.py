@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
+
+from . import fingerprint
 
 try:  # HEIC/HEIF from phones; Pillow itself reads AVIF.
     import pillow_heif
@@ -30,13 +33,24 @@ _CANDIDATE_EXTENSIONS = {
     ".heic", ".heif", ".avif",
 }
 
+# Camera RAW formats. They are read through the full-size JPEG preview that
+# cameras embed in them: what the camera showed, at a fraction of a RAW decode's cost.
+RAW_EXTENSIONS = frozenset({
+    ".3fr", ".arw", ".cr2", ".cr3", ".crw", ".dcr", ".dng", ".erf", ".iiq", ".k25", ".kdc", ".mef", ".mos",
+    ".mrw", ".nef", ".nrw", ".orf", ".pef", ".raf", ".raw", ".rw2", ".rwl", ".sr2", ".srf", ".srw", ".x3f",
+})
+
 DEFAULT_MAX_MEGAPIXELS = 250.0
 
 
 def supported_extensions() -> frozenset[str]:
-    """Lower-case extensions (with dot) that the installed Pillow plugins can open."""
+    """Lower-case extensions (with dot) that the installed Pillow plugins can open, plus RAW."""
     readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-    return frozenset(_CANDIDATE_EXTENSIONS & readable)
+    return frozenset(_CANDIDATE_EXTENSIONS & readable) | RAW_EXTENSIONS
+
+
+def is_raw(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in RAW_EXTENSIONS
 
 
 class ImageError(Exception):
@@ -58,6 +72,8 @@ class DecodedImage:
     pixels: np.ndarray  # uint8, crop_height x crop_width x 3
     width: int  # displayed size of the original (after EXIF orientation)
     height: int
+    phash: bytes  # perceptual hash of the whole upright picture (see fingerprint.py)
+    colourfulness: float
 
 
 def read_bytes(path: str) -> bytes:
@@ -95,13 +111,15 @@ def _flatten_to_rgb(image: Image.Image) -> Image.Image:
 
 
 def open_oriented(
-    data: bytes, min_short_side: int | None = None, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+    data: bytes, min_short_side: int | None = None, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    orientation: int | None = None,
 ) -> tuple[Image.Image, tuple[int, int]]:
     """Decode `data` upright as RGB; also return the original's displayed width and height.
 
     `min_short_side` is the smallest short side the caller needs; JPEGs are then
     decoded with Pillow's draft mode (DCT scaling by 1/2, 1/4 or 1/8), which is
     several times faster than a full decode followed by a resize.
+    `orientation` overrides the file's own EXIF orientation (for RAW previews).
     """
     try:
         image = Image.open(io.BytesIO(data))
@@ -111,13 +129,17 @@ def open_oriented(
                 f"too large ({width}x{height}, {width * height / 1e6:.0f} MP > "
                 f"{max_megapixels:g} MP limit; raise it with --max-megapixels)"
             )
-        if _orientation(image) in (5, 6, 7, 8):
+        if orientation is None:
+            orientation = _orientation(image)
+        if orientation in (5, 6, 7, 8):
             width, height = height, width
         if min_short_side and image.format == "JPEG":
             scale = min(width, height) / min_short_side
             if scale >= 2:
                 image.draft("RGB", (int(image.width / scale) + 1, int(image.height / scale) + 1))
-        image = ImageOps.exif_transpose(image)  # loads the pixels
+        image.load()
+        if orientation in _TRANSPOSE:
+            image = image.transpose(_TRANSPOSE[orientation])
         return _flatten_to_rgb(image), (width, height)
     except ImageError:
         raise
@@ -130,10 +152,54 @@ def open_oriented(
         raise ImageError(f"corrupt image ({message})") from None
 
 
+# EXIF orientation -> the transpose that shows the picture upright (as ImageOps.exif_transpose).
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
 def _orientation(image: Image.Image) -> int:
     try:
         return int(image.getexif().get(0x0112, 1))
     except Exception:  # broken EXIF blocks are common and harmless here
+        return 1
+
+
+_JPEG_START = re.compile(rb"\xff\xd8\xff[\xc0-\xfe]")
+
+
+def raw_preview(data: bytes) -> tuple[bytes, int]:
+    """The largest JPEG embedded in a camera RAW file, and the RAW's EXIF orientation.
+
+    Every common RAW format (CR2/CR3, NEF, ARW, DNG, ORF, RW2, RAF, PEF...)
+    carries a JPEG the camera rendered; scanning for JPEG start markers finds it
+    without a RAW decoder. The preview itself usually has no orientation tag.
+    """
+    view = memoryview(data)
+    best, best_area = None, 0
+    for count, match in enumerate(_JPEG_START.finditer(data)):
+        if count >= 64:
+            break
+        try:
+            with Image.open(io.BytesIO(view[match.start():])) as candidate:
+                area = candidate.width * candidate.height
+        except Exception:
+            continue
+        if area > best_area:
+            best, best_area = match.start(), area
+    if best is None:
+        raise ImageError("RAW file without an embedded JPEG preview (clipsearch reads RAW files through it)")
+    return bytes(view[best:]), _raw_orientation(data)
+
+
+def _raw_orientation(data: bytes) -> int:
+    """The Orientation tag of TIFF-based RAW files (most of them); 1 when there is none."""
+    try:
+        with Image.open(io.BytesIO(data)) as raw:
+            return int(raw.getexif().get(0x0112, 1))
+    except Exception:
         return 1
 
 
@@ -150,11 +216,19 @@ def to_model_pixels(image: Image.Image, prep: Preprocess) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def decode(data: bytes, prep: Preprocess, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> DecodedImage:
-    """Bytes of an image file to model pixels plus the original's displayed size."""
-    image, (width, height) = open_oriented(data, prep.shortest_edge, max_megapixels)
-    return DecodedImage(to_model_pixels(image, prep), width, height)
+def decode(data: bytes, prep: Preprocess, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+           path: str | None = None) -> DecodedImage:
+    """Bytes of an image file to model pixels, the original's displayed size and its fingerprints.
+
+    `path` is only used to recognise RAW files by their extension.
+    """
+    orientation = None
+    if path and is_raw(path):
+        data, orientation = raw_preview(data)
+    image, (width, height) = open_oriented(data, prep.shortest_edge, max_megapixels, orientation)
+    return DecodedImage(to_model_pixels(image, prep), width, height,
+                        fingerprint.perceptual_hash(image), fingerprint.colourfulness(image))
 
 
 def decode_file(path: str | os.PathLike, prep: Preprocess, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> DecodedImage:
-    return decode(read_bytes(os.fspath(path)), prep, max_megapixels)
+    return decode(read_bytes(os.fspath(path)), prep, max_megapixels, os.fspath(path))

@@ -74,6 +74,9 @@ class Progress:
 
     def model_loading(self, model_id: str) -> None: ...
 
+    def fingerprinting(self, count: int) -> None:
+        """`count` images indexed before fingerprints existed are about to get them."""
+
 
 @dataclass
 class _Reused:
@@ -124,7 +127,7 @@ def _prepare(entry: FileEntry, known_hashes: set[str], lazy: _LazyEncoder, max_m
         digest = hashlib.sha256(data).hexdigest()
         if digest in known_hashes:
             return _Reused(entry, digest)
-        return _Decoded(entry, digest, images.decode(data, lazy.get().preprocess, max_megapixels))
+        return _Decoded(entry, digest, images.decode(data, lazy.get().preprocess, max_megapixels, entry.path))
     except images.ImageError as exc:
         return _Failed(entry, str(exc))
 
@@ -184,6 +187,8 @@ def index_folders(
     finally:
         report.model_loaded = lazy.encoder is not None and encoder is None
     report.removed = store.remove(changes.gone)
+    for root in roots:
+        fill_fingerprints(store, root, options.workers, progress)
     if store.model():
         store.vectors()  # refresh the query cache now, so the next search does not pay for it
     report.seconds = time.perf_counter() - started
@@ -217,6 +222,7 @@ def _process(to_index: list[FileEntry], previously_indexed: set[str], store: Sto
                 pending_records.append(ImageRecord(
                     item.entry.path, item.entry.size, item.entry.mtime_ns, item.digest,
                     item.image.width, item.image.height, encode_vector(vector),
+                    item.image.phash, item.image.colourfulness,
                 ))
                 count_stored(item.entry)
             report.encoded += len(batch)
@@ -246,9 +252,10 @@ def _process(to_index: list[FileEntry], previously_indexed: set[str], store: Sto
                     progress.skipped(result.entry.path, result.reason)
                     progress.advance()
                 elif isinstance(result, _Reused):
-                    vector, width, height = store.vector_for_hash(result.digest)
+                    known = store.vector_for_hash(result.digest)
                     pending_records.append(ImageRecord(
-                        result.entry.path, result.entry.size, result.entry.mtime_ns, result.digest, width, height, vector,
+                        result.entry.path, result.entry.size, result.entry.mtime_ns, result.digest,
+                        known["width"], known["height"], known["vector"], known["phash"], known["colourfulness"],
                     ))
                     report.reused += 1
                     progress.advance()
@@ -260,3 +267,40 @@ def _process(to_index: list[FileEntry], previously_indexed: set[str], store: Sto
             for future in in_flight:
                 future.cancel()
             raise
+
+
+def fill_fingerprints(store: Store, folder: str | None = None, workers: int = DEFAULT_WORKERS,
+                      progress: Progress | None = None) -> list[tuple[str, str]]:
+    """Compute the perceptual hash and colourfulness of images indexed before dedupe existed.
+
+    Needs the files but not the model. Returns (path, reason) for files that
+    could not be read; they keep no fingerprint and dedupe only matches them exactly.
+    """
+    progress = progress or Progress()
+    missing = store.missing_fingerprints(folder)
+    if not missing:
+        return []
+    progress.fingerprinting(len(missing))
+    failed: list[tuple[str, str]] = []
+
+    def compute(item: tuple[int, str]):
+        image_id, path = item
+        try:
+            decoded = images.decode_file(path, images.Preprocess())
+            return image_id, decoded.phash, decoded.colourfulness
+        except images.ImageError as exc:
+            return path, str(exc)
+
+    done: list[tuple[int, bytes, float]] = []
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fingerprint") as pool:
+        for result in pool.map(compute, missing):
+            if len(result) == 2:
+                failed.append(result)
+            else:
+                done.append(result)
+            progress.advance()
+            if len(done) >= 500:
+                store.set_fingerprints(done)
+                done.clear()
+    store.set_fingerprints(done)
+    return failed

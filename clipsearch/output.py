@@ -15,7 +15,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .dedupe import Group
 from .indexer import IndexReport
+from .moves import Move, MoveReport, UndoReport
 from .search import Hit
 
 stdout = Console(soft_wrap=True)
@@ -88,3 +90,73 @@ def show_info(info: dict, fmt: Format) -> None:
         return
     for key, value in info.items():
         stdout.print(f"[bold]{key}[/]: {escape(str(value))}")
+
+
+_TIER_TITLES = {"exact": "exact copies", "near": "near-identical", "similar": "similar shots"}
+
+
+def _when(mtime_ns: int) -> str:
+    from datetime import datetime
+
+    return datetime.fromtimestamp(mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M")
+
+
+def show_groups(groups: Sequence[Group], fmt: Format) -> None:
+    """Duplicate groups: the file kept and why, then the others; --paths lists only the others."""
+    if fmt is Format.json:
+        sys.stdout.write(json.dumps([group.to_dict() for group in groups], indent=2) + "\n")
+        return
+    if fmt is Format.paths:
+        for group in groups:
+            for member in group.others:
+                sys.stdout.write(member.path + "\n")
+        return
+    if not groups:
+        stderr.print("No duplicates found.")
+        return
+    for number, group in enumerate(groups, 1):
+        stdout.print(f"[bold]{number}. {_TIER_TITLES[group.tier]}[/]  [dim]keep: {escape(group.reason)}[/]")
+        for member in group.members:
+            keep = member is group.keep
+            match = "" if keep else f"cos {member.similarity:.3f}" + (
+                f" hash {member.hash_distance:>3}" if member.hash_distance is not None else "")
+            pixels = f"{member.width}x{member.height}" if member.width else "?"
+            stdout.print(f"  {'[green]keep[/]' if keep else '    '}  {pixels:>11}  {_human_size(member.size):>9}  "
+                         f"{_when(member.mtime_ns)}  [dim]{match:<18}[/]  {escape(member.path)}")
+        stdout.print()
+    extra = [m for g in groups for m in g.others]
+    by_tier = {tier: sum(1 for g in groups if g.tier == tier) for tier in _TIER_TITLES}
+    stderr.print(
+        f"[bold]{len(groups)}[/] groups ({', '.join(f'{n} {_TIER_TITLES[t]}' for t, n in by_tier.items() if n)}): "
+        f"{len(extra)} files could go, {_human_size(sum(m.size for m in extra))}. Nothing was changed; "
+        "use --move-to DIR or --trash to act."
+    )
+
+
+def show_plan(moves: Sequence[Move]) -> None:
+    """What --move-to / --trash would do, before asking."""
+    for move in moves:
+        target = escape(move.target) if move.target else "[yellow]the trash[/]"
+        stderr.print(f"  {escape(move.source)} [dim]->[/] {target}")
+    stderr.print(f"[bold]{len(moves)}[/] files to move; every move is recorded so --undo can put it back.")
+
+
+def show_move_report(report: MoveReport, fmt: Format) -> None:
+    if fmt is Format.json:
+        sys.stderr.write(json.dumps({"manifest": report.manifest, "moved": len(report.moved),
+                                     "skipped": [{"path": p, "reason": r} for p, r in report.skipped]}) + "\n")
+        return
+    for path, reason in report.skipped:
+        stderr.print(f"[yellow]not moved[/] {escape(path)}: {escape(reason)}")
+    stderr.print(f"Moved [bold]{len(report.moved)}[/] files and removed them from the index. "
+                 f"To put them back: clipsearch dedupe --undo {escape(report.manifest)}")
+
+
+def show_undo_report(report: UndoReport, fmt: Format) -> None:
+    if fmt is Format.json:
+        skipped = [{"path": p, "reason": r} for p, r in report.skipped]
+        sys.stdout.write(json.dumps({"restored": report.restored, "skipped": skipped}, indent=2) + "\n")
+        return
+    for path, reason in report.skipped:
+        stderr.print(f"[yellow]not restored[/] {escape(path)}: {escape(reason)}")
+    stderr.print(f"Restored [bold]{len(report.restored)}[/] files to where they were, and to the index.")

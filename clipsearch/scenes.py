@@ -7,6 +7,7 @@ are known. Drawing is deterministic for a given `random.Random` state.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import random
@@ -179,3 +180,150 @@ def write_library(folder: str | os.PathLike, count: int, seed: int = 0, size: tu
         draw(scene).save(path, quality=quality)
         written.append((path, scene))
     return written
+
+
+# -- a library with known duplicates, for dedupe's tests and scripts/eval_dedupe.py --------------
+
+# How a file relates to its family's original: near-identical renditions of the same picture...
+NEAR_KINDS = ("exact", "resized", "jpeg50", "jpeg95", "png", "webp", "stripped", "rotated", "crop", "brighter")
+# Two generated photos this alike would be the same picture; the library never holds such a pair.
+_DISTINCT = 0.12
+# ...and things that are not the same picture: a greyscale conversion (an edit, see README) and
+# burst frames (the subject moved a little).
+OTHER_KINDS = ("grey", "burst")
+
+
+@dataclass(frozen=True)
+class LibraryFile:
+    path: Path
+    family: int  # files of one family show the same scene; -1 for unrelated photos
+    kind: str  # "original", a NEAR_KINDS or OTHER_KINDS entry, "unrelated", "lookalike", "raw", "raw-jpeg"
+
+
+def _camera_exif() -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x010F] = "clipsearch"  # Make
+    exif[0x0110] = "Scene Camera"  # Model
+    exif[0x0132] = "2024:06:01 12:00:00"  # DateTime
+    return exif
+
+
+def _save_variant(original: Image.Image, kind: str, path: Path, quality: int) -> Path:
+    """Write one rendition of `original`; returns the path written (its extension may change)."""
+    width, height = original.size
+    if kind == "resized":
+        original.resize((width // 2, height // 2), Image.Resampling.LANCZOS).save(path, quality=85)
+    elif kind in ("jpeg50", "jpeg95"):
+        original.save(path, quality=int(kind[4:]))
+    elif kind == "png":
+        path = path.with_suffix(".png")
+        original.save(path)
+    elif kind == "webp":
+        path = path.with_suffix(".webp")
+        original.save(path, quality=80)
+    elif kind == "stripped":  # same encoder settings, no EXIF block: same pixels, other bytes
+        original.save(path, quality=quality)
+    elif kind == "rotated":  # pixels stored sideways, the orientation tag turns them upright
+        exif = _camera_exif()
+        exif[0x0112] = 6
+        original.transpose(Image.Transpose.ROTATE_90).save(path, quality=quality, exif=exif)
+    elif kind == "crop":  # 2% off every side
+        dx, dy = round(width * 0.02), round(height * 0.02)
+        original.crop((dx, dy, width - dx, height - dy)).save(path, quality=quality)
+    elif kind == "brighter":
+        array = np.asarray(original, dtype=np.float32) * 1.05 + 3
+        Image.fromarray(array.clip(0, 255).astype(np.uint8)).save(path, quality=quality)
+    elif kind == "grey":
+        original.convert("L").convert("RGB").save(path, quality=quality)
+    else:
+        raise ValueError(f"unknown variant {kind!r}")
+    return path
+
+
+def _burst_frame(scene: Scene, rng: random.Random, frame: int) -> Image.Image:
+    """The same scene `frame` moments later: the subject moved and turned, fresh sensor noise."""
+    step = random.Random(scene.seed)  # one direction of motion per scene, towards the middle
+    dx = step.uniform(0.06, 0.08) * (1 if scene.cx < 0.5 else -1)
+    dy = step.uniform(0.04, 0.06) * (1 if scene.cy < 0.5 else -1)
+    moved = Scene(**{**scene.__dict__, "cx": scene.cx + frame * dx, "cy": scene.cy + frame * dy,
+                     "angle": scene.angle + frame * rng.uniform(8, 15)})
+    array = np.asarray(draw(moved), dtype=np.float32)
+    array += np.random.default_rng(scene.seed + frame).normal(0, 3, array.shape)
+    return Image.fromarray(array.clip(0, 255).astype(np.uint8))
+
+
+def _fake_raw(preview: Image.Image) -> bytes:
+    """A TIFF-structured file with a JPEG preview inside, laid out like a camera RAW."""
+    header, jpeg = io.BytesIO(), io.BytesIO()
+    preview.resize((160, 120)).save(header, "TIFF")
+    preview.save(jpeg, "JPEG", quality=97)
+    return header.getvalue() + bytes(64) + jpeg.getvalue() + bytes(1024)
+
+
+def _alike(a: Scene, b: Scene) -> bool:
+    return (a.colour, a.shape, a.background) == (b.colour, b.shape, b.background) and \
+        abs(a.cx - b.cx) + abs(a.cy - b.cy) + abs(a.radius - b.radius) < _DISTINCT * 3
+
+
+def write_duplicate_library(folder: str | os.PathLike, families: int = 12, unrelated: int = 30,
+                            raw_pairs: int = 4, seed: int = 11, size: tuple[int, int] = (640, 480),
+                            quality: int = 90) -> list[LibraryFile]:
+    """A photo library whose duplicates are known.
+
+    Each family has an original (in `originals/`), one file of every NEAR_KINDS
+    and OTHER_KINDS variant (in `copies/`, `exports/` and `burst/`) and a
+    lookalike: another photo of the same colour, shape and background. Then
+    `unrelated` photos and `raw_pairs` RAW+JPEG pairs from one camera.
+    """
+    folder = Path(folder)
+    for sub in ("originals", "copies", "exports", "burst", "other", "camera"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    files: list[LibraryFile] = []
+    drawn: list[Scene] = []
+
+    def new_scene(like: Scene | None = None) -> Scene:
+        """A random scene (with `like`'s colour, shape and background) unlike every scene drawn so far."""
+        while True:
+            scene = random_scene(rng, *size)
+            if like is not None:
+                scene = Scene(**{**scene.__dict__, "colour": like.colour, "shape": like.shape,
+                                 "background": like.background})
+            if not any(_alike(scene, other) for other in drawn):
+                drawn.append(scene)
+                return scene
+
+    for family in range(families):
+        scene = new_scene()
+        original = draw(scene)
+        name = f"f{family:02d}-{scene.colour}-{scene.shape}"
+        path = folder / "originals" / f"{name}.jpg"
+        original.save(path, quality=quality, exif=_camera_exif())
+        files.append(LibraryFile(path, family, "original"))
+        copy = folder / "copies" / f"{name}.jpg"
+        copy.write_bytes(path.read_bytes())
+        files.append(LibraryFile(copy, family, "exact"))
+        for kind in NEAR_KINDS[1:] + ("grey",):
+            written = _save_variant(original, kind, folder / "exports" / f"{name}-{kind}.jpg", quality)
+            files.append(LibraryFile(written, family, kind))
+        for frame in (1, 2):
+            path = folder / "burst" / f"{name}-burst{frame}.jpg"
+            _burst_frame(scene, rng, frame).save(path, quality=quality)
+            files.append(LibraryFile(path, family, "burst"))
+        lookalike = new_scene(like=scene)
+        path = folder / "other" / f"{name}-lookalike.jpg"
+        draw(lookalike).save(path, quality=quality)
+        files.append(LibraryFile(path, -1, "lookalike"))
+    for number in range(unrelated):
+        scene = new_scene()
+        path = folder / "other" / f"u{number:03d}-{scene.colour}-{scene.shape}.jpg"
+        draw(scene).save(path, quality=quality)
+        files.append(LibraryFile(path, -1, "unrelated"))
+    for number in range(raw_pairs):
+        picture = draw(new_scene())
+        stem = folder / "camera" / f"IMG_{number + 1:04d}"
+        stem.with_suffix(".CR2").write_bytes(_fake_raw(picture))
+        picture.save(stem.with_suffix(".JPG"), quality=quality, exif=_camera_exif())
+        files.append(LibraryFile(stem.with_suffix(".CR2"), -1, "raw"))
+        files.append(LibraryFile(stem.with_suffix(".JPG"), -1, "raw-jpeg"))
+    return files

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import sqlite_utils
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_ENV = "CLIPSEARCH_DB"
 VECTOR_DTYPE = np.dtype("<f2")
 
@@ -81,6 +81,8 @@ class ImageRecord:
     width: int
     height: int
     vector: bytes
+    phash: bytes | None = None  # perceptual hash and colourfulness (fingerprint.py); None until computed
+    colourfulness: float | None = None
 
 
 @dataclass
@@ -117,8 +119,14 @@ def _create_v1(db: sqlite_utils.Database) -> None:
     db["failures"].create({"path": str, "size": int, "mtime_ns": int, "reason": str}, pk="path")
 
 
+def _add_fingerprints_v2(db: sqlite_utils.Database) -> None:
+    """Pixel fingerprints for dedupe; NULL for rows indexed before, filled in by `fill_fingerprints`."""
+    db["images"].add_column("phash", bytes)
+    db["images"].add_column("colourfulness", float)
+
+
 # Migration N brings a database from schema N-1 to N.
-MIGRATIONS = {1: _create_v1}
+MIGRATIONS = {1: _create_v1, 2: _add_fingerprints_v2}
 
 
 class Store:
@@ -251,12 +259,26 @@ class Store:
     def known_hashes(self) -> set[str]:
         return {row[0] for row in self.db.execute("SELECT DISTINCT hash FROM images")}
 
-    def vector_for_hash(self, content_hash: str) -> tuple[bytes, int, int] | None:
-        """A stored vector (and size) for content with this hash, to reuse for renamed or copied files."""
-        row = self.db.execute(
-            "SELECT vector, width, height FROM images WHERE hash = ? LIMIT 1", [content_hash]
-        ).fetchone()
-        return (row[0], row[1], row[2]) if row else None
+    def vector_for_hash(self, content_hash: str) -> dict | None:
+        """Stored vector, size and fingerprints for content with this hash, to reuse for renamed or copied files."""
+        rows = list(self.db.query(
+            "SELECT vector, width, height, phash, colourfulness FROM images WHERE hash = ? "
+            "ORDER BY phash IS NULL LIMIT 1", [content_hash]
+        ))
+        return rows[0] if rows else None
+
+    def missing_fingerprints(self, folder: str | None = None) -> list[tuple[int, str]]:
+        """(id, path) of images indexed before fingerprints existed."""
+        where, params = self._scope(folder)
+        where = f"{where} AND phash IS NULL" if where else "WHERE phash IS NULL"
+        return [(row[0], row[1]) for row in self.db.execute(f"SELECT id, path FROM images {where}", params)]
+
+    def set_fingerprints(self, rows: list[tuple[int, bytes, float]]) -> None:
+        """Store (id, phash, colourfulness) for existing images, in one transaction."""
+        with self.db.atomic():
+            self.db.conn.executemany(
+                "UPDATE images SET phash = ?, colourfulness = ? WHERE id = ?", [(p, c, i) for i, p, c in rows]
+            )
 
     def write(self, records: list[ImageRecord], failures: list[tuple[str, int, int, str]] = ()) -> None:
         """Store a batch of images (replacing rows of the same path) and failures, in one transaction."""
@@ -369,6 +391,26 @@ class Store:
     def id_for_path(self, path: str) -> int | None:
         row = self.db.execute("SELECT id FROM images WHERE path = ?", [path]).fetchone()
         return row[0] if row else None
+
+    def file_table(self, folder: str | None = None) -> dict[str, list]:
+        """Facts of every image (or those under `folder`) as columns, ordered by id like `vectors()`."""
+        where, params = self._scope(folder)
+        names = ["id", "path", "size", "mtime_ns", "hash", "width", "height", "phash", "colourfulness"]
+        rows = self.db.execute(f"SELECT {', '.join(names)} FROM images {where} ORDER BY id", params).fetchall()
+        return {name: [row[i] for row in rows] for i, name in enumerate(names)}
+
+    def rows_for_paths(self, paths: Iterable[str]) -> list[dict]:
+        """Whole rows (vector included) of these paths, to keep in a dedupe manifest."""
+        found = []
+        for path in paths:
+            found.extend(self.db.query("SELECT * FROM images WHERE path = ?", [path]))
+        return found
+
+    def restore_rows(self, rows: list[dict]) -> None:
+        """Put back rows that `rows_for_paths` returned (their ids may have been reused: let SQLite pick)."""
+        with self.db.atomic():
+            self.db["images"].upsert_all([{k: v for k, v in row.items() if k != "id"} for row in rows], pk="path")
+            self._bump_generation()
 
     def image_rows(self, ids: list[int]) -> dict[int, dict]:
         """File facts (no vector) of the given image ids, for output."""

@@ -78,8 +78,8 @@ def cli():
     """Run the real CLI in-process; returns typer's Result (exit_code, stdout, stderr)."""
     runner = CliRunner()
 
-    def invoke(*args: str, env: dict | None = None):
-        return runner.invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
+    def invoke(*args: str, env: dict | None = None, input: str | None = None):
+        return runner.invoke(app, [str(a) for a in args], env=env, input=input, catch_exceptions=False)
 
     return invoke
 

@@ -118,3 +118,19 @@ def test_pixel_limit_guards_against_huge_images():
     with pytest.raises(images.ImageError, match="too large .*--max-megapixels"):
         images.decode(data, PREP, max_megapixels=5)
     assert images.decode(data, PREP, max_megapixels=7).pixels.shape == (64, 64, 3)
+
+
+def test_raw_file_is_read_through_its_embedded_preview(tmp_path):
+    from clipsearch import scenes
+
+    picture = scenes.draw(scenes.random_scene(__import__("random").Random(2), 640, 480))
+    raw = tmp_path / "IMG_0001.NEF"
+    raw.write_bytes(scenes._fake_raw(picture))
+    decoded = images.decode_file(raw, images.Preprocess())
+    assert (decoded.width, decoded.height) == (640, 480)
+    assert ".nef" in images.supported_extensions()
+
+    no_preview = tmp_path / "IMG_0002.CR2"
+    no_preview.write_bytes(b"II*\x00" + bytes(4096))
+    with pytest.raises(images.ImageError, match="embedded JPEG preview"):
+        images.decode_file(no_preview, images.Preprocess())

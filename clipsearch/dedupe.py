@@ -1,0 +1,414 @@
+"""Finding duplicate photos in the index, in three separate tiers.
+
+- exact: the same bytes (the SHA-256 the indexer stores).
+- near: the same picture saved differently (resized, re-encoded, converted,
+  stripped of metadata, rotated by EXIF, cropped or brightened a little). Two
+  independent signals must agree: the CLIP vectors propose pairs above
+  `near_threshold`, and the perceptual hash computed at index time confirms
+  them (at most `max_hash_distance` of its 256 bits differ, and not one greyscale
+  and the other colour).
+- similar (opt-in): different shots of one scene, like bursts: CLIP vectors above
+  `similar_threshold` alone.
+
+Tiers nest: each exact group takes part in the near tier through the file it
+keeps, each near group in the similar tier likewise, so a file is listed once
+per tier and acting on all tiers in order is consistent. A camera RAW file is
+never grouped with a non-RAW image: the JPEG beside it (same stem) is the
+camera's rendition of it, not a copy.
+
+Pairs come from a neighbour search that never builds the N x N similarity
+matrix: exact blockwise products up to `EXACT_SEARCH_LIMIT` images, an
+inverted-file search (k-means cells, several probed per image) above it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from . import fingerprint, tuning
+from .images import RAW_EXTENSIONS
+from .store import Store, normalise_path
+
+EXACT_SEARCH_LIMIT = 20_000
+BLOCK_ROWS = 1024
+# Inverted-file search: about CELLS_PER_ROOT * sqrt(N) k-means cells, PROBES nearest probed per image.
+CELLS_PER_ROOT = 1.0
+PROBES = 8
+
+
+class DedupeError(Exception):
+    """Dedupe cannot run as asked; the message says why."""
+
+
+class KeepPolicy(str, Enum):
+    best = "best"  # most pixels, then largest file, then oldest, then shortest path
+    oldest = "oldest"
+    newest = "newest"
+    largest = "largest"  # largest file
+    shortest_path = "shortest-path"
+
+
+@dataclass
+class DedupeOptions:
+    similar: bool = False
+    near_threshold: float | None = None  # None: the model's default (tuning.py)
+    similar_threshold: float | None = None
+    max_hash_distance: int = 56  # of 256 bits
+    neighbours: int = 16  # candidate pairs kept per image: bounds the work on huge groups
+    keep: KeepPolicy = KeepPolicy.best
+    prefer: tuple[str, ...] = ()  # folders whose files are kept first
+
+    def resolved(self, model_id: str | None) -> DedupeOptions:
+        defaults = tuning.for_model(model_id)
+        return DedupeOptions(
+            self.similar,
+            defaults["near_threshold"] if self.near_threshold is None else self.near_threshold,
+            defaults["similar_threshold"] if self.similar_threshold is None else self.similar_threshold,
+            self.max_hash_distance, self.neighbours, self.keep,
+            tuple(normalise_path(p) for p in self.prefer),
+        )
+
+
+@dataclass
+class Member:
+    path: str
+    width: int | None
+    height: int | None
+    size: int
+    mtime_ns: int
+    similarity: float | None = None  # cosine to the kept file (None for the kept file)
+    hash_distance: int | None = None  # perceptual-hash bits that differ from the kept file
+
+    def to_dict(self, keep: bool) -> dict:
+        from datetime import datetime, timezone
+
+        modified = datetime.fromtimestamp(self.mtime_ns / 1e9, timezone.utc).isoformat(timespec="seconds")
+        return {"path": self.path, "keep": keep, "width": self.width, "height": self.height, "size": self.size,
+                "modified": modified,
+                "similarity": None if self.similarity is None else round(self.similarity, 4),
+                "hash_distance": self.hash_distance}
+
+
+@dataclass
+class Group:
+    tier: str  # "exact", "near" or "similar"
+    keep: Member
+    reason: str  # why `keep` is the one kept
+    others: list[Member] = field(default_factory=list)
+
+    @property
+    def members(self) -> list[Member]:
+        return [self.keep, *self.others]
+
+    def to_dict(self) -> dict:
+        return {"tier": self.tier, "keep": self.keep.path, "reason": self.reason,
+                "members": [self.keep.to_dict(True)] + [m.to_dict(False) for m in self.others]}
+
+
+TIERS = ("exact", "near", "similar")
+
+
+# -- neighbour search ---------------------------------------------------------------
+
+
+def neighbour_pairs(matrix: np.ndarray, threshold: float, neighbours: int = 16,
+                    exact_limit: int = EXACT_SEARCH_LIMIT, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i < j) of rows whose cosine is at least `threshold`, at most `neighbours` per row.
+
+    Returns arrays (i, j, similarity). Memory stays at a few blocks of
+    BLOCK_ROWS x N floats, never N x N.
+    """
+    n = len(matrix)
+    if n < 2:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=np.float32)
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    if n <= exact_limit:
+        found = [_pairs_in_block(matrix[start:start + BLOCK_ROWS], np.arange(start, min(n, start + BLOCK_ROWS)),
+                                 matrix[start:], np.arange(start, n), threshold, neighbours)
+                 for start in range(0, n, BLOCK_ROWS)]
+    else:
+        found = _inverted_file_pairs(matrix, threshold, neighbours, seed)
+    rows = np.concatenate([f[0] for f in found])
+    cols = np.concatenate([f[1] for f in found])
+    sims = np.concatenate([f[2] for f in found])
+    low, high = np.minimum(rows, cols), np.maximum(rows, cols)
+    keys, first = np.unique(low * n + high, return_index=True)  # the same pair may be found twice
+    return low[first], high[first], sims[first]
+
+
+def _pairs_in_block(queries: np.ndarray, query_ids: np.ndarray, targets: np.ndarray, target_ids: np.ndarray,
+                    threshold: float, neighbours: int):
+    """Above-threshold (query, target) pairs of one block, the best `neighbours` per query, no self pairs."""
+    sims = queries @ targets.T
+    hit_rows, hit_cols = np.nonzero(sims >= threshold)
+    not_self = query_ids[hit_rows] != target_ids[hit_cols]
+    hit_rows, hit_cols = hit_rows[not_self], hit_cols[not_self]
+    if len(hit_rows) == 0:
+        return hit_rows, hit_rows, np.zeros(0, dtype=np.float32)
+    values = sims[hit_rows, hit_cols]
+    counts = np.bincount(hit_rows, minlength=len(queries))
+    if counts.max() > neighbours:  # rare (huge groups): keep each query's best
+        order = np.lexsort((-values, hit_rows))
+        hit_rows, hit_cols, values = hit_rows[order], hit_cols[order], values[order]
+        rank = np.arange(len(hit_rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+        keep = rank < neighbours
+        hit_rows, hit_cols, values = hit_rows[keep], hit_cols[keep], values[keep]
+    return query_ids[hit_rows], target_ids[hit_cols], values
+
+
+def _inverted_file_pairs(matrix: np.ndarray, threshold: float, neighbours: int, seed: int):
+    """Approximate search for large indexes: each image is compared only with the images in its
+    `probes` nearest k-means cells. Pairs above a high cosine sit in the same or adjacent cells,
+    so they are found (recall is measured by scripts/bench_dedupe.py)."""
+    n = len(matrix)
+    cells = max(16, int(CELLS_PER_ROOT * np.sqrt(n)))
+    probes = min(PROBES, cells)
+    centroids = _kmeans(matrix, cells, seed)
+    home = np.empty(n, dtype=np.int64)
+    nearest = np.empty((n, probes), dtype=np.int64)
+    for start in range(0, n, 8192):
+        scores = matrix[start:start + 8192] @ centroids.T
+        nearest[start:start + 8192] = np.argpartition(-scores, probes - 1, axis=1)[:, :probes]
+        home[start:start + 8192] = scores.argmax(axis=1)
+    members = np.argsort(home, kind="stable")
+    member_bounds = np.searchsorted(home[members], np.arange(cells + 1))
+    probe_points = np.repeat(np.arange(n), probes)
+    probe_cells = nearest.ravel()
+    order = np.argsort(probe_cells, kind="stable")
+    probe_points, probe_cells = probe_points[order], probe_cells[order]
+    probe_bounds = np.searchsorted(probe_cells, np.arange(cells + 1))
+    found = []
+    for cell in range(cells):
+        target_ids = members[member_bounds[cell]:member_bounds[cell + 1]]
+        query_ids = probe_points[probe_bounds[cell]:probe_bounds[cell + 1]]
+        if len(target_ids) == 0 or len(query_ids) == 0:
+            continue
+        for start in range(0, len(query_ids), BLOCK_ROWS):
+            block = query_ids[start:start + BLOCK_ROWS]
+            found.append(_pairs_in_block(matrix[block], block, matrix[target_ids], target_ids, threshold, neighbours))
+    if not found:
+        empty = np.zeros(0, dtype=np.int64)
+        found.append((empty, empty, np.zeros(0, dtype=np.float32)))
+    return found
+
+
+def _kmeans(matrix: np.ndarray, cells: int, seed: int, iterations: int = 8, sample: int = 40) -> np.ndarray:
+    """Spherical k-means on a sample of `sample` points per cell: unit-length centroids."""
+    rng = np.random.default_rng(seed)
+    train = matrix[rng.choice(len(matrix), min(len(matrix), cells * sample), replace=False)]
+    centroids = train[rng.choice(len(train), cells, replace=False)].copy()
+    for _ in range(iterations):
+        assignment = (train @ centroids.T).argmax(axis=1)
+        one_hot = coo_matrix((np.ones(len(train), dtype=np.float32), (assignment, np.arange(len(train)))),
+                             shape=(cells, len(train))).tocsr()
+        sums = np.asarray(one_hot @ train, dtype=np.float32)
+        lengths = np.linalg.norm(sums, axis=1, keepdims=True)
+        empty = lengths[:, 0] == 0
+        sums[empty] = train[rng.choice(len(train), int(empty.sum()))]  # reseed empty cells
+        centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    return centroids.astype(np.float32)
+
+
+def _components(count: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Connected-component label of each of `count` nodes linked by the pairs (rows, cols)."""
+    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(count, count))
+    return connected_components(graph, directed=False)[1]
+
+
+# -- choosing what to keep ---------------------------------------------------------------
+
+
+@dataclass
+class _Files:
+    """The index's facts as columns, indexable by position."""
+
+    paths: list[str]
+    size: np.ndarray
+    mtime: np.ndarray
+    pixels: np.ndarray
+    width: list
+    height: list
+    phash: np.ndarray
+    has_phash: np.ndarray
+    colour: np.ndarray
+    raw: np.ndarray
+
+    def member(self, i: int) -> Member:
+        return Member(self.paths[i], self.width[i], self.height[i], int(self.size[i]), int(self.mtime[i]))
+
+
+def _sort_key(files: _Files, i: int, options: DedupeOptions) -> tuple:
+    path = files.paths[i]
+    preferred = not any(path.startswith(folder.rstrip(os.sep) + os.sep) for folder in options.prefer)
+    by_policy = {
+        KeepPolicy.best: (-files.pixels[i], -files.size[i], files.mtime[i], len(path)),
+        KeepPolicy.oldest: (files.mtime[i], -files.pixels[i], -files.size[i], len(path)),
+        KeepPolicy.newest: (-files.mtime[i], -files.pixels[i], -files.size[i], len(path)),
+        KeepPolicy.largest: (-files.size[i], -files.pixels[i], files.mtime[i], len(path)),
+        KeepPolicy.shortest_path: (len(path), -files.pixels[i], -files.size[i], files.mtime[i]),
+    }[options.keep]
+    return (preferred, *by_policy, path)
+
+
+_CRITERIA = {
+    KeepPolicy.best: ("most pixels", "largest file", "oldest", "shortest path"),
+    KeepPolicy.oldest: ("oldest", "most pixels", "largest file", "shortest path"),
+    KeepPolicy.newest: ("newest", "most pixels", "largest file", "shortest path"),
+    KeepPolicy.largest: ("largest file", "most pixels", "oldest", "shortest path"),
+    KeepPolicy.shortest_path: ("shortest path", "most pixels", "largest file", "oldest"),
+}
+
+
+def _choose_keep(files: _Files, indices: list[int], options: DedupeOptions) -> tuple[list[int], str]:
+    """Members ordered keep-first, and the reason the first one is kept."""
+    keys = {i: _sort_key(files, i, options) for i in indices}
+    ordered = sorted(indices, key=keys.__getitem__)
+    best, runner_up = keys[ordered[0]], keys[ordered[1]]
+    if best[0] != runner_up[0]:
+        return ordered, "in a preferred folder"
+    for position, criterion in enumerate(_CRITERIA[options.keep], start=1):
+        if best[position] != runner_up[position]:
+            if position == 1:
+                return ordered, criterion
+            return ordered, f"{criterion} (ties on {', '.join(_CRITERIA[options.keep][:position - 1])})"
+    return ordered, "first by path (all else equal)"
+
+
+# -- the three tiers -----------------------------------------------------------------
+
+
+def find_duplicates(store: Store, folder: str | None = None, options: DedupeOptions | None = None) -> list[Group]:
+    """Duplicate groups among the indexed images (under `folder`), exact first, then near, then similar.
+
+    Images without a fingerprint (run `fill_fingerprints` first; `dedupe()` does)
+    take part in the exact and similar tiers only.
+    """
+    recorded = store.model()
+    options = (options or DedupeOptions()).resolved(recorded[0] if recorded else None)
+    folder = normalise_path(folder) if folder else None
+    table = store.file_table(folder)
+    vectors = store.vectors(folder)
+    if len(table["id"]) != len(vectors) or not np.array_equal(np.asarray(table["id"], dtype=np.int64), vectors.ids):
+        raise DedupeError("The index changed while dedupe was reading it; run dedupe again.")
+    count = len(table["id"])
+    if count < 2:
+        return []
+    files = _Files(
+        paths=table["path"],
+        size=np.asarray(table["size"], dtype=np.int64),
+        mtime=np.asarray(table["mtime_ns"], dtype=np.int64),
+        pixels=np.asarray([(w or 0) * (h or 0) for w, h in zip(table["width"], table["height"])], dtype=np.int64),
+        width=table["width"], height=table["height"],
+        phash=fingerprint.hash_matrix(table["phash"]),
+        has_phash=np.asarray([p is not None for p in table["phash"]]),
+        colour=np.asarray([c if c is not None else 0.0 for c in table["colourfulness"]], dtype=np.float32),
+        raw=np.asarray([p[p.rfind("."):].lower() in RAW_EXTENSIONS for p in table["path"]]),
+    )
+    matrix = vectors.matrix
+    groups: list[Group] = []
+
+    # exact: the same content hash
+    _, exact_label = np.unique(np.asarray(table["hash"]), return_inverse=True)
+    exact_keep = _tier_groups("exact", files, exact_label, options, groups, matrix)
+
+    # near and similar: one neighbour search among the kept files of the exact tier
+    threshold = min(options.near_threshold, options.similar_threshold) if options.similar else options.near_threshold
+    rows, cols, sims = neighbour_pairs(matrix[exact_keep], threshold, options.neighbours)
+    rows, cols = exact_keep[rows], exact_keep[cols]
+    same_kind = files.raw[rows] == files.raw[cols]
+    rows, cols, sims = rows[same_kind], cols[same_kind], sims[same_kind]
+
+    confirmed = ((sims >= options.near_threshold) & files.has_phash[rows] & files.has_phash[cols]
+                 & (fingerprint.hamming(files.phash[rows], files.phash[cols]) <= options.max_hash_distance)
+                 & ~fingerprint.colour_mismatch(files.colour[rows], files.colour[cols]))
+    near_label = _labels_over(count, exact_keep, rows[confirmed], cols[confirmed])
+    near_keep = _tier_groups("near", files, near_label, options, groups, matrix, among=exact_keep)
+
+    if options.similar:
+        loose = sims >= options.similar_threshold
+        similar_label = _labels_over(count, near_keep, _kept_of(near_label, near_keep, rows[loose]),
+                                     _kept_of(near_label, near_keep, cols[loose]))
+        similar_label = _split_around_leaders(similar_label, near_keep, files, options, matrix)
+        _tier_groups("similar", files, similar_label, options, groups, matrix, among=near_keep)
+    order = {tier: position for position, tier in enumerate(TIERS)}
+    groups.sort(key=lambda g: (order[g.tier], g.keep.path))
+    return groups
+
+
+def _kept_of(label: np.ndarray, kept: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """Map files to the kept file of their group in a tier (label -> kept index)."""
+    by_label = np.full(label.max() + 1, -1, dtype=np.int64)
+    by_label[label[kept]] = kept
+    return by_label[label[nodes]]
+
+
+def _split_around_leaders(label: np.ndarray, nodes: np.ndarray, files: _Files, options: DedupeOptions,
+                          matrix: np.ndarray) -> np.ndarray:
+    """Re-form similar groups so every member is similar to the file kept, not just to a neighbour.
+
+    Linked pairs chain (A like B, B like C, ... Z), which would lump a whole
+    holiday into one "burst". Instead the file the keep policy prefers leads a
+    group of the members similar to it; the rest form groups the same way.
+    """
+    label = label.copy()
+    next_label = label.max() + 1
+    order = np.argsort(label[nodes], kind="stable")
+    sorted_nodes, sorted_labels = nodes[order], label[nodes][order]
+    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+    for start, end in zip(starts, np.r_[starts[1:], len(sorted_nodes)]):
+        if end - start < 3:
+            continue
+        waiting = sorted(sorted_nodes[start:end].tolist(), key=lambda i: _sort_key(files, i, options))
+        while waiting:
+            leader, rest = waiting[0], np.asarray(waiting[1:], dtype=np.int64)
+            close = rest[matrix[rest] @ matrix[leader] >= options.similar_threshold] if len(rest) else rest
+            for member in (leader, *close.tolist()):
+                label[member] = next_label
+            next_label += 1
+            taken = set(close.tolist())
+            waiting = [i for i in waiting[1:] if i not in taken]
+    return label
+
+
+def _labels_over(count: int, nodes: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """Component labels of all `count` files; only `nodes` take part, the rest get their own label."""
+    labels = np.arange(count, dtype=np.int64)
+    if len(rows):
+        keep = rows != cols
+        component = _components(count, rows[keep], cols[keep])
+        labels[nodes] = count + component[nodes]
+    return labels
+
+
+def _tier_groups(tier: str, files: _Files, label: np.ndarray, options: DedupeOptions, groups: list[Group],
+                 matrix: np.ndarray, among: np.ndarray | None = None) -> np.ndarray:
+    """Add this tier's groups (2+ files with one label) to `groups`; return the files kept, one per label."""
+    nodes = np.arange(len(label)) if among is None else among
+    order = np.argsort(label[nodes], kind="stable")
+    sorted_nodes, sorted_labels = nodes[order], label[nodes][order]
+    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+    ends = np.r_[starts[1:], len(sorted_nodes)]
+    kept = []
+    for start, end in zip(starts, ends):
+        if end - start == 1:
+            kept.append(sorted_nodes[start])
+            continue
+        ordered, reason = _choose_keep(files, [int(i) for i in sorted_nodes[start:end]], options)
+        kept.append(ordered[0])
+        keep = files.member(ordered[0])
+        others = []
+        for i in ordered[1:]:
+            other = files.member(i)
+            other.similarity = float(matrix[i] @ matrix[ordered[0]])
+            if files.has_phash[i] and files.has_phash[ordered[0]]:
+                other.hash_distance = int(fingerprint.hamming(files.phash[i], files.phash[ordered[0]]))
+            others.append(other)
+        groups.append(Group(tier, keep, reason, others))
+    return np.sort(np.asarray(kept, dtype=np.int64))

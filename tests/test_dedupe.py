@@ -1,0 +1,268 @@
+"""dedupe: tiers on a generated library with known duplicates, keep policy, moves and undo."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipsearch import scenes
+from clipsearch.dedupe import DedupeOptions, KeepPolicy, find_duplicates, neighbour_pairs
+from clipsearch.indexer import IndexOptions, fill_fingerprints, index_folders
+from clipsearch.store import Store
+
+from .conftest import TINY_MODEL
+
+
+@pytest.fixture(scope="module")
+def duplicate_library(tmp_path_factory, encoder):
+    """(library folder, truth, index path) for 6 families + 12 unrelated photos + 3 RAW+JPEG pairs."""
+    folder = tmp_path_factory.mktemp("dupes") / "library"
+    files = scenes.write_duplicate_library(folder, families=6, unrelated=12, raw_pairs=3, seed=5)
+    db_path = folder.parent / "index.db"
+    with Store.open(db_path) as store:
+        index_folders([folder], store, encoder=encoder, options=IndexOptions(batch_size=32))
+    return folder, files, db_path
+
+
+@pytest.fixture
+def writable_library(duplicate_library, tmp_path):
+    """A copy of the library and its index (paths inside rewritten) that a test may change."""
+    folder, files, db_path = duplicate_library
+    copy = tmp_path / "library"
+    shutil.copytree(folder, copy)
+    db_copy = tmp_path / "index.db"
+    shutil.copy(db_path, db_copy)
+    with Store.open(db_copy) as store:
+        store.db.execute("UPDATE images SET path = replace(path, ?, ?)", [str(folder), str(copy)])
+        store.db.conn.commit()
+    relocated = [scenes.LibraryFile(copy / f.path.relative_to(folder), f.family, f.kind) for f in files]
+    return copy, relocated, db_copy
+
+
+def _groups(db_path, **options):
+    with Store.open(db_path) as store:
+        return find_duplicates(store, options=DedupeOptions(**options))
+
+
+def _by_tier(groups, tier):
+    return [{m.path for m in g.members} for g in groups if g.tier == tier]
+
+
+def test_each_tier_finds_what_it_should_and_nothing_else(duplicate_library):
+    _, files, db_path = duplicate_library
+    groups = _groups(db_path)
+    kind = {str(f.path): f for f in files}
+
+    exact = _by_tier(groups, "exact")
+    assert sorted(sorted(kind[p].kind for p in g) for g in exact) == [["exact", "original"]] * 6
+
+    near = _by_tier(groups, "near")
+    assert len(near) == 6
+    for group in near:
+        families = {kind[p].family for p in group}
+        assert len(families) == 1 and -1 not in families
+        # The exact pair takes part through the copy it keeps, so one of the two is here.
+        assert {kind[p].kind for p in group} | {"exact", "original"} == {"original", *scenes.NEAR_KINDS}
+        assert len(group) == len(scenes.NEAR_KINDS)
+    assert not _by_tier(groups, "similar"), "similar shots only with --similar"
+
+    grouped = {p for g in exact + near for p in g}
+    for f in files:
+        if f.kind in ("grey", "burst", "lookalike", "unrelated", "raw", "raw-jpeg"):
+            assert str(f.path) not in grouped, f"{f.kind} {f.path.name} was grouped"
+
+
+def test_similar_tier_adds_bursts_and_never_pairs_raw_with_its_jpeg(duplicate_library):
+    _, files, db_path = duplicate_library
+    groups = _groups(db_path, similar=True)
+    near_keeps = {g.keep.path: g for g in groups if g.tier == "near"}
+    similar = [g for g in groups if g.tier == "similar"]
+    for f in files:
+        if f.kind == "burst":
+            holding = [g for g in similar if str(f.path) in {m.path for m in g.members}]
+            assert holding, f"{f.path.name} is in no similar group"
+    # Similar groups join the near tier's kept files, never the files a near group already dropped.
+    near_dropped = {m.path for g in near_keeps.values() for m in g.others}
+    assert not near_dropped & {m.path for g in similar for m in g.members}
+    for group in groups:
+        stems = [(Path(m.path).parent, Path(m.path).stem) for m in group.members]
+        assert len(stems) == len(set(stems)), f"RAW+JPEG siblings grouped: {group}"
+
+
+def test_raw_files_are_indexed_through_their_preview(duplicate_library):
+    _, files, db_path = duplicate_library
+    with Store.open(db_path) as store:
+        raws = [f for f in files if f.kind == "raw"]
+        for raw in raws:
+            assert store.id_for_path(str(raw.path)) is not None
+        row = store.rows_for_paths([str(raws[0].path)])[0]
+        assert (row["width"], row["height"]) == (640, 480)  # the embedded preview, not the TIFF thumbnail
+
+
+def test_keep_policy_and_its_alternatives(duplicate_library):
+    folder, _, db_path = duplicate_library
+    near = [g for g in _groups(db_path) if g.tier == "near"][0]
+    best_pixels = max(m.width * m.height for m in near.members)
+    assert near.keep.width * near.keep.height == best_pixels
+    same_pixels = [m for m in near.members if m.width * m.height == best_pixels]
+    assert near.keep.size == max(m.size for m in same_pixels)
+    assert near.reason.startswith("largest file")
+
+    newest = [g for g in _groups(db_path, keep=KeepPolicy.newest) if g.tier == "near"][0]
+    assert newest.keep.mtime_ns == max(m.mtime_ns for m in newest.members)
+
+    preferred = [g for g in _groups(db_path, prefer=(str(folder / "originals"),)) if g.tier == "exact"]
+    assert all("/originals/" in g.keep.path and g.reason == "in a preferred folder" for g in preferred)
+
+
+def test_fingerprints_are_filled_in_for_images_indexed_before_dedupe(writable_library):
+    _, _, db_path = writable_library
+    before = _groups(db_path)
+    with Store.open(db_path) as store:
+        store.db.execute("UPDATE images SET phash = NULL, colourfulness = NULL")
+        store.db.conn.commit()
+        assert not [g for g in find_duplicates(store) if g.tier == "near"], "no hash, no near-identical"
+        assert fill_fingerprints(store) == []
+        assert store.missing_fingerprints() == []
+        after = find_duplicates(store)
+    def summary(groups):
+        return [(g.tier, g.keep.path, len(g.others)) for g in groups]
+
+    assert summary(after) == summary(before)
+
+
+def test_schema_1_index_is_migrated(tmp_path):
+    from clipsearch.store import MIGRATIONS
+
+    import sqlite_utils
+
+    db = sqlite_utils.Database(tmp_path / "old.db")
+    db["schema_version"].create({"version": int})
+    MIGRATIONS[1](db)
+    db["schema_version"].insert({"version": 1})
+    db.close()
+    with Store.open(tmp_path / "old.db") as store:
+        assert store.schema_version() == 2
+        assert {"phash", "colourfulness"} <= set(store.db["images"].columns_dict)
+
+
+def test_inverted_file_search_finds_the_pairs_exact_search_finds():
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((3000, 64)).astype(np.float32)
+    copies = base[:300] + 0.15 * rng.standard_normal((300, 64)).astype(np.float32)
+    matrix = np.vstack([base, copies])
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    exact = set(zip(*[a.tolist() for a in neighbour_pairs(matrix, 0.9)[:2]]))
+    approximate_rows, approximate_cols, sims = neighbour_pairs(matrix, 0.9, exact_limit=0)
+    approximate = set(zip(approximate_rows.tolist(), approximate_cols.tolist()))
+    assert len(exact) >= 300
+    assert approximate <= exact and len(approximate) >= 0.99 * len(exact)
+    assert (sims >= 0.9).all()
+
+
+def test_cli_json_and_paths(duplicate_library, cli):
+    _, files, db_path = duplicate_library
+    result = cli("dedupe", "--db", db_path, "--json")
+    assert result.exit_code == 0
+    groups = json.loads(result.stdout)
+    assert {g["tier"] for g in groups} == {"exact", "near"}
+    for group in groups:
+        assert group["keep"] in [m["path"] for m in group["members"]]
+        assert sum(m["keep"] for m in group["members"]) == 1
+    paths = cli("dedupe", "--db", db_path, "--paths").stdout.split()
+    assert len(paths) == len(set(paths)) == sum(len(g["members"]) - 1 for g in groups)
+    # Tiers nest: an exact group's kept file may go in the near tier, but every near group keeps one.
+    survivors = {m["path"] for g in groups for m in g["members"]} - set(paths)
+    assert survivors == {g["keep"] for g in groups if g["tier"] == "near"}
+
+
+def test_cli_scope_and_nothing_found(duplicate_library, cli):
+    folder, _, db_path = duplicate_library
+    result = cli("dedupe", "--db", db_path, "--in", folder / "other")
+    assert result.exit_code == 1 and "No duplicates" in result.stderr
+    result = cli("dedupe", "--db", db_path, "--in", folder / "originals", "--json")
+    assert json.loads(result.stdout) == []
+
+
+def _disk_state(folder: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+
+
+def _index_matches_disk(db_path: Path, folder: Path) -> None:
+    with Store.open(db_path) as store:
+        indexed = set(store.paths(str(folder)))
+        for path in indexed:
+            assert os.path.isfile(path), f"index lists {path}, which is not there"
+    on_disk = {p for p in _disk_state(folder)}
+    assert indexed == on_disk
+
+
+def test_move_to_and_undo_round_trip(writable_library, cli, tmp_path):
+    folder, _, db_path = writable_library
+    before = _disk_state(folder)
+    groups = json.loads(cli("dedupe", "--db", db_path, "--json").stdout)
+    extra = [m["path"] for g in groups for m in g["members"] if not m["keep"]]
+    review = tmp_path / "review"
+
+    declined = cli("dedupe", "--db", db_path, "--move-to", review, input="n\n")
+    assert declined.exit_code == 1 and "Nothing was moved" in declined.stderr
+    assert _disk_state(folder) == before
+
+    moved = cli("dedupe", "--db", db_path, "--move-to", review, "--yes")
+    assert moved.exit_code == 0, moved.stderr
+    for path in extra:
+        assert not os.path.exists(path)
+        assert (review / os.path.relpath(path, folder)).is_file(), "relative folders are kept"
+    _index_matches_disk(db_path, folder)
+    assert cli("dedupe", "--db", db_path).exit_code == 1, "nothing left to dedupe"
+
+    manifest = next(review.glob("clipsearch-dedupe-*.jsonl"))
+    undone = cli("dedupe", "--db", db_path, "--undo", manifest)
+    assert undone.exit_code == 0, undone.stderr
+    assert _disk_state(folder) == before
+    _index_matches_disk(db_path, folder)
+    assert json.loads(cli("dedupe", "--db", db_path, "--json").stdout) == groups
+    assert cli("dedupe", "--db", db_path, "--undo", manifest).exit_code == 0, "undo twice is harmless"
+
+
+def test_trash_and_undo_round_trip(writable_library, cli):
+    folder, _, db_path = writable_library
+    before = _disk_state(folder)
+    trashed = cli("dedupe", "--db", db_path, "--trash", "--yes", "--in", folder / "originals")
+    assert trashed.exit_code == 1, "nothing to do inside originals/ alone"
+    trashed = cli("dedupe", "--db", db_path, "--trash", "--yes")
+    assert trashed.exit_code == 0, trashed.stderr
+    after = _disk_state(folder)
+    assert len(after) < len(before)
+    _index_matches_disk(db_path, folder)
+    manifest = next((Path(os.environ["XDG_DATA_HOME"]) / "clipsearch" / "dedupe").glob("*.jsonl"))
+    assert cli("dedupe", "--db", db_path, "--undo", manifest).exit_code == 0
+    assert _disk_state(folder) == before
+    _index_matches_disk(db_path, folder)
+
+
+def test_moves_refuse_what_could_lose_data(writable_library, cli, tmp_path):
+    folder, files, db_path = writable_library
+    inside = cli("dedupe", "--db", db_path, "--move-to", folder / "dupes", "--yes")
+    assert inside.exit_code == 2 and "inside the library" in inside.stderr
+
+    changed = next(f.path for f in files if f.kind == "exact")
+    changed.write_bytes(changed.read_bytes() + b"edited")  # edited after indexing: not a copy any more
+    result = cli("dedupe", "--db", db_path, "--move-to", tmp_path / "review", "--yes", "--in", folder / "copies")
+    assert result.exit_code == 1  # the copies folder holds no group on its own
+    result = cli("dedupe", "--db", db_path, "--move-to", tmp_path / "review", "--yes")
+    assert "changed since it was indexed" in result.stderr
+    assert changed.exists()
+
+
+def test_tiny_model_ships_its_dedupe_thresholds():
+    from clipsearch import tuning
+
+    assert tuning.for_model(TINY_MODEL)["near_threshold"] == 0.90
+    assert tuning.for_model("laion/CLIP-ViT-B-32-laion2B-s34B-b79K")["near_threshold"] == 0.93

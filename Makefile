@@ -38,6 +38,9 @@ demo: install
 	@$(BIN)/clipsearch find "a purple triangle" --db $(DEMO_DB) --top 3 --json
 	@echo; echo '$$ clipsearch dedupe --in $(DEMO_DIR)/imported'
 	@$(BIN)/clipsearch dedupe --db $(DEMO_DB) --in $(DEMO_DIR)/imported
+	@echo; echo '$$ clipsearch tag --vocab $(DEMO_DIR)-vocabulary.txt && clipsearch find --tag red --tag star --top 3'
+	@$(BIN)/clipsearch tag --db $(DEMO_DB) --vocab $(DEMO_DIR)-vocabulary.txt
+	@$(BIN)/clipsearch find --tag red --tag star --db $(DEMO_DB) --top 3
 
 test: install
 	$(BIN)/python -m pytest -q
@@ -48,4 +51,4 @@ bench: install
 	$(BIN)/python scripts/bench_dedupe.py
 
 clean:
-	rm -rf $(DEMO_DIR) $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm .pytest_cache
+	rm -rf $(DEMO_DIR) $(DEMO_DIR)-vocabulary.txt $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm .pytest_cache

@@ -20,11 +20,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from . import __version__
-from . import dedupe, indexer, moves, search
+from . import dedupe, indexer, moves, search, sidecars, tags
 from .encoder import DEVICES, MODEL_ENV, ModelError
-from .output import (Format, show_groups, show_hits, show_index_report, show_info, show_move_report, show_plan,
-                     show_undo_report, stderr)
-from .store import DB_ENV, ModelMismatchError, MissingIndexError, NewerSchemaError, Store, StoreError
+from .output import (Format, show_export_report, show_groups, show_hits, show_image_tags, show_index_report,
+                     show_info, show_move_report, show_plan, show_tag_counts, show_tag_report, show_undo_report, stderr)
+from .store import DB_ENV, normalise_path, ModelMismatchError, MissingIndexError, NewerSchemaError, Store, StoreError
 
 EXIT_NOTHING = 1
 EXIT_BAD_INPUT = 2
@@ -51,6 +51,7 @@ InOption = typer.Option(None, "--in", help="Only images under this folder.", sho
 ThresholdOption = typer.Option(None, "--threshold", help="Only results scoring at least this (cosine, -1..1). "
                                "Good values depend on the model and the query.", show_default=False)
 JsonOption = typer.Option(False, "--json", help="Print JSON for programs.")
+QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 PathsOption = typer.Option(False, "--paths", "-p", help="Print bare paths, one a line, for pipes.")
 
 
@@ -69,7 +70,8 @@ def _errors() -> Iterator[None]:
         _fail(exc, EXIT_NOTHING)
     except (ModelMismatchError, NewerSchemaError, StoreError) as exc:
         _fail(exc, EXIT_INDEX)
-    except (ModelError, search.QueryError, indexer.IndexingError, moves.MoveError, dedupe.DedupeError) as exc:
+    except (ModelError, search.QueryError, indexer.IndexingError, moves.MoveError, dedupe.DedupeError,
+            tags.TagError) as exc:
         _fail(exc, EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         stderr.print("[yellow]Interrupted.[/] Work done so far is saved; run the same command again to continue.")
@@ -137,7 +139,7 @@ def index_command(
     model: Optional[str] = ModelOption,
     device: Optional[str] = DeviceOption,
     json_: bool = JsonOption,
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = QuietOption,
 ) -> None:
     """Add new and changed images under FOLDERS to the index, and drop deleted ones.
 
@@ -163,11 +165,11 @@ def _encoder_factory(store: Store, model: str | None, device: str | None):
     return load
 
 
-def _run_query(search_function, query, top, folder, threshold, db, model, device, fmt: Format) -> None:
+def _run_query(search_function, query, top, folder, threshold, db, model, device, fmt: Format, **extra) -> None:
     """find and similar: open the index, rank, print; exit 1 when nothing was found."""
     with _errors(), Store.open(db, create=False) as store:
         hits = search_function(query, store, _encoder_factory(store, model, device), top,
-                               str(folder) if folder else None, threshold)
+                               str(folder) if folder else None, threshold, **extra)
         show_hits(hits, fmt)
     if not hits:
         raise typer.Exit(EXIT_NOTHING)
@@ -175,9 +177,11 @@ def _run_query(search_function, query, top, folder, threshold, db, model, device
 
 @app.command("find")
 def find_command(
-    query: list[str] = typer.Argument(..., help='Words, image paths, "+", "-" and "N:" weights, e.g. '
-                                      '"a dog" + "on a beach", "2:sunset" - "people", ./cat.jpg + "in snow".',
-                                      show_default=False, metavar="QUERY"),
+    query: Optional[list[str]] = typer.Argument(None, help='Words, image paths, "+", "-" and "N:" weights, e.g. '
+                                                '"a dog" + "on a beach", "2:sunset" - "people", ./cat.jpg + "in snow".',
+                                                show_default=False, metavar="QUERY"),
+    tag: list[str] = typer.Option([], "--tag", "-T", help="Only images with this tag (repeatable: all of them). "
+                                  "Without a query: the images with the tag, best first."),
     top: int = TopOption,
     folder: Optional[Path] = InOption,
     threshold: Optional[float] = ThresholdOption,
@@ -188,7 +192,7 @@ def find_command(
     paths: bool = PathsOption,
 ) -> None:
     """Find images matching a description (and/or example images), best first."""
-    _run_query(search.find, query, top, folder, threshold, db, model, device, _format(json_, paths))
+    _run_query(search.find, query, top, folder, threshold, db, model, device, _format(json_, paths), tags=tag)
 
 
 @app.command("similar")
@@ -233,7 +237,7 @@ def dedupe_command(
     db: Optional[Path] = DbOption,
     json_: bool = JsonOption,
     paths: bool = typer.Option(False, "--paths", "-p", help="Print only the files that could go, one a line."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = QuietOption,
 ) -> None:
     """Find exact copies and near-identical versions of photos (and, with --similar, bursts).
 
@@ -275,6 +279,72 @@ def dedupe_command(
         report = moves.apply_moves(plan, store, manifest)
         store.vectors()  # refresh the query cache
         show_move_report(report, fmt)
+
+
+@app.command("tag")
+def tag_command(
+    targets: Optional[list[str]] = typer.Argument(
+        None, metavar="[DIR]... | add IMAGE TAG... | remove IMAGE TAG...", show_default=False,
+        help="Folders to tag (default: the whole index); or add / remove manual tags of one image."),
+    vocab: Optional[Path] = typer.Option(None, "--vocab", help="Your own vocabulary: one tag per line, or "
+                                         "'tag: prompt one | prompt two' [default: the built-in one].",
+                                         show_default=False),
+    threshold: Optional[float] = typer.Option(
+        None, "--threshold", show_default=False,
+        help="Keep a tag when its cosine with the image reaches this [default: 0.28 for ViT-B/32; the model's own "
+             "default otherwise]."),
+    max_tags: int = typer.Option(tags.DEFAULT_MAX_TAGS, "--max-tags", min=1, help="At most this many tags per image."),
+    retag: bool = typer.Option(False, "--retag", help="Tag again images already tagged with these settings."),
+    export: Optional[str] = typer.Option(None, "--export", help="Also write the tags to sidecar files: xmp.",
+                                         show_default=False),
+    sidecar: sidecars.SidecarStyle = typer.Option(sidecars.SidecarStyle.digikam, "--sidecar",
+                                                  help="Sidecar names: digikam (IMG.jpg.xmp, also darktable) or "
+                                                       "lightroom (IMG.xmp)."),
+    db: Optional[Path] = DbOption,
+    model: Optional[str] = ModelOption,
+    device: Optional[str] = DeviceOption,
+    json_: bool = JsonOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Tag indexed images from a vocabulary (zero-shot), or add / remove tags by hand.
+
+    Incremental: only images not yet tagged with this model, vocabulary and threshold are scored.
+    Manual tags are never changed by automatic tagging.
+    """
+    fmt = Format.json if json_ else Format.table
+    targets = targets or []
+    if export is not None and export.lower() != "xmp":
+        raise typer.BadParameter(f"Unknown export format '{export}'; the one supported is xmp.")
+    with _errors(), Store.open(db, create=False) as store:
+        if targets and targets[0] in ("add", "remove"):
+            if len(targets) < 3:
+                raise typer.BadParameter(f"Usage: clipsearch tag {targets[0]} IMAGE TAG...")
+            change = {"add": targets[2:]} if targets[0] == "add" else {"remove": targets[2:]}
+            show_image_tags(targets[1], tags.edit_tags(store, targets[1], **change), fmt)
+            return
+        vocabulary = tags.load_vocabulary(vocab)
+        options = tags.TagOptions(threshold, max_tags, retag)
+        bar = _progress_bar(quiet)
+        with bar or nullcontext():
+            task = bar.add_task("Tagging", total=store.count()) if bar else None
+            report = tags.tag_images(store, _encoder_factory(store, model, device), targets, vocabulary, options,
+                                     on_progress=(lambda n: bar.advance(task, n)) if bar else None)
+        show_tag_report(report, fmt)
+        if export:
+            paths = {}
+            for scope in [normalise_path(t) for t in targets] or [None]:
+                paths.update(store.tags_by_path(scope))
+            show_export_report(sidecars.export_sidecars(paths, sidecar), sidecar, fmt)
+
+
+@app.command("tags")
+def tags_command(folder: Optional[Path] = InOption, db: Optional[Path] = DbOption, json_: bool = JsonOption) -> None:
+    """List the tags in the index with how many images have each."""
+    with _errors(), Store.open(db, create=False) as store:
+        counts = store.tag_counts(normalise_path(folder) if folder else None)
+        show_tag_counts(counts, Format.json if json_ else Format.table)
+    if not counts:
+        raise typer.Exit(EXIT_NOTHING)
 
 
 @app.command("info")

@@ -19,6 +19,8 @@ from .dedupe import Group
 from .indexer import IndexReport
 from .moves import Move, MoveReport, UndoReport
 from .search import Hit
+from .sidecars import ExportReport
+from .tags import TagReport
 
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
@@ -160,3 +162,56 @@ def show_undo_report(report: UndoReport, fmt: Format) -> None:
     for path, reason in report.skipped:
         stderr.print(f"[yellow]not restored[/] {escape(path)}: {escape(reason)}")
     stderr.print(f"Restored [bold]{len(report.restored)}[/] files to where they were, and to the index.")
+
+
+def show_tag_report(report: TagReport, fmt: Format) -> None:
+    if fmt is Format.json:
+        data = {k: v for k, v in report.__dict__.items()}
+        data["images_per_second"] = round(report.images_per_second, 1)
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return
+    rate = f" ({report.images_per_second:,.0f} images/s)" if report.tagged else ""
+    stderr.print(
+        f"Tagged [bold]{report.tagged}[/] images with the {escape(report.vocabulary)} vocabulary "
+        f"({report.tags_in_vocabulary} tags, version {report.vocabulary_version}, threshold {report.threshold:g}, "
+        f"at most {report.max_tags} a photo) in {report.seconds:.1f}s{rate}: {report.assigned} tags given, "
+        f"{report.untagged} images cleared no tag; {report.skipped} already tagged with these settings."
+    )
+    if report.counts:
+        top = sorted(report.counts.items(), key=lambda item: (-item[1], item[0]))[:12]
+        stderr.print("Most given: " + ", ".join(f"{escape(tag)} ({count})" for tag, count in top))
+
+
+def show_tag_counts(counts: Sequence[dict], fmt: Format) -> None:
+    if fmt is Format.json:
+        sys.stdout.write(json.dumps(counts, indent=2) + "\n")
+        return
+    if not counts:
+        stderr.print("No tags yet. Run: clipsearch tag")
+        return
+    table = Table(show_edge=False, header_style="bold")
+    table.add_column("tag")
+    table.add_column("images", justify="right")
+    table.add_column("auto", justify="right", style="dim")
+    table.add_column("manual", justify="right", style="dim")
+    for row in counts:
+        table.add_row(escape(row["tag"]), str(row["images"]), str(row["auto"]), str(row["manual"]))
+    stdout.print(table)
+
+
+def show_image_tags(image: str, image_tags: Sequence[dict], fmt: Format) -> None:
+    if fmt is Format.json:
+        sys.stdout.write(json.dumps({"path": image, "tags": list(image_tags)}, indent=2) + "\n")
+        return
+    described = [f"{t['tag']}" + (f" ({t['score']:.2f})" if t["source"] == "auto" else " (manual)") for t in image_tags]
+    stdout.print(f"{escape(image)}: {escape(', '.join(described)) or 'no tags'}")
+
+
+def show_export_report(report: ExportReport, style, fmt: Format) -> None:
+    if fmt is Format.json:
+        sys.stderr.write(json.dumps({"sidecars": report.__dict__ | {"style": style.value}}) + "\n")
+        return
+    for sidecar, reason in report.failed:
+        stderr.print(f"[yellow]not written[/] {escape(sidecar)}: {escape(reason)}")
+    stderr.print(f"XMP sidecars ({style.value} names): {report.written} written, {report.merged} merged into, "
+                 f"{report.unchanged} already up to date. The photos themselves were not touched.")

@@ -327,3 +327,23 @@ def write_duplicate_library(folder: str | os.PathLike, families: int = 12, unrel
         files.append(LibraryFile(stem.with_suffix(".CR2"), -1, "raw"))
         files.append(LibraryFile(stem.with_suffix(".JPG"), -1, "raw-jpeg"))
     return files
+
+
+# -- a tag vocabulary for generated scenes, for the tagging tests and scripts/eval_tags.py -------------
+
+# Tags the scenes never show: automatic tagging must keep them off.
+UNRELATED_TAGS = {
+    "dog": "a photo of a dog | a puppy",
+    "car": "a photo of a car",
+    "sunset": "a sunset | an orange evening sky",
+    "receipt": "a receipt | a shopping receipt",
+    "people": "a group of people",
+}
+
+
+def tag_vocabulary() -> str:
+    """A vocabulary file's text: every colour and shape (prompts the tiny model knows) plus UNRELATED_TAGS."""
+    lines = [f"{c}: {c} | something {c} | {'an' if c[0] in 'aeiou' else 'a'} {c} thing" for c in COLOURS]
+    lines += [f"{s}: a {s} | a photo of a {s}" for s in SHAPES]
+    lines += [f"{tag}: {prompts}" for tag, prompts in UNRELATED_TAGS.items()]
+    return "\n".join(lines) + "\n"

@@ -173,20 +173,36 @@ def _embed_files(encoder, paths: list[str]) -> np.ndarray:
 
 
 def find(
-    query: Sequence[str] | str,
+    query: Sequence[str] | str | None,
     store: Store,
     get_encoder: Callable,
     top: int = 10,
     folder: str | None = None,
     threshold: float | None = None,
+    tags: Sequence[str] = (),
 ) -> list[Hit]:
     """Images best matching a (possibly combined) query, best first.
 
     `get_encoder` is called only if some term needs the model (text, or an
-    image that is not in the index).
+    image that is not in the index). With `tags`, only images that have all
+    of them count; with tags and no query, those images are listed by their
+    tag score (manual tags first).
     """
-    terms = parse_query([query] if isinstance(query, str) else query)
+    if not query and not tags:
+        raise QueryError("Give a query, or --tag TAG to list tagged images.")
     vectors = _load_vectors(store, folder)
+    if tags:
+        tagged = store.images_with_tags(tags, normalise_path(folder) if folder else None)
+        if not query:
+            ranked = sorted(tagged.items(), key=lambda item: (-item[1], item[0]))[:top]
+            rows = store.image_rows([image_id for image_id, _ in ranked])
+            return [Hit(rows[i]["path"], score, rows[i]["width"], rows[i]["height"], rows[i]["size"])
+                    for i, score in ranked if i in rows and (threshold is None or score >= threshold)]
+        keep = np.isin(vectors.ids, np.fromiter(tagged, dtype=np.int64, count=len(tagged)))
+        vectors = Vectors(vectors.ids[keep], np.asarray(vectors.matrix[keep]))
+        if not len(vectors):
+            return []
+    terms = parse_query([query] if isinstance(query, str) else query)
     query_vector = combine(embed_terms(terms, store, get_encoder), [t.weight for t in terms])
     return _hits(store, vectors, top_k(vectors.matrix, query_vector, top), threshold)
 

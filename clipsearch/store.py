@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import sqlite_utils
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_ENV = "CLIPSEARCH_DB"
 VECTOR_DTYPE = np.dtype("<f2")
 
@@ -125,8 +125,41 @@ def _add_fingerprints_v2(db: sqlite_utils.Database) -> None:
     db["images"].add_column("colourfulness", float)
 
 
+def _add_tags_v3(db: sqlite_utils.Database) -> None:
+    """Tags per image, and which images were tagged with which model, vocabulary and settings.
+
+    source is 'auto' (zero-shot, with a score), 'manual' (the user's) or 'rejected'
+    (an auto tag the user removed, so auto tagging does not bring it back).
+    Triggers drop an image's tags when it leaves the index, and its auto tags
+    when its content (vector) changes.
+    """
+    db.execute(
+        "CREATE TABLE tags (image_id INTEGER NOT NULL, tag TEXT NOT NULL, score REAL, source TEXT NOT NULL, "
+        "model TEXT, vocabulary TEXT, tagged_at TEXT, PRIMARY KEY (image_id, tag))"
+    )
+    db.execute("CREATE INDEX tags_tag ON tags (tag)")
+    db.execute(
+        "CREATE TABLE tag_runs (image_id INTEGER PRIMARY KEY, model TEXT NOT NULL, vocabulary TEXT NOT NULL, "
+        "settings TEXT NOT NULL, tagged_at TEXT)"
+    )
+    # Text vectors of a vocabulary's tags, so later runs need neither the prompts' embedding nor the model.
+    db.execute(
+        "CREATE TABLE tag_vectors (model TEXT NOT NULL, vocabulary TEXT NOT NULL, tag TEXT NOT NULL, "
+        "vector BLOB NOT NULL, PRIMARY KEY (model, vocabulary, tag))"
+    )
+    db.execute(
+        "CREATE TRIGGER images_deleted AFTER DELETE ON images BEGIN "
+        "DELETE FROM tags WHERE image_id = OLD.id; DELETE FROM tag_runs WHERE image_id = OLD.id; END"
+    )
+    db.execute(
+        "CREATE TRIGGER images_changed AFTER UPDATE OF vector ON images WHEN OLD.vector IS NOT NEW.vector BEGIN "
+        "DELETE FROM tags WHERE image_id = OLD.id AND source = 'auto'; "
+        "DELETE FROM tag_runs WHERE image_id = OLD.id; END"
+    )
+
+
 # Migration N brings a database from schema N-1 to N.
-MIGRATIONS = {1: _create_v1, 2: _add_fingerprints_v2}
+MIGRATIONS = {1: _create_v1, 2: _add_fingerprints_v2, 3: _add_tags_v3}
 
 
 class Store:
@@ -411,6 +444,111 @@ class Store:
         with self.db.atomic():
             self.db["images"].upsert_all([{k: v for k, v in row.items() if k != "id"} for row in rows], pk="path")
             self._bump_generation()
+
+    # -- tags ---------------------------------------------------------------
+
+    def untagged(self, run_key: tuple[str, str, str], folder: str | None = None) -> list[int]:
+        """Ids of images not yet tagged with this (model, vocabulary version, settings)."""
+        where, params = self._scope(folder)
+        where = (where + " AND" if where else "WHERE") + (
+            " NOT EXISTS (SELECT 1 FROM tag_runs r WHERE r.image_id = images.id AND r.model = ? "
+            "AND r.vocabulary = ? AND r.settings = ?)"
+        )
+        return [row[0] for row in self.db.execute(f"SELECT id FROM images {where} ORDER BY id", params + list(run_key))]
+
+    def tag_vectors(self, model: str, vocabulary: str, tags: list[str]) -> np.ndarray | None:
+        """Cached unit vectors of `tags` (in that order) for this model and vocabulary version, if all are there."""
+        found = {tag: blob for tag, blob in self.db.execute(
+            "SELECT tag, vector FROM tag_vectors WHERE model = ? AND vocabulary = ?", [model, vocabulary])}
+        if any(tag not in found for tag in tags):
+            return None
+        return np.stack([np.frombuffer(found[tag], dtype="<f4") for tag in tags]).astype(np.float32)
+
+    def save_tag_vectors(self, model: str, vocabulary: str, tags: list[str], vectors: np.ndarray) -> None:
+        with self.db.atomic():
+            self.db.conn.executemany(
+                "INSERT OR REPLACE INTO tag_vectors (model, vocabulary, tag, vector) VALUES (?, ?, ?, ?)",
+                [(model, vocabulary, tag, np.asarray(v, dtype="<f4").tobytes()) for tag, v in zip(tags, vectors)],
+            )
+
+    def write_auto_tags(self, results: dict[int, list[tuple[str, float]]], run_key: tuple[str, str, str]) -> None:
+        """Replace the auto tags of these images, leaving manual and rejected tags alone; one transaction."""
+        model, vocabulary, settings = run_key
+        now = _now()
+        ids = [[image_id] for image_id in results]
+        with self.db.atomic():
+            self.db.conn.executemany("DELETE FROM tags WHERE image_id = ? AND source = 'auto'", ids)
+            self.db.conn.executemany(
+                "INSERT OR IGNORE INTO tags (image_id, tag, score, source, model, vocabulary, tagged_at) "
+                "VALUES (?, ?, ?, 'auto', ?, ?, ?)",
+                [(image_id, tag, score, model, vocabulary, now) for image_id, tags in results.items()
+                 for tag, score in tags],
+            )
+            self.db.conn.executemany(
+                "INSERT OR REPLACE INTO tag_runs (image_id, model, vocabulary, settings, tagged_at) "
+                "VALUES (?, ?, ?, ?, ?)", [(image_id, model, vocabulary, settings, now) for image_id in results]
+            )
+
+    def set_manual_tags(self, image_id: int, add: Iterable[str] = (), remove: Iterable[str] = ()) -> None:
+        """Add manual tags; remove tags (an auto tag removed stays away: it is marked rejected)."""
+        now = _now()
+        with self.db.atomic():
+            self.db.conn.executemany(
+                "INSERT OR REPLACE INTO tags (image_id, tag, score, source, tagged_at) "
+                "VALUES (?, ?, NULL, 'manual', ?)",
+                [(image_id, tag, now) for tag in add],
+            )
+            self.db.conn.executemany(
+                "INSERT OR REPLACE INTO tags (image_id, tag, score, source, tagged_at) "
+                "VALUES (?, ?, NULL, 'rejected', ?)", [(image_id, tag, now) for tag in remove],
+            )
+
+    def tags_of(self, ids: Iterable[int]) -> dict[int, list[dict]]:
+        """Visible tags (auto and manual) of these images, best first."""
+        found: dict[int, list[dict]] = {}
+        ids = [int(i) for i in ids]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            for row in self.db.query(
+                f"SELECT image_id, tag, score, source FROM tags WHERE source != 'rejected' AND image_id IN "
+                f"({','.join('?' * len(chunk))}) ORDER BY source = 'auto', score DESC, tag", chunk
+            ):
+                found.setdefault(row["image_id"], []).append(row)
+        return found
+
+    def tags_by_path(self, folder: str | None = None) -> dict[str, list[str]]:
+        """Visible tags of every tagged image (under `folder`): path -> tags, best first."""
+        where, params = self._scope(folder)
+        found: dict[str, list[str]] = {}
+        for path, tag in self.db.execute(
+            f"SELECT images.path, tags.tag FROM tags JOIN images ON images.id = tags.image_id {where} "
+            f"{'AND' if where else 'WHERE'} tags.source != 'rejected' "
+            f"ORDER BY images.path, tags.source = 'auto', tags.score DESC, tags.tag", params
+        ):
+            found.setdefault(path, []).append(tag)
+        return found
+
+    def tag_counts(self, folder: str | None = None) -> list[dict]:
+        """Each visible tag with how many images have it (auto, manual), most used first."""
+        where, params = self._scope(folder)
+        join = f"JOIN images ON images.id = tags.image_id {where}" if where else ""
+        return list(self.db.query(
+            f"SELECT tag, count(*) AS images, sum(source = 'auto') AS auto, sum(source = 'manual') AS manual "
+            f"FROM tags {join} {'AND' if where else 'WHERE'} source != 'rejected' GROUP BY tag "
+            f"ORDER BY images DESC, tag", params
+        ))
+
+    def images_with_tags(self, tags: Iterable[str], folder: str | None = None) -> dict[int, float]:
+        """Images having every one of `tags`: id -> ranking score (manual tags count as 1.0; the lowest wins)."""
+        tags = list(dict.fromkeys(tags))
+        where, params = self._scope(folder)
+        scope = f"AND image_id IN (SELECT id FROM images {where})" if where else ""
+        rows = self.db.execute(
+            f"SELECT image_id, min(CASE WHEN source = 'manual' THEN 1.0 ELSE score END), count(*) FROM tags "
+            f"WHERE source != 'rejected' AND tag IN ({','.join('?' * len(tags))}) {scope} GROUP BY image_id",
+            tags + params,
+        )
+        return {image_id: score for image_id, score, count in rows if count == len(tags)}
 
     def image_rows(self, ids: list[int]) -> dict[int, dict]:
         """File facts (no vector) of the given image ids, for output."""

@@ -3,7 +3,8 @@
     python scripts/make_demo_library.py DIR [COUNT]
 
 Besides COUNT scenes it writes DIR/imported/: three photos with copies,
-renditions and burst frames, and a RAW+JPEG pair, for `clipsearch dedupe`.
+renditions and burst frames, and a RAW+JPEG pair, for `clipsearch dedupe`,
+and DIR-vocabulary.txt: tags the demo's model knows, for `clipsearch tag`.
 """
 
 import sys
@@ -17,6 +18,8 @@ def main() -> None:
     written = scenes.write_library(folder, count, seed=2026, size=(640, 480))
     # A few copies, re-encodings and bursts for `clipsearch dedupe` to find.
     dupes = scenes.write_duplicate_library(f"{folder}/imported", families=3, unrelated=0, raw_pairs=1, seed=2026)
+    with open(f"{folder}-vocabulary.txt", "w", encoding="utf-8") as handle:  # for `clipsearch tag --vocab`
+        handle.write(scenes.tag_vocabulary())
     print(f"wrote {len(written) + len(dupes)} demo photos to {folder}/ (file names say what each shows; "
           f"{folder}/imported holds duplicates)")
 

@@ -138,7 +138,7 @@ def test_fingerprints_are_filled_in_for_images_indexed_before_dedupe(writable_li
 
 
 def test_schema_1_index_is_migrated(tmp_path):
-    from clipsearch.store import MIGRATIONS
+    from clipsearch.store import MIGRATIONS, SCHEMA_VERSION
 
     import sqlite_utils
 
@@ -148,8 +148,9 @@ def test_schema_1_index_is_migrated(tmp_path):
     db["schema_version"].insert({"version": 1})
     db.close()
     with Store.open(tmp_path / "old.db") as store:
-        assert store.schema_version() == 2
+        assert store.schema_version() == SCHEMA_VERSION == 3
         assert {"phash", "colourfulness"} <= set(store.db["images"].columns_dict)
+        assert {"tags", "tag_runs", "tag_vectors"} <= set(store.db.table_names())
 
 
 def test_inverted_file_search_finds_the_pairs_exact_search_finds():

@@ -1,0 +1,99 @@
+"""XMP sidecars: the tags as `dc:subject` keywords beside the photos, for photo managers.
+
+digiKam and darktable look for `IMG_0001.jpg.xmp`, Lightroom (and Capture One)
+for `IMG_0001.xmp`; `style` picks the name. The photo itself is never opened
+for writing. An existing sidecar is read and merged with exiv2 (through
+pyexiv2): its other properties and keywords stay; our tags are added to its
+keyword list, not written over it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+
+SUBJECT = "Xmp.dc.subject"
+EMPTY_PACKET = (
+    '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+    '<x:xmpmeta xmlns:x="adobe:ns:meta/">\n'
+    ' <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">\n'
+    '  <rdf:Description rdf:about=""/>\n'
+    " </rdf:RDF>\n"
+    "</x:xmpmeta>\n"
+    '<?xpacket end="w"?>\n'
+)
+
+
+class SidecarStyle(str, Enum):
+    digikam = "digikam"  # IMG_0001.jpg.xmp (digiKam, darktable)
+    lightroom = "lightroom"  # IMG_0001.xmp (Lightroom, Capture One)
+
+
+@dataclass
+class ExportReport:
+    written: int = 0  # sidecars created
+    merged: int = 0  # existing sidecars that got new keywords
+    unchanged: int = 0  # sidecars that had every keyword already
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (sidecar, reason)
+
+
+def sidecar_path(image: str, style: SidecarStyle) -> str:
+    if style is SidecarStyle.lightroom:
+        return os.path.splitext(image)[0] + ".xmp"
+    return image + ".xmp"
+
+
+def read_keywords(sidecar: str) -> list[str]:
+    import pyexiv2
+
+    with pyexiv2.Image(sidecar) as xmp:
+        value = xmp.read_xmp().get(SUBJECT, [])
+    return [value] if isinstance(value, str) else list(value)
+
+
+def write_keywords(sidecar: str, keywords: list[str]) -> str:
+    """Add `keywords` to the sidecar's dc:subject (creating the sidecar if needed).
+
+    Returns "written", "merged" or "unchanged".
+    """
+    import pyexiv2
+
+    created = not os.path.exists(sidecar)
+    if created:
+        partial = f"{sidecar}.{os.getpid()}.tmp"
+        with open(partial, "w", encoding="utf-8") as handle:
+            handle.write(EMPTY_PACKET)
+        target = partial
+    else:
+        target = sidecar
+    try:
+        with pyexiv2.Image(target) as xmp:
+            existing = xmp.read_xmp().get(SUBJECT, [])
+            existing = [existing] if isinstance(existing, str) else list(existing)
+            merged = existing + [k for k in keywords if k not in existing]
+            if merged == existing and not created:
+                return "unchanged"
+            xmp.modify_xmp({SUBJECT: merged})
+        if created:
+            os.replace(partial, sidecar)
+    finally:
+        if created and os.path.exists(target) and target != sidecar:
+            os.unlink(target)
+    return "written" if created else "merged"
+
+
+def export_sidecars(tags_by_path: dict[str, list[str]], style: SidecarStyle = SidecarStyle.digikam) -> ExportReport:
+    """Write or merge one sidecar per image (Lightroom style: per file stem, RAW+JPEG share one)."""
+    report = ExportReport()
+    for image, keywords in sorted(tags_by_path.items()):
+        if not keywords:
+            continue
+        sidecar = sidecar_path(image, style)
+        try:
+            outcome = write_keywords(sidecar, keywords)
+        except Exception as exc:  # exiv2 raises RuntimeError with its own message
+            report.failed.append((sidecar, f"{exc} (left as it was)"))
+            continue
+        setattr(report, outcome, getattr(report, outcome) + 1)
+    return report

@@ -1,0 +1,201 @@
+"""Zero-shot tagging: scoring stored image vectors against a vocabulary of tags.
+
+Each tag is one or more prompts; the tag's vector is the normalised mean of
+their text vectors (a prompt ensemble, steadier than any single wording). An
+image gets a tag when the cosine between the two clears a threshold, best
+first, at most `max_tags` of them: a confidence rule, not a fixed top-N, so a
+photo of a wall gets no tags rather than the five least bad ones.
+
+Tagging needs only the stored vectors and the text encoder: no image is
+re-read, and the tags' text vectors are kept in the index, so only the first
+run with a vocabulary loads the model. A run remembers, per image, which model, vocabulary version and
+settings it was tagged with, so the next run tags only new or changed images,
+and a new vocabulary, model or threshold re-tags everything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from . import tuning
+from .store import Store, normalise_path
+
+DEFAULT_MAX_TAGS = 10
+TEMPLATES = ("a photo of {}", "a picture of {}", "{}")
+BUILT_IN = "built-in"
+
+
+class TagError(Exception):
+    """Tagging cannot run as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    source: str  # a file path, or "built-in"
+    version: str  # a hash of the tags and prompts: tagging reruns when it changes
+    prompts: dict[str, tuple[str, ...]]
+
+    @property
+    def tags(self) -> list[str]:
+        return list(self.prompts)
+
+
+def parse_vocabulary(text: str, source: str) -> Vocabulary:
+    """`tag` or `tag: prompt one | prompt two` per line; # comments; errors name the line."""
+    prompts: dict[str, tuple[str, ...]] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        tag, _, given = line.partition(":")
+        tag = " ".join(tag.split())
+        if not tag:
+            raise TagError(f"{source}, line {number}: no tag before ':'.")
+        if tag in prompts:
+            raise TagError(f"{source}, line {number}: tag '{tag}' is listed twice.")
+        phrases = tuple(p.strip() for p in given.split("|") if p.strip())
+        prompts[tag] = phrases or tuple(template.format(tag) for template in TEMPLATES)
+    if not prompts:
+        raise TagError(f"{source} holds no tags. Write one tag per line, e.g. 'dog: a dog | a puppy'.")
+    canonical = "\n".join(f"{tag}:{'|'.join(p)}" for tag, p in prompts.items())
+    return Vocabulary(source, hashlib.sha256(canonical.encode()).hexdigest()[:12], prompts)
+
+
+def load_vocabulary(path: str | os.PathLike | None = None) -> Vocabulary:
+    """The user's vocabulary file, or the built-in one shipped in the package."""
+    if path is None:
+        text = resources.files("clipsearch").joinpath("data/vocabulary.txt").read_text(encoding="utf-8")
+        return parse_vocabulary(text, BUILT_IN)
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except OSError as exc:
+        raise TagError(f"Cannot read the vocabulary {path}: {exc.strerror or exc}.") from None
+    except UnicodeDecodeError:
+        raise TagError(f"{path} is not a UTF-8 text file; write one tag per line.") from None
+    return parse_vocabulary(text, str(path))
+
+
+def tag_vectors(vocabulary: Vocabulary, embed_texts: Callable[[list[str]], np.ndarray]) -> np.ndarray:
+    """One unit vector per tag: the normalised mean of its prompts' vectors."""
+    all_prompts = [p for prompts in vocabulary.prompts.values() for p in prompts]
+    embedded = embed_texts(all_prompts)
+    vectors, start = [], 0
+    for prompts in vocabulary.prompts.values():
+        mean = embedded[start:start + len(prompts)].mean(axis=0)
+        vectors.append(mean / np.linalg.norm(mean))
+        start += len(prompts)
+    return np.stack(vectors).astype(np.float32)
+
+
+def choose_tags(scores: np.ndarray, names: list[str], threshold: float, max_tags: int) -> list[list[tuple[str, float]]]:
+    """Per image (row of `scores`): the tags at or above `threshold`, best first, at most `max_tags`."""
+    chosen = []
+    for row in scores:
+        above = np.flatnonzero(row >= threshold)
+        best = above[np.argsort(-row[above], kind="stable")][:max_tags]
+        chosen.append([(names[i], float(row[i])) for i in best])
+    return chosen
+
+
+@dataclass
+class TagOptions:
+    threshold: float | None = None  # None: the model's default (tuning.py)
+    max_tags: int = DEFAULT_MAX_TAGS
+    retag: bool = False  # tag again even images already tagged with these settings
+
+
+@dataclass
+class TagReport:
+    vocabulary: str
+    vocabulary_version: str
+    tags_in_vocabulary: int
+    threshold: float
+    max_tags: int
+    tagged: int = 0  # images scored in this run
+    skipped: int = 0  # already tagged with this model, vocabulary and settings
+    assigned: int = 0  # tags given
+    untagged: int = 0  # images scored that cleared no tag
+    seconds: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)  # tag -> images given it in this run
+
+    @property
+    def images_per_second(self) -> float:
+        return self.tagged / self.seconds if self.seconds else 0.0
+
+
+def tag_images(store: Store, get_encoder: Callable, folders: list[str] | None = None,
+               vocabulary: Vocabulary | None = None, options: TagOptions | None = None,
+               on_progress: Callable[[int], None] | None = None, batch: int = 4096) -> TagReport:
+    """Give the indexed images (all, or those under `folders`) tags from `vocabulary`."""
+    started = time.perf_counter()
+    options = options or TagOptions()
+    vocabulary = vocabulary or load_vocabulary()
+    recorded = store.model()
+    if recorded is None:
+        raise TagError(f"The index {store.path} is empty. Run: clipsearch index DIR")
+    model_id, _ = recorded
+    threshold = tuning.for_model(model_id)["tag_threshold"] if options.threshold is None else options.threshold
+    run_key = (model_id, vocabulary.version, f"threshold={threshold:g};max={options.max_tags}")
+    report = TagReport(vocabulary.source, vocabulary.version, len(vocabulary.prompts), threshold, options.max_tags)
+
+    scopes = [normalise_path(f) for f in folders] if folders else [None]
+    for scope in scopes:
+        if scope is not None and not os.path.isdir(scope) and store.count(scope) == 0:
+            raise TagError(f"{scope} is not a folder, and nothing under it is indexed.")
+    wanted: list[int] = []
+    for scope in scopes:
+        in_scope = store.count(scope)
+        todo = store.untagged(("", "", ""), scope) if options.retag else store.untagged(run_key, scope)
+        report.skipped += in_scope - len(todo)
+        wanted.extend(todo)
+    wanted = sorted(set(wanted))
+    if not wanted:
+        report.seconds = time.perf_counter() - started
+        return report
+
+    names = vocabulary.tags
+    vectors = store.tag_vectors(model_id, vocabulary.version, names)
+    if vectors is None:  # first run with this vocabulary and model: embed its prompts once
+        encoder = get_encoder()
+        if encoder.model_id != model_id:
+            raise TagError(f"Tagging needs the index's model {model_id}, not {encoder.model_id}.")
+        vectors = tag_vectors(vocabulary, encoder.embed_texts)
+        store.save_tag_vectors(model_id, vocabulary.version, names, vectors)
+    stored = store.vectors()
+    position = {int(image_id): row for row, image_id in enumerate(stored.ids)}
+    for start in range(0, len(wanted), batch):
+        ids = [i for i in wanted[start:start + batch] if i in position]
+        scores = np.asarray(stored.matrix[[position[i] for i in ids]]) @ vectors.T
+        chosen = choose_tags(scores, names, threshold, options.max_tags)
+        store.write_auto_tags(dict(zip(ids, chosen)), run_key)
+        report.tagged += len(ids)
+        for tags in chosen:
+            report.assigned += len(tags)
+            report.untagged += not tags
+            for tag, _ in tags:
+                report.counts[tag] = report.counts.get(tag, 0) + 1
+        if on_progress:
+            on_progress(len(ids))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def edit_tags(store: Store, image: str | os.PathLike, add: list[str] = (), remove: list[str] = ()) -> list[dict]:
+    """Manual tags on one indexed image; returns its tags afterwards."""
+    path = normalise_path(image)
+    image_id = store.id_for_path(path)
+    if image_id is None:
+        raise TagError(f"{image} is not in the index {store.path}. Index it first: clipsearch index FOLDER")
+    clean = [" ".join(t.split()) for t in (*add, *remove)]
+    if any(not t for t in clean):
+        raise TagError("A tag cannot be empty.")
+    store.set_manual_tags(image_id, [" ".join(t.split()) for t in add], [" ".join(t.split()) for t in remove])
+    return store.tags_of([image_id]).get(image_id, [])

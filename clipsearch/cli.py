@@ -358,6 +358,9 @@ def info_command(db: Optional[Path] = DbOption, json_: bool = JsonOption) -> Non
             "dimensions": recorded[1] if recorded else None,
             "images": store.count(),
             "failed_files": store.db["failures"].count,
+            "tagged_images": store.db.execute("SELECT count(DISTINCT image_id) FROM tags "
+                                              "WHERE source != 'rejected'").fetchone()[0],
+            "without_fingerprint": len(store.missing_fingerprints()),
             "schema_version": store.schema_version(),
             "size_bytes": sum(p.stat().st_size for p in store.path.parent.glob(store.path.name + "*")),
         }

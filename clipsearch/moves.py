@@ -3,7 +3,7 @@
 Nothing is ever deleted: files go to a folder of the user's (keeping their
 relative layout) or to the system trash. Before each move, a line is appended
 to a manifest (JSON Lines, flushed to disk) recording where the file goes, its
-SHA-256 and its index row, so `undo` can put every file and row back even after
+SHA-256, its index row and its tags, so `undo` can put every file, row and tag back even after
 a crash half way. A file is moved only if its bytes still match the index and
 the copy being kept still exists.
 """
@@ -133,7 +133,8 @@ def apply_moves(moves: list[Move], store: Store, manifest: str | os.PathLike,
                 continue
             target = None if trash else _free_name(move.target)
             _append(handle, {"source": move.source, "target": target, "keep": move.keep, "tier": move.tier,
-                             "sha256": rows[0]["hash"], "row": _encode_row(rows[0])})
+                             "sha256": rows[0]["hash"], "row": _encode_row(rows[0]),
+                             "tags": store.tag_rows(rows[0]["id"])})
             try:
                 if trash:
                     send2trash(move.source)
@@ -183,7 +184,7 @@ def undo_moves(manifest: str | os.PathLike, store: Store) -> UndoReport:
         source = record["source"]
         if os.path.lexists(source):
             if os.path.isfile(source) and _sha256(source) == record["sha256"]:
-                store.restore_rows([_decode_row(record["row"])])  # already back (an earlier undo)
+                store.restore_rows([_decode_row(record["row"])], [record.get("tags", [])])  # an earlier undo
                 report.restored.append(source)
             else:
                 report.skipped.append((source, "another file is there now; left both alone"))
@@ -200,7 +201,7 @@ def undo_moves(manifest: str | os.PathLike, store: Store) -> UndoReport:
         shutil.move(current, source)
         if trash_info:
             Path(trash_info).unlink(missing_ok=True)
-        store.restore_rows([_decode_row(record["row"])])
+        store.restore_rows([_decode_row(record["row"])], [record.get("tags", [])])
         report.restored.append(source)
     return report
 

@@ -439,10 +439,18 @@ class Store:
             found.extend(self.db.query("SELECT * FROM images WHERE path = ?", [path]))
         return found
 
-    def restore_rows(self, rows: list[dict]) -> None:
-        """Put back rows that `rows_for_paths` returned (their ids may have been reused: let SQLite pick)."""
+    def tag_rows(self, image_id: int) -> list[dict]:
+        """An image's tag rows as stored (manual and rejected ones included), to keep in a dedupe manifest."""
+        return list(self.db.query(
+            "SELECT tag, score, source, model, vocabulary, tagged_at FROM tags WHERE image_id = ?", [image_id]))
+
+    def restore_rows(self, rows: list[dict], tag_rows: list[list[dict]] | None = None) -> None:
+        """Put back rows that `rows_for_paths` returned, and their tags (ids may have been reused: SQLite picks)."""
         with self.db.atomic():
             self.db["images"].upsert_all([{k: v for k, v in row.items() if k != "id"} for row in rows], pk="path")
+            for row, tags in zip(rows, tag_rows or []):
+                image_id = self.id_for_path(row["path"])
+                self.db["tags"].upsert_all([{**tag, "image_id": image_id} for tag in tags], pk=("image_id", "tag"))
             self._bump_generation()
 
     # -- tags ---------------------------------------------------------------

@@ -215,6 +215,7 @@ def test_move_to_and_undo_round_trip(writable_library, cli, tmp_path):
     assert declined.exit_code == 1 and "Nothing was moved" in declined.stderr
     assert _disk_state(folder) == before
 
+    assert cli("tag", "add", extra[0], "grandma", "--db", db_path).exit_code == 0
     moved = cli("dedupe", "--db", db_path, "--move-to", review, "--yes")
     assert moved.exit_code == 0, moved.stderr
     for path in extra:
@@ -229,6 +230,8 @@ def test_move_to_and_undo_round_trip(writable_library, cli, tmp_path):
     assert _disk_state(folder) == before
     _index_matches_disk(db_path, folder)
     assert json.loads(cli("dedupe", "--db", db_path, "--json").stdout) == groups
+    assert json.loads(cli("find", "--tag", "grandma", "--db", db_path, "--json").stdout)[0]["path"] == extra[0], \
+        "manual tags come back with the file"
     assert cli("dedupe", "--db", db_path, "--undo", manifest).exit_code == 0, "undo twice is harmless"
 
 

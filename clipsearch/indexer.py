@@ -186,6 +186,7 @@ def index_folders(
         raise
     finally:
         report.model_loaded = lazy.encoder is not None and encoder is None
+    store.carry_tags(changes.gone)  # a renamed photo keeps its tags
     report.removed = store.remove(changes.gone)
     for root in roots:
         fill_fingerprints(store, root, options.workers, progress)

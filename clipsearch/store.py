@@ -439,6 +439,33 @@ class Store:
             found.extend(self.db.query("SELECT * FROM images WHERE path = ?", [path]))
         return found
 
+    def carry_tags(self, gone_paths: Iterable[str]) -> None:
+        """Before these files leave the index, give their tags to indexed files with the same content.
+
+        A renamed or moved photo is a new row (same hash, reused vector), so
+        without this its manual tags would be lost; auto tags and the tagging
+        record go along too when the new row has not been tagged yet.
+        """
+        carry = (
+            "FROM images gone JOIN {table} t ON t.image_id = gone.id "
+            "JOIN images kept ON kept.hash = gone.hash AND kept.id != gone.id WHERE gone.path = ?"
+        )
+        with self.db.atomic():
+            for path in gone_paths:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO tags (image_id, tag, score, source, model, vocabulary, tagged_at) "
+                    "SELECT kept.id, t.tag, t.score, t.source, t.model, t.vocabulary, t.tagged_at "
+                    + carry.format(table="tags") + " AND t.source != 'auto'", [path])
+                self.db.execute(
+                    "INSERT OR IGNORE INTO tags (image_id, tag, score, source, model, vocabulary, tagged_at) "
+                    "SELECT kept.id, t.tag, t.score, t.source, t.model, t.vocabulary, t.tagged_at "
+                    + carry.format(table="tags")
+                    + " AND t.source = 'auto' AND kept.id NOT IN (SELECT image_id FROM tag_runs)", [path])
+                self.db.execute(
+                    "INSERT OR IGNORE INTO tag_runs (image_id, model, vocabulary, settings, tagged_at) "
+                    "SELECT kept.id, t.model, t.vocabulary, t.settings, t.tagged_at " + carry.format(table="tag_runs"),
+                    [path])
+
     def tag_rows(self, image_id: int) -> list[dict]:
         """An image's tag rows as stored (manual and rejected ones included), to keep in a dedupe manifest."""
         return list(self.db.query(

@@ -93,6 +93,26 @@ def test_manual_tags_survive_automatic_tagging(store, encoder, scene_library, sc
         tags.edit_tags(store, "/nowhere/x.jpg", add=["x"])
 
 
+def test_renamed_photo_keeps_its_tags(cli, small_library, tmp_path, scene_vocab):
+    db = tmp_path / "index.db"
+    assert cli("index", small_library, "--db", db, "--model", TINY_MODEL).exit_code == 0
+    assert cli("tag", "--db", db, "--vocab", scene_vocab).exit_code == 0
+    photo = sorted(small_library.glob("*.jpg"))[0]
+    assert cli("tag", "add", photo, "grandma", "--db", db).exit_code == 0
+    with Store.open(db) as store:
+        before = _tags_by_path(store)[str(photo)]
+    moved = small_library / "2024" / "renamed.jpg"
+    moved.parent.mkdir()
+    photo.rename(moved)
+    result = cli("index", small_library, "--db", db, "--json")
+    assert json.loads(result.stdout)["reused"] == 1
+    with Store.open(db) as store:
+        assert _tags_by_path(store)[str(moved)] == before
+        assert str(photo) not in _tags_by_path(store)
+    again = json.loads(cli("tag", "--db", db, "--vocab", scene_vocab, "--json").stdout)
+    assert again["tagged"] == 0, "the tagging record moved along too"
+
+
 def test_cli_tag_tags_and_find_by_tag(cli, store, scene_library, scene_vocab):
     db = store.path
     result = cli("tag", "--db", db, "--vocab", scene_vocab, "--json")

@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from . import fingerprint, tuning
 from .images import RAW_EXTENSIONS
@@ -201,6 +199,7 @@ def _inverted_file_pairs(matrix: np.ndarray, threshold: float, neighbours: int, 
 
 def _kmeans(matrix: np.ndarray, cells: int, seed: int, iterations: int = 8, sample: int = 40) -> np.ndarray:
     """Spherical k-means on a sample of `sample` points per cell: unit-length centroids."""
+    from scipy.sparse import coo_matrix  # scipy loads in ~0.2 s: only for commands that need it
     rng = np.random.default_rng(seed)
     train = matrix[rng.choice(len(matrix), min(len(matrix), cells * sample), replace=False)]
     centroids = train[rng.choice(len(train), cells, replace=False)].copy()
@@ -218,6 +217,8 @@ def _kmeans(matrix: np.ndarray, cells: int, seed: int, iterations: int = 8, samp
 
 def _components(count: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """Connected-component label of each of `count` nodes linked by the pairs (rows, cols)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
     graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(count, count))
     return connected_components(graph, directed=False)[1]
 

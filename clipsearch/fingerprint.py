@@ -10,7 +10,6 @@ the picture the indexer already decodes, so they cost almost nothing.
 
 from __future__ import annotations
 
-import imagehash
 import numpy as np
 from PIL import Image
 
@@ -32,6 +31,8 @@ def perceptual_hash(image: Image.Image) -> bytes:
     burst frames and other photos 64 or more apart; with the common 64-bit
     hash, crops and burst frames both came as close as 10 bits.
     """
+    import imagehash  # imports scipy (~0.2 s): loaded by the commands that hash, not by every command
+
     return np.packbits(imagehash.phash(image, hash_size=HASH_SIZE).hash.flatten()).tobytes()
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -53,6 +54,11 @@ ThresholdOption = typer.Option(None, "--threshold", help="Only results scoring a
 JsonOption = typer.Option(False, "--json", help="Print JSON for programs.")
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 PathsOption = typer.Option(False, "--paths", "-p", help="Print bare paths, one a line, for pipes.")
+
+
+class TextPrecision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
 
 
 def _format(json_: bool, paths: bool) -> Format:
@@ -165,11 +171,16 @@ def _encoder_factory(store: Store, model: str | None, device: str | None):
     return load
 
 
-def _run_query(search_function, query, top, folder, threshold, db, model, device, fmt: Format, **extra) -> None:
+def _run_query(search_function, query, top, folder, threshold, db, model, device, fmt: Format,
+               precision: str = "auto", **extra) -> None:
     """find and similar: open the index, rank, print; exit 1 when nothing was found."""
+    from .queryencoder import QueryEncoder
+
     with _errors(), Store.open(db, create=False) as store:
-        hits = search_function(query, store, _encoder_factory(store, model, device), top,
-                               str(folder) if folder else None, threshold, **extra)
+        encoder = QueryEncoder(store, indexer.resolve_model(store, model), device, precision,
+                               notify=lambda message: stderr.print(escape(message)))
+        hits = search_function(query, store, lambda: encoder, top, str(folder) if folder else None, threshold,
+                               **extra)
         show_hits(hits, fmt)
     if not hits:
         raise typer.Exit(EXIT_NOTHING)
@@ -188,11 +199,15 @@ def find_command(
     db: Optional[Path] = DbOption,
     model: Optional[str] = ModelOption,
     device: Optional[str] = DeviceOption,
+    precision: TextPrecision = typer.Option(TextPrecision.auto, "--precision",
+                                  help="Text encoder: auto uses int8 when it agrees with the model (cosine >= "
+                                       "0.999), fp32 never quantises."),
     json_: bool = JsonOption,
     paths: bool = PathsOption,
 ) -> None:
     """Find images matching a description (and/or example images), best first."""
-    _run_query(search.find, query, top, folder, threshold, db, model, device, _format(json_, paths), tags=tag)
+    _run_query(search.find, query, top, folder, threshold, db, model, device, _format(json_, paths), precision.value,
+               tags=tag)
 
 
 @app.command("similar")
@@ -277,7 +292,7 @@ def dedupe_command(
             raise typer.Exit(EXIT_NOTHING)
         manifest = moves.default_manifest_path(str(move_to) if move_to else None)
         report = moves.apply_moves(plan, store, manifest)
-        store.vectors()  # refresh the query cache
+        store.refresh_vector_cache()
         show_move_report(report, fmt)
 
 

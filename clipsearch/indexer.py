@@ -190,8 +190,7 @@ def index_folders(
     report.removed = store.remove(changes.gone)
     for root in roots:
         fill_fingerprints(store, root, options.workers, progress)
-    if store.model():
-        store.vectors()  # refresh the query cache now, so the next search does not pay for it
+    store.refresh_vector_cache()
     report.seconds = time.perf_counter() - started
     return report
 

@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 import sqlite_utils
 
-SCHEMA_VERSION = 3
+from . import vectorcache
+from .vectorcache import Vectors
+
+SCHEMA_VERSION = 4
 DB_ENV = "CLIPSEARCH_DB"
 VECTOR_DTYPE = np.dtype("<f2")
 
@@ -92,17 +95,6 @@ class StoredFile:
     mtime_ns: int
 
 
-@dataclass
-class Vectors:
-    """Stored vectors of a set of images; row i belongs to image id ids[i]."""
-
-    ids: np.ndarray  # int64
-    matrix: np.ndarray  # float32, n x dim, rows L2-normalised
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
 def _create_v1(db: sqlite_utils.Database) -> None:
     db["meta"].create({"key": str, "value": str}, pk="key")
     db["images"].create(
@@ -158,8 +150,20 @@ def _add_tags_v3(db: sqlite_utils.Database) -> None:
     )
 
 
+def _add_query_vectors_v4(db: sqlite_utils.Database) -> None:
+    """Text queries already embedded, so asking again needs no model at all (see `remembered_queries`);
+    and a random identity of the index, so its vector cache cannot be mistaken for another index's.
+    """
+    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('index_id', lower(hex(randomblob(16))))")
+    db.execute(
+        "CREATE TABLE query_vectors (model TEXT NOT NULL, precision TEXT NOT NULL, text TEXT NOT NULL, "
+        "vector BLOB NOT NULL, asked_at TEXT, PRIMARY KEY (model, precision, text))"
+    )
+
+
 # Migration N brings a database from schema N-1 to N.
-MIGRATIONS = {1: _create_v1, 2: _add_fingerprints_v2, 3: _add_tags_v3}
+MIGRATIONS = {1: _create_v1, 2: _add_fingerprints_v2, 3: _add_tags_v3, 4: _add_query_vectors_v4}
+REMEMBERED_QUERIES = 1000
 
 
 class Store:
@@ -217,7 +221,7 @@ class Store:
             return
         if version == 0 and self.db.table_names() and "images" not in self.db.table_names():
             raise StoreError(f"{self.path} is an SQLite file but not a clipsearch index. Pass another --db.")
-        if not create:
+        if version == 0 and not create:
             raise MissingIndexError(f"No index at {self.path}. Build one first: clipsearch index DIR")
         with self.db.atomic():
             if not self.db["schema_version"].exists():
@@ -345,35 +349,38 @@ class Store:
     # -- vectors ------------------------------------------------------------
 
     def _bump_generation(self) -> None:
-        """Count every change to the images, so a vector cache knows when it is stale."""
+        """Mark every change to the images with a new random token, so a vector cache knows it is stale.
+
+        Random rather than a counter: two copies of one index that each change
+        once must not end up with the same token.
+        """
         self.db.execute(
-            "INSERT INTO meta (key, value) VALUES ('generation', '1') "
-            "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+            "INSERT INTO meta (key, value) VALUES ('generation', lower(hex(randomblob(8)))) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
         )
 
-    def _generation(self) -> int:
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
-        return int(row[0]) if row else 0
+    def _identity(self) -> str:
+        """This index and its current state: what a vector cache must be tagged with to be used."""
+        values = dict(self.db.execute("SELECT key, value FROM meta WHERE key IN ('index_id', 'generation')"))
+        return f"{values.get('index_id', '')}:{values.get('generation', '0')}"
 
     @property
     def cache_path(self) -> Path:
-        return self.path.with_name(self.path.name + ".vectors")
+        return vectorcache.cache_path(self.path)
 
     def vectors(self, folder: str | None = None) -> Vectors:
         """All stored vectors (or those under `folder`) as one matrix, for ranking.
 
-        The whole-index matrix is also kept as float32 in a cache file beside the
-        database (`index.db.vectors`), tagged with the index's change counter and
-        memory-mapped when read: many times faster than decoding every row from
-        SQLite, which rclip does on every query.
+        The whole index is read from the memory-mapped query cache (vectorcache.py)
+        when that is current, and the cache is rebuilt when it is not.
         """
         recorded = self.model()
         dim = recorded[1] if recorded else 0
         where, params = self._scope(folder)
-        with self.db.atomic():  # one snapshot for the change counter and the rows
-            generation = self._generation()
+        with self.db.atomic():  # one snapshot for the change token and the rows
+            identity = self._identity()
             if folder is None:
-                cached = self._read_cache(generation, dim)
+                cached = vectorcache.read(self.cache_path, identity, dim)
                 if cached is not None:
                     return cached
             ids, blobs = [], []
@@ -382,37 +389,47 @@ class Store:
                 blobs.append(blob)
         vectors = Vectors(np.array(ids, dtype=np.int64), decode_vectors(blobs, dim))
         if folder is None:
-            self._write_cache(generation, vectors)
+            vectorcache.write(self.cache_path, identity, vectors)
         return vectors
 
-    def _read_cache(self, generation: int, dim: int) -> Vectors | None:
-        try:
-            with open(self.cache_path, "rb") as handle:
-                if int(np.load(handle)[0]) != generation:
-                    return None
-                ids = np.load(handle)
-                np.lib.format.read_magic(handle)
-                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(handle)
-                offset = handle.tell()
-            if fortran_order or dtype != np.float32 or shape != (len(ids), dim):
-                return None
-            # Memory-mapped: no copy, and the OS page cache keeps it warm between queries.
-            matrix = np.memmap(self.cache_path, dtype=np.float32, mode="r", offset=offset, shape=shape) if len(ids) \
-                else np.zeros((0, dim), dtype=np.float32)
-        except (OSError, ValueError, IndexError):
-            return None  # missing, stale or damaged: rebuilt from the database
-        return Vectors(ids, matrix)
+    def refresh_vector_cache(self) -> None:
+        """Bring the query cache up to date now, so the next search does not pay for it (after index, moves)."""
+        if self.model():
+            self.vectors()
 
-    def _write_cache(self, generation: int, vectors: Vectors) -> None:
-        partial = self.cache_path.with_name(self.cache_path.name + f".{os.getpid()}.tmp")
+    def remembered_queries(self, model: str, precision: str, texts: list[str]) -> dict[str, np.ndarray]:
+        """Vectors of texts this index has embedded before with this model and precision: text -> unit vector."""
+        found = {}
+        for start in range(0, len(texts), 500):
+            chunk = texts[start:start + 500]
+            for text, blob in self.db.execute(
+                f"SELECT text, vector FROM query_vectors WHERE model = ? AND precision = ? AND text IN "
+                f"({','.join('?' * len(chunk))})", [model, precision, *chunk]
+            ):
+                found[text] = np.frombuffer(blob, dtype="<f4").astype(np.float32)
+        return found
+
+    def remember_queries(self, model: str, precision: str, vectors: dict[str, np.ndarray]) -> None:
+        """Keep these text vectors (the newest REMEMBERED_QUERIES of them); best effort.
+
+        A query must not fail because its vector cannot be kept: a read-only
+        index or a busy writer just means the model runs again next time.
+        """
         try:
-            with open(partial, "wb") as handle:
-                np.save(handle, np.array([generation], dtype=np.int64))
-                np.save(handle, vectors.ids)
-                np.save(handle, np.ascontiguousarray(vectors.matrix, dtype=np.float32))
-            os.replace(partial, self.cache_path)
-        except OSError:  # a read-only folder: search still works, just without the cache
-            partial.unlink(missing_ok=True)
+            with self.db.atomic():
+                self.db.conn.executemany(
+                    "INSERT OR REPLACE INTO query_vectors (model, precision, text, vector, asked_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(model, precision, text, np.asarray(v, dtype="<f4").tobytes(), _now())
+                     for text, v in vectors.items()],
+                )
+                self.db.execute(
+                    "DELETE FROM query_vectors WHERE rowid NOT IN "
+                    "(SELECT rowid FROM query_vectors ORDER BY asked_at DESC, rowid DESC LIMIT ?)",
+                    [REMEMBERED_QUERIES],
+                )
+        except sqlite3.OperationalError:
+            pass
 
     def vector_for_path(self, path: str) -> np.ndarray | None:
         recorded = self.model()

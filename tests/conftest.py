@@ -26,11 +26,18 @@ REPO = Path(__file__).resolve().parent.parent
 TINY_MODEL = str(REPO / "models" / "tiny-clip")
 
 
+@pytest.fixture(scope="session")
+def shared_cache_home(tmp_path_factory) -> Path:
+    """One XDG cache for the session: the tiny model's text encoder is exported once, not per test."""
+    return tmp_path_factory.mktemp("cache")
+
+
 @pytest.fixture(autouse=True)
-def _isolated_environment(monkeypatch, tmp_path_factory):
-    """No test touches the user's index, model cache or network."""
+def _isolated_environment(monkeypatch, tmp_path_factory, shared_cache_home):
+    """No test touches the user's index, caches, model cache or network."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(shared_cache_home))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("CLIPSEARCH_DB", raising=False)
     monkeypatch.delenv("CLIPSEARCH_MODEL", raising=False)

@@ -148,7 +148,7 @@ def test_schema_1_index_is_migrated(tmp_path):
     db["schema_version"].insert({"version": 1})
     db.close()
     with Store.open(tmp_path / "old.db") as store:
-        assert store.schema_version() == SCHEMA_VERSION == 3
+        assert store.schema_version() == SCHEMA_VERSION == 4
         assert {"phash", "colourfulness"} <= set(store.db["images"].columns_dict)
         assert {"tags", "tag_runs", "tag_vectors"} <= set(store.db.table_names())
 

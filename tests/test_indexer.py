@@ -4,6 +4,7 @@ import stat
 
 import pytest
 
+from clipsearch import vectorcache
 from clipsearch.indexer import IndexingError, IndexOptions, Progress, index_folders
 from clipsearch.store import ModelMismatchError, Store
 
@@ -34,7 +35,7 @@ def test_first_run_indexes_everything_second_run_does_no_model_work(small_librar
     assert paths_in(db) == on_disk(small_library)
     with Store.open(db) as store:
         assert store.model() == (TINY_MODEL, 64)
-        assert store._read_cache(store._generation(), 64) is not None, "index leaves a fresh query cache"
+        assert vectorcache.read(store.cache_path, store._identity(), 64) is not None, "index leaves a fresh query cache"
 
     second = run(small_library, db)
     assert second.unchanged == 12

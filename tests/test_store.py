@@ -1,4 +1,5 @@
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -115,6 +116,22 @@ def test_vector_cache_follows_every_change(tmp_path):
 
         store.cache_path.write_bytes(b"damaged")
         assert len(store.vectors()) == 1, "a damaged cache is rebuilt, never trusted"
+
+
+def test_vector_cache_of_another_index_is_never_used(tmp_path):
+    """Two indexes with the same history: one's cache copied beside the other must not rank the other."""
+    stores = []
+    for name, seed in (("a.db", 1), ("b.db", 50)):
+        store = Store.open(tmp_path / name)
+        store.set_model("m", 8)
+        store.write([record("/p/1.jpg", seed), record("/p/2.jpg", seed + 1)])
+        stores.append(store)
+    a, b = stores
+    a.vectors()
+    shutil.copy(a.cache_path, b.cache_path)
+    assert np.allclose(b.vectors().matrix[0], unit(50), atol=1e-3), "b ranks with its own vectors"
+    for store in stores:
+        store.close()
 
 
 def test_failures_are_kept_until_the_file_is_indexed(tmp_path):

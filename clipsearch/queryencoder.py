@@ -1,0 +1,111 @@
+"""The models a query needs, each loaded only when it is needed, cheapest first.
+
+A text term is answered, in order, from the vectors the index remembers for
+texts it was asked before (no model at all), from the ONNX text encoder
+(textencoder.py: no torch, a few hundred milliseconds), exported on first use,
+and only as a fallback from the torch model. An image term that is not in the
+index needs the torch image tower. `QueryEncoder` has the interface of
+`encoder.Encoder` that `search` uses, so callers pass it where a model goes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from . import textencoder
+from .encoder import Encoder
+from .images import Preprocess
+from .store import Store
+from .textencoder import OnnxTextEncoder, TextEncoderUnavailable
+
+
+class QueryEncoder:
+    """Embeds query texts and images for one model, loading as little as the query needs.
+
+    `notify` receives the one-line notices a person should see (a one-time
+    export, a fallback to torch); the library itself prints nothing.
+    """
+
+    def __init__(self, store: Store, model_id: str, device: str | None = None, precision: str = "auto",
+                 notify: Callable[[str], None] | None = None):
+        if precision not in textencoder.PRECISIONS:
+            raise ValueError(f"precision must be one of {textencoder.PRECISIONS}, not {precision!r}")
+        self.store, self.model_id, self.device, self.precision = store, model_id, device, precision
+        self.notify = notify or (lambda message: None)
+        self._text: OnnxTextEncoder | Encoder | None = None
+        self._torch: Encoder | None = None
+
+    # -- the Encoder interface used by search ------------------------------
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.image_encoder().preprocess
+
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        return self.image_encoder().embed_pixels(pixels)
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Unit vectors of `texts`: remembered ones from the index, the rest embedded and then remembered."""
+        known = self.store.remembered_queries(self.model_id, self.precision, list(dict.fromkeys(texts)))
+        new = [text for text in dict.fromkeys(texts) if text not in known]
+        if new:
+            vectors = dict(zip(new, self.text_encoder().embed_texts(new)))
+            self.store.remember_queries(self.model_id, self.precision, vectors)
+            known.update(vectors)
+        return np.stack([known[text] for text in texts])
+
+    # -- loading ------------------------------------------------------------
+
+    def image_encoder(self) -> Encoder:
+        """The torch model, on the requested device (loaded once)."""
+        if self._torch is None:
+            self._torch = Encoder.load(self.model_id, self.device)
+        return self._torch
+
+    def text_encoder(self) -> OnnxTextEncoder | Encoder:
+        """The ONNX text encoder, exported first if needed; the torch model when that cannot work."""
+        if self._text is None:
+            self._text = self._load_text_encoder()
+        return self._text
+
+    def _load_text_encoder(self) -> OnnxTextEncoder | Encoder:
+        try:
+            return OnnxTextEncoder.load(self.model_id, self.precision)
+        except TextEncoderUnavailable as exc:
+            reason = str(exc)
+        if reason == "not exported yet":
+            failure = _failure_marker(self.model_id)
+            if failure is not None and failure.exists():
+                reason = json.loads(failure.read_text())["reason"] + f" (delete {failure} to try again)"
+            else:
+                try:
+                    return self._export()
+                except TextEncoderUnavailable as exc:
+                    reason = str(exc)
+        self.notify(f"Fast text encoder not available ({reason}); using torch, which is slower.")
+        return self.image_encoder()
+
+    def _export(self) -> OnnxTextEncoder:
+        self.notify("Preparing the text encoder (once)...")
+        cpu = self.image_encoder() if self.image_encoder().device == "cpu" else Encoder.load(self.model_id, "cpu")
+        try:
+            textencoder.export(cpu)
+        except TextEncoderUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - never fail a query because of this optimisation
+            reason = f"export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            marker = _failure_marker(self.model_id)
+            if marker is not None:
+                textencoder.write_json_atomically(marker, {"reason": reason})
+            raise TextEncoderUnavailable(reason) from None
+        return OnnxTextEncoder.load(self.model_id, self.precision)
+
+
+def _failure_marker(model_id: str) -> Path | None:
+    """Where a failed export is recorded, so later queries do not retry it every time."""
+    folder = textencoder.export_dir(model_id)
+    return folder.with_name(folder.name + ".failed.json") if folder else None

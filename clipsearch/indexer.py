@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import images
-from .errors import BadInputError
 from .encoder import Encoder, model_id_from
+from .errors import BadInputError
 from .scan import Changes, FileEntry, compare, walk_images
 from .store import ImageRecord, Store, encode_vector, normalise_path
-
 
 # Decoding is the bottleneck on a GPU (a 12 MP JPEG takes ~70 ms of one core even
 # at 1/8 scale), so use every core; on a CPU the model takes what the decoders leave.

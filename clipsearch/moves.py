@@ -183,8 +183,8 @@ def apply_moves(moves: list[Move], store: Store, manifest: str | os.PathLike,
                 report.skipped.append((move.source, reason))
                 continue
             if store.id_for_path(move.keep) is None:
-                report.skipped.append((move.source, f"the copy to keep ({move.keep}) is no longer in the index; "
-                                                    "run clipsearch index, then dedupe again"))
+                reason = f"the copy to keep ({move.keep}) is no longer in the index; run clipsearch index, then dedupe again"
+                report.skipped.append((move.source, reason))
                 continue
             target = None if trash else _free_name(move.target)
             try:

@@ -34,7 +34,7 @@ def _sha(path) -> str:
 
 def _with_copy(small_library: Path) -> tuple[Path, Path]:
     """The library plus an exact copy of its first photo in a subfolder: one duplicate pair."""
-    original = sorted(small_library.glob("*.jpg"))[0]
+    original = min(small_library.glob("*.jpg"))
     (small_library / "copies").mkdir()
     copy = small_library / "copies" / original.name
     shutil.copy2(original, copy)
@@ -45,7 +45,7 @@ def _with_copy(small_library: Path) -> tuple[Path, Path]:
 
 
 def test_case1_non_utf8_and_ansi_file_names_are_stored_losslessly_and_printed_safely(cli, small_library, tmp_path):
-    first = sorted(small_library.glob("*.jpg"))[0]
+    first = min(small_library.glob("*.jpg"))
     bad = os.fsdecode(os.fsencode(str(small_library)) + b"/bad\xff\xfe.jpg")
     ansi = small_library / "\x1b[31mred.jpg"
     shutil.copy(first, bad)
@@ -70,7 +70,7 @@ def test_case1_non_utf8_and_ansi_file_names_are_stored_losslessly_and_printed_sa
 def test_case2_changed_photo_and_an_old_copy_of_it_in_one_run(cli, small_library, tmp_path):
     db = tmp_path / "index.db"
     _index(cli, small_library, db)
-    photo = sorted(small_library.glob("*.jpg"))[0]
+    photo = min(small_library.glob("*.jpg"))
     old_bytes, old_hash = photo.read_bytes(), _sha(photo)
     Image.open(photo).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(photo, quality=70)  # edited in place
     (small_library / "zz-old-copy.jpg").write_bytes(old_bytes)  # processed after the edit, same batch size 1
@@ -245,7 +245,7 @@ def test_case9_cut_off_manifest_and_interrupted_cross_device_undo_are_resumable(
 
 
 def test_case10_a_sidecar_symlink_is_not_followed(small_library, tmp_path):
-    photo = str(sorted(small_library.glob("*.jpg"))[0])
+    photo = str(min(small_library.glob("*.jpg")))
     outside = tmp_path / "outside.xmp"  # a valid sidecar elsewhere, which exiv2 would happily write into
     outside.write_text(sidecars.EMPTY_PACKET)
     os.symlink(outside, photo + ".xmp")
@@ -270,7 +270,7 @@ def test_case12_undo_refuses_moves_it_did_not_make(cli, small_library, tmp_path)
     _index(cli, small_library, db)
     elsewhere = tmp_path / "elsewhere" / "secret.jpg"
     elsewhere.parent.mkdir()
-    shutil.copy(sorted(small_library.glob("*.jpg"))[0], elsewhere)
+    shutil.copy(min(small_library.glob("*.jpg")), elsewhere)
     folder = tmp_path / "handmade"
     folder.mkdir()
     source = str(small_library / "planted.jpg")

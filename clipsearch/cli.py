@@ -1,10 +1,16 @@
 """The `clipsearch` command: arguments, exit codes and progress, over the library calls.
 
-Exit codes: 0 done; 1 nothing to search or nothing found (no index, empty
-index or folder, nothing above --threshold); 2 bad input (missing folder or
-file, unusable query, model not available, unknown device); 3 the index
-cannot be used as asked (built with another model, written by a newer
-clipsearch, not an index); 130 interrupted.
+Exit codes (errors.py; every library error carries its own, mapped in `_errors`):
+0 done; 1 nothing to search or nothing found (no index, empty index or folder,
+nothing above --threshold); 2 bad input (missing folder or file, unusable
+query, model not available, unknown device); 3 the index cannot be used as
+asked (built with another model, written by a newer clipsearch, not an index,
+read-only, disk full); 4 index busy (another clipsearch holds the writer lock
+for longer than $CLIPSEARCH_LOCK_WAIT seconds); 70 internal error, a bug
+(the traceback with --debug); 130 interrupted.
+
+Locking: index, dedupe --move-to/--trash/--undo and tag (runs and manual
+edits) take one index-wide writer lock (store.Store.writer); searches never wait.
 """
 
 from __future__ import annotations
@@ -16,21 +22,22 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.exceptions import TyperException
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
 
 from . import __version__
 from . import dedupe, indexer, moves, search, sidecars, tags
-from .encoder import DEVICES, MODEL_ENV, ModelError
+from .encoder import DEVICES, MODEL_ENV
+from .errors import EXIT_BAD_INPUT, EXIT_INDEX, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NOTHING, ClipsearchError
 from .output import (Format, show_export_report, show_groups, show_hits, show_image_tags, show_index_report,
-                     show_info, show_move_report, show_plan, show_tag_counts, show_tag_report, show_undo_report, stderr)
-from .store import DB_ENV, normalise_path, ModelMismatchError, MissingIndexError, NewerSchemaError, Store, StoreError
+                     show_info, show_move_report, show_plan, show_tag_counts, show_tag_report, show_undo_report, shown,
+                     stderr)
+from .store import DB_ENV, normalise_path, Store
 
-EXIT_NOTHING = 1
-EXIT_BAD_INPUT = 2
-EXIT_INDEX = 3
-EXIT_INTERRUPTED = 130
+__all__ = ["app", "main", "EXIT_BAD_INPUT", "EXIT_INDEX", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_NOTHING"]
+_debug = False  # set by the global --debug flag
 
 app = typer.Typer(
     help="Search your photo library by meaning with CLIP. Index a folder once, then find images by "
@@ -69,24 +76,27 @@ def _format(json_: bool, paths: bool) -> Format:
 
 @contextmanager
 def _errors() -> Iterator[None]:
-    """Library errors become one clear line on stderr and a meaningful exit code."""
+    """The one place errors become exit codes: a library error is one clear line and its own code;
+    anything else is a bug, reported as an internal error (with the traceback under --debug)."""
     try:
         yield
-    except (search.EmptyIndexError, MissingIndexError) as exc:
-        _fail(exc, EXIT_NOTHING)
-    except (ModelMismatchError, NewerSchemaError, StoreError) as exc:
-        _fail(exc, EXIT_INDEX)
-    except (ModelError, search.QueryError, indexer.IndexingError, moves.MoveError, dedupe.DedupeError,
-            tags.TagError) as exc:
-        _fail(exc, EXIT_BAD_INPUT)
+    except ClipsearchError as exc:
+        stderr.print(f"[red]error:[/] {escape(shown(str(exc)))}")
+        raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         stderr.print("[yellow]Interrupted.[/] Work done so far is saved; run the same command again to continue.")
         raise typer.Exit(EXIT_INTERRUPTED) from None
+    except (typer.Exit, typer.Abort, TyperException):  # usage errors and exits: typer reports them
+        raise
+    except Exception as exc:
+        if _debug:
+            import traceback
 
-
-def _fail(exc: Exception, code: int) -> None:
-    stderr.print(f"[red]error:[/] {escape(str(exc))}")
-    raise typer.Exit(code) from None
+            traceback.print_exc()
+        stderr.print(f"[red]internal error:[/] {escape(shown(f'{type(exc).__name__}: {exc}'))}. This is a bug in "
+                     f"clipsearch {__version__}; please report it with the command you ran"
+                     f"{'' if _debug else ' and the output of the same command with --debug'}.")
+        raise typer.Exit(EXIT_INTERNAL) from None
 
 
 class _RateColumn(ProgressColumn):
@@ -114,7 +124,7 @@ class _RichProgress(indexer.Progress):
             self.bar.advance(self.task, count)
 
     def skipped(self, path: str, reason: str) -> None:
-        stderr.print(f"[yellow]skipped[/] {escape(path)}: {escape(reason)}")
+        stderr.print(f"[yellow]skipped[/] {escape(shown(path))}: {escape(shown(reason))}")
 
     def model_loading(self, model_id: str) -> None:
         stderr.print(f"Loading model {escape(model_id)}...")
@@ -141,6 +151,8 @@ def index_command(
     workers: int = typer.Option(indexer.DEFAULT_WORKERS, "--workers", min=1, help="Decoding threads."),
     follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Descend into symlinked folders."),
     max_megapixels: float = typer.Option(250.0, "--max-megapixels", help="Skip images larger than this."),
+    max_file_size: float = typer.Option(indexer.images.DEFAULT_MAX_FILE_MB, "--max-file-size", min=0.001,
+                                        help="Skip files larger than this many MB, unread."),
     db: Optional[Path] = DbOption,
     model: Optional[str] = ModelOption,
     device: Optional[str] = DeviceOption,
@@ -152,7 +164,7 @@ def index_command(
     Unchanged files are skipped without reading them; renamed and copied files reuse their vector.
     Safe to interrupt: the next run continues where this one stopped.
     """
-    options = indexer.IndexOptions(batch_size, workers, tuple(exclude), follow_symlinks, max_megapixels)
+    options = indexer.IndexOptions(batch_size, workers, tuple(exclude), follow_symlinks, max_megapixels, max_file_size)
     with _errors():
         bar = _progress_bar(quiet)
         with Store.open(db) as store, bar or nullcontext():
@@ -276,7 +288,8 @@ def dedupe_command(
         with bar or nullcontext():
             unreadable = indexer.fill_fingerprints(store, scope, progress=_RichProgress(bar))
         for path, reason in unreadable:
-            stderr.print(f"[yellow]not hashed[/] {escape(path)}: {escape(reason)} (only exact copies of it are found)")
+            stderr.print(f"[yellow]not hashed[/] {escape(shown(path))}: {escape(reason)} (only exact copies of it "
+                         "are found)")
         options = dedupe.DedupeOptions(similar, near_threshold, similar_threshold, max_hash_distance, keep=keep,
                                        prefer=tuple(str(p) for p in prefer))
         groups = dedupe.find_duplicates(store, scope, options)
@@ -337,14 +350,15 @@ def tag_command(
             change = {"add": targets[2:]} if targets[0] == "add" else {"remove": targets[2:]}
             show_image_tags(targets[1], tags.edit_tags(store, targets[1], **change), fmt)
             return
-        vocabulary = tags.load_vocabulary(vocab)
-        options = tags.TagOptions(threshold, max_tags, retag)
-        bar = _progress_bar(quiet)
-        with bar or nullcontext():
-            task = bar.add_task("Tagging", total=store.count()) if bar else None
-            report = tags.tag_images(store, _encoder_factory(store, model, device), targets, vocabulary, options,
-                                     on_progress=(lambda n: bar.advance(task, n)) if bar else None)
-        show_tag_report(report, fmt)
+        if not export or vocab is not None or threshold is not None or retag:  # --export alone: only export
+            vocabulary = tags.vocabulary_for(store, vocab)
+            options = tags.TagOptions(threshold, max_tags, retag)
+            bar = _progress_bar(quiet)
+            with bar or nullcontext():
+                task = bar.add_task("Tagging", total=store.count()) if bar else None
+                report = tags.tag_images(store, _encoder_factory(store, model, device), targets, vocabulary, options,
+                                         on_progress=(lambda n: bar.advance(task, n)) if bar else None)
+            show_tag_report(report, fmt)
         if export:
             paths = {}
             for scope in [normalise_path(t) for t in targets] or [None]:
@@ -390,8 +404,11 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Show the version and exit.")) -> None:
+                                       help="Show the version and exit."),
+          debug: bool = typer.Option(False, "--debug", help="On an internal error, print the traceback.")) -> None:
     """Search your photo library by meaning with CLIP."""
+    global _debug
+    _debug = debug
 
 
 def main() -> None:

@@ -30,6 +30,7 @@ from enum import Enum
 import numpy as np
 
 from . import fingerprint, tuning
+from .errors import BadInputError, check_finite
 from .images import RAW_EXTENSIONS
 from .store import Store, normalise_path
 
@@ -40,7 +41,7 @@ CELLS_PER_ROOT = 1.0
 PROBES = 8
 
 
-class DedupeError(Exception):
+class DedupeError(BadInputError):
     """Dedupe cannot run as asked; the message says why."""
 
 
@@ -63,6 +64,8 @@ class DedupeOptions:
     prefer: tuple[str, ...] = ()  # folders whose files are kept first
 
     def resolved(self, model_id: str | None) -> DedupeOptions:
+        check_finite(self.near_threshold, "--near-threshold")
+        check_finite(self.similar_threshold, "--similar-threshold")
         defaults = tuning.for_model(model_id)
         return DedupeOptions(
             self.similar,

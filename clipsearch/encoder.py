@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import BadInputError
 from .images import Preprocess
 
 # LAION's ViT-B/32: the same cost as OpenAI's (one 224px pass, 512-d vectors) but
@@ -23,7 +24,7 @@ MODEL_ENV = "CLIPSEARCH_MODEL"
 DEVICES = ("cuda", "mps", "cpu")
 
 
-class ModelError(Exception):
+class ModelError(BadInputError):
     """The model cannot be loaded or used; the message says what to do."""
 
 

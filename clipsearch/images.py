@@ -41,6 +41,8 @@ RAW_EXTENSIONS = frozenset({
 })
 
 DEFAULT_MAX_MEGAPIXELS = 250.0
+# Larger files are skipped unread: a 250 MP 16-bit TIFF is ~1.5 GB, a RAW or a JPEG far less.
+DEFAULT_MAX_FILE_MB = 2048.0
 
 
 def supported_extensions() -> frozenset[str]:
@@ -92,6 +94,42 @@ def read_bytes(path: str) -> bytes:
     if not data:
         raise ImageError("empty file (0 bytes)")
     return data
+
+
+def read_and_hash(path: str, max_file_mb: float = DEFAULT_MAX_FILE_MB) -> tuple[str, bytes]:
+    """SHA-256 and bytes of a file, read in chunks; a file over `max_file_mb` is refused before it is read.
+
+    The size is checked again while reading, so a file that grows (or a sparse
+    file that claims less) never takes more memory than the limit.
+    """
+    import hashlib
+
+    limit = int(max_file_mb * 1024 * 1024)
+    too_large = f"larger than {max_file_mb:g} MB (--max-file-size); not read"
+    digest = hashlib.sha256()
+    chunks: list[bytes] = []
+    read = 0
+    try:
+        with open(path, "rb") as handle:
+            if os.fstat(handle.fileno()).st_size > limit:
+                raise ImageError(too_large)
+            while chunk := handle.read(1 << 20):
+                read += len(chunk)
+                if read > limit:
+                    raise ImageError(too_large)
+                digest.update(chunk)
+                chunks.append(chunk)
+    except FileNotFoundError:
+        raise ImageError("vanished during the run") from None
+    except PermissionError:
+        raise ImageError("permission denied (check the file's read permission)") from None
+    except IsADirectoryError:
+        raise ImageError("is a directory") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
+    if not read:
+        raise ImageError("empty file (0 bytes)")
+    return digest.hexdigest(), b"".join(chunks)
 
 
 def _flatten_to_rgb(image: Image.Image) -> Image.Image:

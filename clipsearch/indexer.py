@@ -9,7 +9,6 @@ re-run over an unchanged, renamed or copied library does no model work.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -22,16 +21,16 @@ import numpy as np
 
 from . import images
 from .encoder import Encoder, model_id_from
+from .errors import BadInputError
 from .scan import Changes, FileEntry, compare, walk_images
 from .store import ImageRecord, Store, encode_vector, normalise_path
-
 
 # Decoding is the bottleneck on a GPU (a 12 MP JPEG takes ~70 ms of one core even
 # at 1/8 scale), so use every core; on a CPU the model takes what the decoders leave.
 DEFAULT_WORKERS = min(16, os.cpu_count() or 2)
 
 
-class IndexingError(Exception):
+class IndexingError(BadInputError):
     """The job cannot start (a folder is missing, ...); the message says why."""
 
 
@@ -42,6 +41,7 @@ class IndexOptions:
     exclude: tuple[str, ...] = ()
     follow_symlinks: bool = False
     max_megapixels: float = images.DEFAULT_MAX_MEGAPIXELS
+    max_file_mb: float = images.DEFAULT_MAX_FILE_MB
 
 
 @dataclass
@@ -120,14 +120,13 @@ class _LazyEncoder:
             return self.encoder
 
 
-def _prepare(entry: FileEntry, known_hashes: set[str], lazy: _LazyEncoder, max_megapixels: float):
-    """Worker: read once, hash, and decode only content the index has never seen."""
+def _prepare(entry: FileEntry, known_hashes: set[str], lazy: _LazyEncoder, options: IndexOptions):
+    """Worker: hash while reading (stopping at the size limit), decode only content the index has never seen."""
     try:
-        data = images.read_bytes(entry.path)
-        digest = hashlib.sha256(data).hexdigest()
+        digest, data = images.read_and_hash(entry.path, options.max_file_mb)
         if digest in known_hashes:
             return _Reused(entry, digest)
-        return _Decoded(entry, digest, images.decode(data, lazy.get().preprocess, max_megapixels, entry.path))
+        return _Decoded(entry, digest, images.decode(data, lazy.get().preprocess, options.max_megapixels, entry.path))
     except images.ImageError as exc:
         return _Failed(entry, str(exc))
 
@@ -168,31 +167,33 @@ def index_folders(
         report.skipped.append((path, reason))
         progress.skipped(path, reason)
 
-    entries = walk_images(roots, options.exclude, options.follow_symlinks, on_error=scan_error)
-    indexed = store.files_under(roots)
-    changes = compare(entries, indexed, store.failures_under(roots))
-    report.scanned, report.unchanged = changes.seen, changes.unchanged
-    for path, reason in changes.known_bad:
-        report.skipped.append((path, f"{reason} (unchanged since last run)"))
-    progress.scanned(changes)
+    with store.writer():  # one writer at a time: a second index, dedupe or tag run waits, then is told
+        unlisted: list[str] = []  # folders that could not be listed: their rows stay
+        entries = walk_images(roots, options.exclude, options.follow_symlinks, on_error=scan_error, unlisted=unlisted)
+        indexed = store.files_under(roots)
+        changes = compare(entries, indexed, store.failures_under(roots), unlisted)
+        report.scanned, report.unchanged = changes.seen, changes.unchanged
+        for path, reason in changes.known_bad:
+            report.skipped.append((path, f"{reason} (unchanged since last run)"))
+        progress.scanned(changes)
 
-    lazy = _LazyEncoder(model_id, device, progress)
-    lazy.encoder = encoder
-    try:
-        _process(changes.to_index, set(indexed), store, lazy, options, progress, report)
-    except KeyboardInterrupt:
-        report.interrupted = True
+        lazy = _LazyEncoder(model_id, device, progress)
+        lazy.encoder = encoder
+        try:
+            _process(changes.to_index, set(indexed), store, lazy, options, progress, report)
+        except KeyboardInterrupt:
+            report.interrupted = True
+            report.seconds = time.perf_counter() - started
+            raise
+        finally:
+            report.model_loaded = lazy.encoder is not None and encoder is None
+        store.carry_tags(changes.gone)  # a renamed photo keeps its tags
+        report.removed = store.remove(changes.gone)
+        for root in roots:
+            fill_fingerprints(store, root, options.workers, progress)
+        store.refresh_vector_cache()
         report.seconds = time.perf_counter() - started
-        raise
-    finally:
-        report.model_loaded = lazy.encoder is not None and encoder is None
-    store.carry_tags(changes.gone)  # a renamed photo keeps its tags
-    report.removed = store.remove(changes.gone)
-    for root in roots:
-        fill_fingerprints(store, root, options.workers, progress)
-    store.refresh_vector_cache()
-    report.seconds = time.perf_counter() - started
-    return report
+        return report
 
 
 def _process(to_index: list[FileEntry], previously_indexed: set[str], store: Store, lazy: _LazyEncoder,
@@ -200,6 +201,8 @@ def _process(to_index: list[FileEntry], previously_indexed: set[str], store: Sto
     if not to_index:
         return
     known_hashes = store.known_hashes()
+    # The content of files this run replaces, so that a copy of a file's old bytes can still reuse its vector.
+    replaced = store.rows_for_hashes_of(entry.path for entry in to_index if entry.path in previously_indexed)
     pending_pixels: list[_Decoded] = []
     pending_records: list[ImageRecord] = []
     pending_failures: list[tuple[str, int, int, str]] = []
@@ -242,7 +245,7 @@ def _process(to_index: list[FileEntry], previously_indexed: set[str], store: Sto
                     entry = next(queue, None)
                     if entry is None:
                         break
-                    in_flight.append(pool.submit(_prepare, entry, known_hashes, lazy, options.max_megapixels))
+                    in_flight.append(pool.submit(_prepare, entry, known_hashes, lazy, options))
                 if not in_flight:
                     break
                 result = in_flight.popleft().result()
@@ -252,7 +255,15 @@ def _process(to_index: list[FileEntry], previously_indexed: set[str], store: Sto
                     progress.skipped(result.entry.path, result.reason)
                     progress.advance()
                 elif isinstance(result, _Reused):
-                    known = store.vector_for_hash(result.digest)
+                    known = store.vector_for_hash(result.digest) or replaced.get(result.digest)
+                    if known is None:  # not expected: its content left the index some other way
+                        reason = "its content left the index during the run; run index again"
+                        pending_failures.append((result.entry.path, result.entry.size, result.entry.mtime_ns, reason))
+                        report.skipped.append((result.entry.path, reason))
+                        progress.skipped(result.entry.path, reason)
+                        progress.advance()
+                        flush(encode_all=False)
+                        continue
                     pending_records.append(ImageRecord(
                         result.entry.path, result.entry.size, result.entry.mtime_ns, result.digest,
                         known["width"], known["height"], known["vector"], known["phash"], known["colourfulness"],
@@ -280,6 +291,12 @@ def fill_fingerprints(store: Store, folder: str | None = None, workers: int = DE
     missing = store.missing_fingerprints(folder)
     if not missing:
         return []
+    with store.writer():
+        return _fill_fingerprints(store, missing, workers, progress)
+
+
+def _fill_fingerprints(store: Store, missing: list[tuple[int, str]], workers: int,
+                       progress: Progress) -> list[tuple[str, str]]:
     progress.fingerprinting(len(missing))
     failed: list[tuple[str, str]] = []
 

@@ -2,15 +2,22 @@
 
 Nothing is ever deleted: files go to a folder of the user's (keeping their
 relative layout) or to the system trash. Before each move, a line is appended
-to a manifest (JSON Lines, flushed to disk) recording where the file goes, its
+to a manifest (JSON Lines, each line fsynced) recording where the file goes, its
 SHA-256, its index row and its tags, so `undo` can put every file, row and tag back even after
 a crash half way. A file is moved only if its bytes still match the index and
-the copy being kept still exists.
+the copy being kept still exists, checked under the index's writer lock.
+
+Across filesystems a file is copied to a hidden partial name, fsynced, then
+renamed into place, so it is never half there; undo moves back the same way
+and can simply be run again after an interruption. Undo reverses only what
+this tool did: the file must be in the manifest's folder with the recorded
+hash, and the recorded row must be a sane row of that file.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import os
@@ -22,12 +29,13 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from .dedupe import Group
+from .errors import BadInputError
 from .store import Store, default_db_path, normalise_path
 
 MANIFEST_FORMAT = 1
 
 
-class MoveError(Exception):
+class MoveError(BadInputError):
     """The plan cannot be carried out as asked; the message says why."""
 
 
@@ -67,7 +75,9 @@ def plan_moves(groups: list[Group], destination: str | None, store: Store, root:
     if root is None:
         root = os.path.commonpath([os.path.dirname(p) for group in groups for p in (m.path for m in group.members)])
     root = normalise_path(root)
-    if destination == root or destination.startswith(root.rstrip(os.sep) + os.sep) or store.count(destination):
+    real_destination, real_root = os.path.realpath(destination), os.path.realpath(root)  # see through symlinks
+    if any(d == r or d.startswith(r.rstrip(os.sep) + os.sep) for d in (destination, real_destination)
+           for r in (root, real_root)) or store.count(destination) or store.count(real_destination):
         raise MoveError(f"{destination} is inside the library being deduplicated; the next index run would add the "
                         f"moved files back. Choose a folder outside {root}.")
     return [Move(source, os.path.join(destination, os.path.relpath(source, root)), keep, tier)
@@ -113,6 +123,47 @@ def _append(handle, record: dict) -> None:
     os.fsync(handle.fileno())
 
 
+def _fsync_folder(folder: str) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - Windows cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some filesystems refuse
+        pass
+    finally:
+        os.close(fd)
+
+
+def move_file(source: str, target: str) -> None:
+    """Move a file so that it is never half there: a rename, or across filesystems copy to a hidden
+    partial name, fsync, rename into place, and only then remove the source."""
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    try:
+        os.rename(source, target)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    partial = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.clipsearch-partial")
+    try:
+        with open(source, "rb") as reader, open(partial, "wb") as writer:
+            shutil.copyfileobj(reader, writer, 1 << 20)
+            writer.flush()
+            os.fsync(writer.fileno())
+        shutil.copystat(source, partial)
+        os.rename(partial, target)
+    except BaseException:
+        try:
+            os.unlink(partial)
+        except OSError:
+            pass
+        raise
+    _fsync_folder(os.path.dirname(target))
+    os.unlink(source)
+
+
 def apply_moves(moves: list[Move], store: Store, manifest: str | os.PathLike,
                 on_progress: Callable[[Move], None] | None = None) -> MoveReport:
     """Carry out `moves`, recording each in the manifest first; moved files leave the index."""
@@ -122,7 +173,7 @@ def apply_moves(moves: list[Move], store: Store, manifest: str | os.PathLike,
     report = MoveReport(str(path))
     if trash:
         from send2trash import send2trash
-    with open(path, "x", encoding="utf-8") as handle:
+    with store.writer(), open(path, "x", encoding="utf-8") as handle:
         _append(handle, {"clipsearch_dedupe_manifest": MANIFEST_FORMAT, "index": str(store.path),
                          "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "action": "trash" if trash else "move"})
         for move in moves:
@@ -131,16 +182,24 @@ def apply_moves(moves: list[Move], store: Store, manifest: str | os.PathLike,
             if reason:
                 report.skipped.append((move.source, reason))
                 continue
+            if store.id_for_path(move.keep) is None:
+                reason = f"the copy to keep ({move.keep}) is no longer in the index; run clipsearch index, then dedupe again"
+                report.skipped.append((move.source, reason))
+                continue
             target = None if trash else _free_name(move.target)
-            _append(handle, {"source": move.source, "target": target, "keep": move.keep, "tier": move.tier,
-                             "sha256": rows[0]["hash"], "row": _encode_row(rows[0]),
-                             "tags": store.tag_rows(rows[0]["id"])})
+            try:
+                _append(handle, {"source": move.source, "target": target, "keep": move.keep, "tier": move.tier,
+                                 "sha256": rows[0]["hash"], "row": _encode_row(rows[0]),
+                                 "tags": store.tag_rows(rows[0]["id"])})
+            except OSError as exc:
+                raise MoveError(f"Cannot write the manifest {path} ({exc.strerror or exc}); stopped before moving "
+                                f"{move.source}. {len(report.moved)} files were moved; to put them back: "
+                                f"clipsearch dedupe --undo {path}") from None
             try:
                 if trash:
                     send2trash(move.source)
                 else:
-                    os.makedirs(os.path.dirname(target), exist_ok=True)
-                    shutil.move(move.source, target)
+                    move_file(move.source, target)
             except OSError as exc:
                 report.skipped.append((move.source, f"could not move: {exc.strerror or exc}"))
                 continue
@@ -166,10 +225,22 @@ def _unsafe(move: Move, rows: list[dict]) -> str | None:
 
 
 def read_manifest(path: str | os.PathLike) -> tuple[dict, list[dict]]:
+    """Header and records. A cut-off last line (a full disk, a crash while writing it) is dropped: its
+    move never started, because each move happens only after its line is on disk."""
     try:
         with open(path, encoding="utf-8") as handle:
-            lines = [json.loads(line) for line in handle if line.strip()]
-    except (OSError, ValueError) as exc:
+            raw = handle.read().split("\n")
+        lines = []
+        for number, line in enumerate(raw):
+            if not line.strip():
+                continue
+            try:
+                lines.append(json.loads(line))
+            except ValueError as exc:
+                if number == len(raw) - 1:  # the last line, without its newline: cut off
+                    break
+                raise MoveError(f"Cannot read the manifest {path}, line {number + 1}: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
         raise MoveError(f"Cannot read the manifest {path}: {exc}") from None
     if not lines or lines[0].get("clipsearch_dedupe_manifest") != MANIFEST_FORMAT:
         raise MoveError(f"{path} is not a clipsearch dedupe manifest.")
@@ -180,30 +251,59 @@ def undo_moves(manifest: str | os.PathLike, store: Store) -> UndoReport:
     """Put every file the manifest records back where it was, with its index row; safe to repeat."""
     header, records = read_manifest(manifest)
     report = UndoReport()
-    for record in reversed(records):
-        source = record["source"]
-        if os.path.lexists(source):
-            if os.path.isfile(source) and _sha256(source) == record["sha256"]:
-                store.restore_rows([_decode_row(record["row"])], [record.get("tags", [])])  # an earlier undo
-                report.restored.append(source)
-            else:
-                report.skipped.append((source, "another file is there now; left both alone"))
-            continue
-        current, trash_info = _where_is(record, header["action"])
-        if current is None:
-            report.skipped.append((source, "not found where it was moved to" if header["action"] == "move" else
-                                   "not found in the trash (emptied?); restore it by hand if it is there"))
-            continue
-        if _sha256(current) != record["sha256"]:
-            report.skipped.append((source, f"{current} has changed since it was moved; left it there"))
-            continue
-        os.makedirs(os.path.dirname(source), exist_ok=True)
-        shutil.move(current, source)
-        if trash_info:
-            Path(trash_info).unlink(missing_ok=True)
-        store.restore_rows([_decode_row(record["row"])], [record.get("tags", [])])
-        report.restored.append(source)
+    with store.writer():
+        for record in reversed(records):
+            _undo_one(record, header["action"], os.path.realpath(os.path.dirname(os.path.abspath(manifest))),
+                      store, report)
     return report
+
+
+def _not_ours(record: dict, action: str, folder: str, store: Store) -> str | None:
+    """Why this manifest record is not a move this tool made (a hand-made or damaged manifest), or None."""
+    try:
+        source, sha256, row = record["source"], record["sha256"], _decode_row(record["row"])
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"the manifest's record is incomplete ({exc}); not touched"
+    recorded = store.model()
+    if not isinstance(source, str) or source != normalise_path(source):
+        return "the manifest's source is not an absolute path; not touched"
+    if row.get("path") != source or row.get("hash") != sha256 or not isinstance(row.get("vector"), bytes) \
+            or recorded is None or len(row["vector"]) != recorded[1] * 2:
+        return "the manifest's index row does not belong to this file or this index; not touched"
+    if action == "move":
+        target = record.get("target")
+        if not isinstance(target, str) or not os.path.realpath(target).startswith(folder.rstrip(os.sep) + os.sep):
+            return f"the manifest says it was moved to {target}, outside the manifest's folder {folder}; not touched"
+    return None
+
+
+def _undo_one(record: dict, action: str, folder: str, store: Store, report: UndoReport) -> None:
+    """Put back one moved file and its row; safe to repeat after an interrupted undo."""
+    source = record.get("source", "?")
+    reason = _not_ours(record, action, folder, store)
+    if reason:
+        report.skipped.append((source, reason))
+        return
+    if os.path.lexists(source):
+        if os.path.isfile(source) and _sha256(source) == record["sha256"]:
+            store.restore_rows([_decode_row(record["row"])], [record.get("tags", [])])  # an earlier undo
+            report.restored.append(source)
+        else:
+            report.skipped.append((source, "another file is there now; left both alone"))
+        return
+    current, trash_info = _where_is(record, action)
+    if current is None:
+        report.skipped.append((source, "not found where it was moved to" if action == "move" else
+                               "not found in the trash (emptied?); restore it by hand if it is there"))
+        return
+    if _sha256(current) != record["sha256"]:
+        report.skipped.append((source, f"{current} has changed since it was moved; left it there"))
+        return
+    move_file(current, source)
+    if trash_info:
+        Path(trash_info).unlink(missing_ok=True)
+    store.restore_rows([_decode_row(record["row"])], [record.get("tags", [])])
+    report.restored.append(source)
 
 
 def _where_is(record: dict, action: str) -> tuple[str | None, str | None]:

@@ -6,7 +6,9 @@ Results go to stdout; messages and progress for people go to stderr, so
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import sys
 from collections.abc import Sequence
 from enum import Enum
@@ -24,6 +26,40 @@ from .tags import TagReport
 
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
+def shown(text: str) -> str:
+    """Text safe to print: control characters (ANSI escapes included) and bytes that are not
+    UTF-8 (surrogate escapes of a non-UTF-8 file name) are shown as backslash escapes."""
+    def escaped(match: re.Match) -> str:
+        char = match.group()
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte of a file name (PEP 383)
+            return f"\\x{code - 0xDC00:02x}"
+        return char.encode("unicode_escape").decode("ascii")
+
+    return _UNPRINTABLE.sub(escaped, text)
+
+
+def path_json(path: str) -> dict:
+    """A path for JSON output: "path" always valid Unicode; "path_bytes" (base64 of the exact bytes) as well
+    when the name is not valid UTF-8."""
+    try:
+        path.encode("utf-8")
+        return {"path": path}
+    except UnicodeEncodeError:
+        raw = path.encode("utf-8", "surrogateescape")
+        return {"path": raw.decode("utf-8", "backslashreplace"), "path_bytes": base64.b64encode(raw).decode("ascii")}
+
+
+def write_path(path: str) -> None:
+    """One path a line on stdout, as the exact bytes of the name (for pipes and xargs)."""
+    sys.stdout.flush()
+    sys.stdout.buffer.write(path.encode("utf-8", "surrogateescape") + b"\n")
+    sys.stdout.buffer.flush()
 
 
 class Format(str, Enum):
@@ -45,11 +81,11 @@ def _human_size(size: int | None) -> str:
 
 def show_hits(hits: Sequence[Hit], fmt: Format) -> None:
     if fmt is Format.json:
-        sys.stdout.write(json.dumps([hit.to_dict() for hit in hits], indent=2) + "\n")
+        sys.stdout.write(json.dumps([hit.to_dict() | path_json(hit.path) for hit in hits], indent=2) + "\n")
         return
     if fmt is Format.paths:
         for hit in hits:
-            sys.stdout.write(hit.path + "\n")
+            write_path(hit.path)
         return
     if not hits:
         stderr.print("No results.")
@@ -61,7 +97,7 @@ def show_hits(hits: Sequence[Hit], fmt: Format) -> None:
     table.add_column("path", overflow="fold")
     for rank, hit in enumerate(hits, 1):
         dims = f"{hit.width}x{hit.height}" if hit.width else ""
-        table.add_row(str(rank), f"{hit.score:.3f}", dims, escape(hit.path))
+        table.add_row(str(rank), f"{hit.score:.3f}", dims, escape(shown(hit.path)))
     stdout.print(table)
 
 
@@ -69,7 +105,7 @@ def show_index_report(report: IndexReport, fmt: Format) -> None:
     """Summary of an index run: to stdout as JSON, else to stderr for people."""
     if fmt is Format.json:
         data = {k: v for k, v in report.__dict__.items() if k != "skipped"}
-        data["skipped"] = [{"path": p, "reason": r} for p, r in report.skipped]
+        data["skipped"] = [path_json(p) | {"reason": shown(r)} for p, r in report.skipped]
         data["images_per_second"] = round(report.images_per_second, 2)
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
@@ -91,7 +127,7 @@ def show_info(info: dict, fmt: Format) -> None:
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
         return
     for key, value in info.items():
-        stdout.print(f"[bold]{key}[/]: {escape(str(value))}")
+        stdout.print(f"[bold]{key}[/]: {escape(shown(str(value)))}")
 
 
 _TIER_TITLES = {"exact": "exact copies", "near": "near-identical", "similar": "similar shots"}
@@ -111,7 +147,7 @@ def show_groups(groups: Sequence[Group], fmt: Format) -> None:
     if fmt is Format.paths:
         for group in groups:
             for member in group.others:
-                sys.stdout.write(member.path + "\n")
+                write_path(member.path)
         return
     if not groups:
         stderr.print("No duplicates found.")
@@ -124,7 +160,7 @@ def show_groups(groups: Sequence[Group], fmt: Format) -> None:
                 f" hash {member.hash_distance:>3}" if member.hash_distance is not None else "")
             pixels = f"{member.width}x{member.height}" if member.width else "?"
             stdout.print(f"  {'[green]keep[/]' if keep else '    '}  {pixels:>11}  {_human_size(member.size):>9}  "
-                         f"{_when(member.mtime_ns)}  [dim]{match:<18}[/]  {escape(member.path)}")
+                         f"{_when(member.mtime_ns)}  [dim]{match:<18}[/]  {escape(shown(member.path))}")
         stdout.print()
     extra = [m for g in groups for m in g.others]
     by_tier = {tier: sum(1 for g in groups if g.tier == tier) for tier in _TIER_TITLES}
@@ -138,8 +174,8 @@ def show_groups(groups: Sequence[Group], fmt: Format) -> None:
 def show_plan(moves: Sequence[Move]) -> None:
     """What --move-to / --trash would do, before asking."""
     for move in moves:
-        target = escape(move.target) if move.target else "[yellow]the trash[/]"
-        stderr.print(f"  {escape(move.source)} [dim]->[/] {target}")
+        target = escape(shown(move.target)) if move.target else "[yellow]the trash[/]"
+        stderr.print(f"  {escape(shown(move.source))} [dim]->[/] {target}")
     stderr.print(f"[bold]{len(moves)}[/] files to move; every move is recorded so --undo can put it back.")
 
 
@@ -149,7 +185,7 @@ def show_move_report(report: MoveReport, fmt: Format) -> None:
                                      "skipped": [{"path": p, "reason": r} for p, r in report.skipped]}) + "\n")
         return
     for path, reason in report.skipped:
-        stderr.print(f"[yellow]not moved[/] {escape(path)}: {escape(reason)}")
+        stderr.print(f"[yellow]not moved[/] {escape(shown(path))}: {escape(reason)}")
     stderr.print(f"Moved [bold]{len(report.moved)}[/] files and removed them from the index. "
                  f"To put them back: clipsearch dedupe --undo {escape(report.manifest)}")
 
@@ -160,7 +196,7 @@ def show_undo_report(report: UndoReport, fmt: Format) -> None:
         sys.stdout.write(json.dumps({"restored": report.restored, "skipped": skipped}, indent=2) + "\n")
         return
     for path, reason in report.skipped:
-        stderr.print(f"[yellow]not restored[/] {escape(path)}: {escape(reason)}")
+        stderr.print(f"[yellow]not restored[/] {escape(shown(path))}: {escape(reason)}")
     stderr.print(f"Restored [bold]{len(report.restored)}[/] files to where they were, and to the index.")
 
 
@@ -204,7 +240,7 @@ def show_image_tags(image: str, image_tags: Sequence[dict], fmt: Format) -> None
         sys.stdout.write(json.dumps({"path": image, "tags": list(image_tags)}, indent=2) + "\n")
         return
     described = [f"{t['tag']}" + (f" ({t['score']:.2f})" if t["source"] == "auto" else " (manual)") for t in image_tags]
-    stdout.print(f"{escape(image)}: {escape(', '.join(described)) or 'no tags'}")
+    stdout.print(f"{escape(shown(image))}: {escape(', '.join(described)) or 'no tags'}")
 
 
 def show_export_report(report: ExportReport, style, fmt: Format) -> None:
@@ -212,6 +248,6 @@ def show_export_report(report: ExportReport, style, fmt: Format) -> None:
         sys.stderr.write(json.dumps({"sidecars": report.__dict__ | {"style": style.value}}) + "\n")
         return
     for sidecar, reason in report.failed:
-        stderr.print(f"[yellow]not written[/] {escape(sidecar)}: {escape(reason)}")
+        stderr.print(f"[yellow]not written[/] {escape(shown(sidecar))}: {escape(reason)}")
     stderr.print(f"XMP sidecars ({style.value} names): {report.written} written, {report.merged} merged into, "
                  f"{report.unchanged} already up to date. The photos themselves were not touched.")

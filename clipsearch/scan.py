@@ -55,6 +55,7 @@ def walk_images(
     exclude: Iterable[str] = (),
     follow_symlinks: bool = False,
     on_error: Callable[[str, str], None] | None = None,
+    unlisted: list[str] | None = None,
 ) -> Iterator[FileEntry]:
     """Image files under `roots`, skipping hidden files, junk folders and `exclude` globs.
 
@@ -62,6 +63,8 @@ def walk_images(
     (`*.tmp`, `Screenshots`) or a whole path (`*/exports/*`). Symlinked folders
     are followed only with `follow_symlinks`, after all real folders, so a
     folder reachable both ways is listed under its real path, and only once.
+    A folder that cannot be listed is reported to `on_error` and appended to
+    `unlisted`, so its indexed files are not taken for deleted.
     """
     excluded = _exclusion_matcher(tuple(DEFAULT_EXCLUDES) + tuple(exclude))
     extensions = supported_extensions()
@@ -78,8 +81,10 @@ def walk_images(
             with os.scandir(folder) as entries:
                 entries = sorted(entries, key=lambda e: e.name)
         except OSError as exc:
+            if unlisted is not None:
+                unlisted.append(folder)
             if on_error:
-                on_error(folder, f"cannot list folder: {exc.strerror or exc}")
+                on_error(folder, f"cannot list folder: {exc.strerror or exc}; its indexed files are kept")
             continue
         subfolders, linked_subfolders = [], []
         for entry in entries:
@@ -115,8 +120,14 @@ def compare(
     entries: Iterable[FileEntry],
     indexed: dict[str, StoredFile],
     failed: dict[str, tuple[int, int, str]],
+    unlisted: Iterable[str] = (),
 ) -> Changes:
-    """Split scanned files into new/modified, unchanged and previously-broken; list vanished ones."""
+    """Split scanned files into new/modified, unchanged and previously-broken; list vanished ones.
+
+    Files under an `unlisted` folder (one that could not be read this time: a
+    permission, a flaky network mount) are never counted as vanished. `unlisted`
+    is read after `entries` is consumed, so the walk may fill it as it goes.
+    """
     to_index, known_bad = [], []
     unchanged = seen = 0
     seen_paths = set()
@@ -132,5 +143,7 @@ def compare(
             known_bad.append((entry.path, previous_failure[2]))
             continue
         to_index.append(entry)
-    gone = [path for path in list(indexed) + list(failed) if path not in seen_paths]
+    prefixes = tuple(folder.rstrip(os.sep) + os.sep for folder in unlisted)
+    gone = [path for path in list(indexed) + list(failed)
+            if path not in seen_paths and not (prefixes and path.startswith(prefixes))]
     return Changes(to_index, unchanged, known_bad, gone, seen)

@@ -17,18 +17,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import images
+from .errors import BadInputError, NothingFoundError, check_finite
 from .store import Store, StoreError, Vectors, normalise_path
 
 _WEIGHT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(.+)$", re.S)
 _OPERATOR = re.compile(r"\s+([+-])\s+")
 
 
-class QueryError(Exception):
+class QueryError(BadInputError):
     """The query cannot be run; the message says why."""
 
 
 class EmptyIndexError(QueryError):
     """Nothing to search: the index (or the folder asked for) holds no images."""
+
+    exit_code = NothingFoundError.exit_code
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,9 @@ def parse_query(parts: Sequence[str]) -> list[Term]:
         else:
             words.append(token)
     finish_term()
+    for term in terms:
+        if not np.isfinite(term.weight):
+            raise QueryError(f"The weight of '{term.text[:40]}' is not a usable number; write e.g. 2:{term.text[:40]}")
     if not terms:
         raise QueryError("Empty query. Give some words, an image path, or both: clipsearch find \"a red car\"")
     if all(term.weight <= 0 for term in terms):
@@ -190,6 +196,7 @@ def find(
     """
     if not query and not tags:
         raise QueryError("Give a query, or --tag TAG to list tagged images.")
+    check_finite(threshold, "--threshold")
     vectors = _load_vectors(store, folder)
     if tags:
         tagged = store.images_with_tags(tags, normalise_path(folder) if folder else None)
@@ -216,6 +223,7 @@ def similar(
     threshold: float | None = None,
 ) -> list[Hit]:
     """Images most like `image` (indexed or not); the image itself is never listed."""
+    check_finite(threshold, "--threshold")
     path = normalise_path(image)
     if not os.path.isfile(path) and store.vector_for_path(path) is None:
         raise QueryError(f"{image}: no such file, and not in the index.")

@@ -4,7 +4,9 @@ digiKam and darktable look for `IMG_0001.jpg.xmp`, Lightroom (and Capture One)
 for `IMG_0001.xmp`; `style` picks the name. The photo itself is never opened
 for writing. An existing sidecar is read and merged with exiv2 (through
 pyexiv2): its other properties and keywords stay; our tags are added to its
-keyword list, not written over it.
+keyword list, not written over it. A sidecar that is a symlink is never
+followed (it could point anywhere, outside the library): it is skipped with a
+reason. A new sidecar is written to a fresh temporary file, then renamed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ EMPTY_PACKET = (
 class SidecarStyle(str, Enum):
     digikam = "digikam"  # IMG_0001.jpg.xmp (digiKam, darktable)
     lightroom = "lightroom"  # IMG_0001.xmp (Lightroom, Capture One)
+
+
+class SidecarError(Exception):
+    """This sidecar cannot be written safely; the message is the reason (reported per file, never raised out)."""
 
 
 @dataclass
@@ -59,10 +65,12 @@ def write_keywords(sidecar: str, keywords: list[str]) -> str:
     """
     import pyexiv2
 
-    created = not os.path.exists(sidecar)
+    if os.path.islink(sidecar):
+        raise SidecarError("is a symlink; not followed (replace it with a plain file to export to it)")
+    created = not os.path.lexists(sidecar)
     if created:
         partial = f"{sidecar}.{os.getpid()}.tmp"
-        with open(partial, "w", encoding="utf-8") as handle:
+        with open(partial, "x", encoding="utf-8") as handle:  # "x": never through something already there
             handle.write(EMPTY_PACKET)
         target = partial
     else:
@@ -92,6 +100,9 @@ def export_sidecars(tags_by_path: dict[str, list[str]], style: SidecarStyle = Si
         sidecar = sidecar_path(image, style)
         try:
             outcome = write_keywords(sidecar, keywords)
+        except SidecarError as exc:
+            report.failed.append((sidecar, str(exc)))
+            continue
         except Exception as exc:  # exiv2 raises RuntimeError with its own message
             report.failed.append((sidecar, f"{exc} (left as it was)"))
             continue

@@ -4,13 +4,24 @@ WAL mode lets `find` read while `index` writes; every write is a transaction,
 so a killed indexer loses at most the batch in flight. Vectors are stored
 L2-normalised as float16 (half the disk and load time of float32, ranking
 unchanged at CLIP's precision). This module never imports torch.
+
+Writers (index, dedupe moves and undo, tagging) also take one index-wide lock
+(`Store.writer`, a lock file beside the database), so two of them never
+interleave: a second writer waits briefly, then gets `IndexBusyError`.
+
+Paths are bytes on POSIX; a name that is not valid UTF-8 arrives as a str
+with surrogate escapes (PEP 383). Such a path is bound as its exact bytes and
+stored as TEXT through `CAST(? AS TEXT)`, and read back with the same escapes,
+so nothing is lost and valid UTF-8 paths are stored exactly as before.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,14 +29,19 @@ import numpy as np
 import sqlite_utils
 
 from . import vectorcache
+from .errors import ClipsearchError, IndexBusyError, IndexUnusableError, NothingFoundError
 from .vectorcache import Vectors
 
 SCHEMA_VERSION = 4
 DB_ENV = "CLIPSEARCH_DB"
 VECTOR_DTYPE = np.dtype("<f2")
+LOCK_WAIT_ENV = "CLIPSEARCH_LOCK_WAIT"
+DEFAULT_LOCK_WAIT = 10.0  # seconds a second writer waits for the first before giving up
+IMAGE_COLUMNS = ("path", "size", "mtime_ns", "hash", "width", "height", "vector", "phash", "colourfulness",
+                 "indexed_at")
 
 
-class StoreError(Exception):
+class StoreError(IndexUnusableError):
     """The index cannot be used as asked; the message says why and what to do."""
 
 
@@ -38,7 +54,45 @@ class ModelMismatchError(StoreError):
 
 
 class MissingIndexError(StoreError):
-    pass
+    exit_code = NothingFoundError.exit_code
+
+
+def _text(value: str) -> str | bytes:
+    """A path as SQLite can take it: itself, or its exact bytes when it is not valid UTF-8.
+
+    Used with `CAST(? AS TEXT)` in the SQL, which stores those bytes as TEXT unchanged.
+    """
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape")
+
+
+def _decode_text(data: bytes) -> str:
+    """Text read from the index; bytes that are not UTF-8 come back as the surrogate escapes they went in as."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+def storage_error(exc: sqlite3.Error, path: Path) -> ClipsearchError | None:
+    """What an SQLite failure means for the user, or None when it is not about the file (a bug)."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    text = str(exc).lower()
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or "database is locked" in text:
+        return IndexBusyError(f"The index {path} is busy: another program is writing to it. Wait for it to finish, "
+                              "then run this again.")
+    if name.startswith("SQLITE_READONLY") or "readonly" in text:
+        return StoreError(f"Cannot write to the index {path}: it is read-only. Check the permissions of the file and "
+                          f"of its folder (SQLite also writes {path.name}-wal and {path.name}-shm beside it).")
+    if name.startswith("SQLITE_FULL") or "disk is full" in text:
+        return StoreError(f"The disk holding {path} is full; this step was not written and the index is as it was. "
+                          "Free some space and run the command again.")
+    if name.startswith(("SQLITE_NOTADB", "SQLITE_CORRUPT")) or "not a database" in text or "malformed" in text:
+        return StoreError(f"{path} is not a clipsearch index (not a readable SQLite file: {exc}). Pass another --db.")
+    if name.startswith(("SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_IOERR")) or "unable to open" in text:
+        return StoreError(f"Cannot open the index {path} ({exc}). SQLite needs to read it and to create "
+                          f"{path.name}-wal and {path.name}-shm beside it: check that {path.parent} is writable.")
+    return None
 
 
 def default_db_path() -> Path:
@@ -172,28 +226,55 @@ class Store:
     def __init__(self, db: sqlite_utils.Database, path: Path):
         self.db = db
         self.path = path
+        self._lock_fd: int | None = None
+        self._lock_depth = 0
 
     @classmethod
     def open(cls, path: str | os.PathLike | None = None, create: bool = True) -> Store:
-        """Open (and, if `create`, create or migrate) the index at `path` or the default location."""
+        """Open (and, if `create`, create or migrate) the index at `path` or the default location.
+
+        Nothing is written to an existing file (not even the switch to WAL mode)
+        before it is known to be a clipsearch index.
+        """
         path = Path(path).expanduser() if path else default_db_path()
         if not path.exists():
             if not create:
                 raise MissingIndexError(f"No index at {path}. Build one first: clipsearch index DIR")
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"Cannot create the folder {path.parent} for the index: {exc.strerror or exc}. "
+                                 "Pass --db with a place you can write to.") from None
         try:
             connection = sqlite3.connect(path, timeout=30)
-            db = sqlite_utils.Database(connection)
-            db.execute("PRAGMA busy_timeout = 30000")
-            db.enable_wal()
-            db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: safe against kill -9
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{path} is not a clipsearch index ({exc}). Pass another --db.") from None
-        store = cls(db, path)
-        store._migrate(create)
+        except sqlite3.Error as exc:
+            raise storage_error(exc, path) or StoreError(f"Cannot open {path}: {exc}") from None
+        connection.text_factory = _decode_text
+        store = cls(sqlite_utils.Database(connection), path)
+        try:
+            store._check_ours()
+            store.db.execute("PRAGMA busy_timeout = 30000")
+            if store.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                store.db.enable_wal()
+            store.db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: safe against kill -9
+            store._migrate(create)
+        except sqlite3.Error as exc:
+            connection.close()
+            raise storage_error(exc, path) or StoreError(f"Cannot use {path}: {exc}") from None
+        except BaseException:
+            connection.close()
+            raise
         return store
 
+    def _check_ours(self) -> None:
+        """Refuse, reading only, an SQLite file that some other program made."""
+        tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if tables and not {"schema_version", "images"} <= tables:
+            raise StoreError(f"{self.path} is an SQLite file but not a clipsearch index; it was left untouched. "
+                             "Pass another --db.")
+
     def close(self) -> None:
+        self._release_lock()
         self.db.close()
 
     def __enter__(self) -> Store:
@@ -201,6 +282,64 @@ class Store:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction; a locked, read-only or full database becomes a clear error, having written nothing."""
+        try:
+            with self.db.atomic():
+                yield
+        except sqlite3.Error as exc:
+            error = storage_error(exc, self.path)
+            if error is None:
+                raise
+            raise error from exc
+
+    # -- the writer lock ----------------------------------------------------
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    @contextmanager
+    def writer(self, wait: float | None = None) -> Iterator[None]:
+        """Hold the index-wide writer lock (re-entrant within this Store).
+
+        Waits up to `wait` seconds ($CLIPSEARCH_LOCK_WAIT, default 10) for
+        another writer to finish, then raises IndexBusyError. The lock is an OS
+        lock on `index.db.lock`, so a killed process never leaves it held.
+        """
+        if self._lock_depth == 0:
+            self._acquire_lock(float(os.environ.get(LOCK_WAIT_ENV, DEFAULT_LOCK_WAIT)) if wait is None else wait)
+        self._lock_depth += 1
+        try:
+            yield
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0:
+                self._release_lock()
+
+    def _acquire_lock(self, wait: float) -> None:
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"Cannot write beside the index {self.path} ({self.lock_path}: "
+                             f"{exc.strerror or exc}). Check that its folder is writable.") from None
+        deadline = time.monotonic() + wait
+        while not _try_lock(fd):
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise IndexBusyError(
+                    f"The index {self.path} is busy: another clipsearch (index, dedupe or tag) is writing to it. "
+                    "Wait for it to finish, then run this again.")
+            time.sleep(0.05)
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the OS lock
+            self._lock_fd = None
+            self._lock_depth = 0
 
     # -- schema -------------------------------------------------------------
 
@@ -219,16 +358,24 @@ class Store:
             )
         if version == SCHEMA_VERSION:
             return
-        if version == 0 and self.db.table_names() and "images" not in self.db.table_names():
-            raise StoreError(f"{self.path} is an SQLite file but not a clipsearch index. Pass another --db.")
         if version == 0 and not create:
             raise MissingIndexError(f"No index at {self.path}. Build one first: clipsearch index DIR")
-        with self.db.atomic():
+        with self._transaction():
             if not self.db["schema_version"].exists():
                 self.db["schema_version"].create({"version": int})
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 MIGRATIONS[target](self.db)
                 self.db["schema_version"].insert({"version": target})
+
+    # -- settings -----------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._transaction():
+            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
 
     # -- model --------------------------------------------------------------
 
@@ -250,7 +397,7 @@ class Store:
 
     def set_model(self, model_id: str, dim: int) -> None:
         self.check_model(model_id)
-        with self.db.atomic():
+        with self._transaction():
             self.db["meta"].upsert_all(
                 [{"key": "model", "value": model_id}, {"key": "dim", "value": str(dim)}], pk="key"
             )
@@ -269,7 +416,7 @@ class Store:
         if folder is None:
             return "", []
         low, high = folder_range(folder)
-        return "WHERE path >= ? AND path < ?", [low, high]
+        return "WHERE path >= CAST(? AS TEXT) AND path < CAST(? AS TEXT)", [_text(low), _text(high)]
 
     def files_under(self, folders: Iterable[str]) -> dict[str, StoredFile]:
         """Indexed files under any of `folders`: path -> id, size, mtime."""
@@ -304,6 +451,21 @@ class Store:
         ))
         return rows[0] if rows else None
 
+    def rows_for_hashes_of(self, paths: Iterable[str]) -> dict[str, dict]:
+        """hash -> what `vector_for_hash` returns, for the content these indexed paths hold now.
+
+        Taken when an index run starts, so a copy of a file that the same run
+        changes can still reuse the old content's vector.
+        """
+        found: dict[str, dict] = {}
+        for path in paths:
+            for row in self.db.query(
+                "SELECT hash, vector, width, height, phash, colourfulness FROM images WHERE path = CAST(? AS TEXT)",
+                [_text(path)],
+            ):
+                found[row.pop("hash")] = row
+        return found
+
     def missing_fingerprints(self, folder: str | None = None) -> list[tuple[int, str]]:
         """(id, path) of images indexed before fingerprints existed."""
         where, params = self._scope(folder)
@@ -312,38 +474,47 @@ class Store:
 
     def set_fingerprints(self, rows: list[tuple[int, bytes, float]]) -> None:
         """Store (id, phash, colourfulness) for existing images, in one transaction."""
-        with self.db.atomic():
+        with self._transaction():
             self.db.conn.executemany(
                 "UPDATE images SET phash = ?, colourfulness = ? WHERE id = ?", [(p, c, i) for i, p, c in rows]
             )
 
     def write(self, records: list[ImageRecord], failures: list[tuple[str, int, int, str]] = ()) -> None:
         """Store a batch of images (replacing rows of the same path) and failures, in one transaction."""
-        rows = [
-            {**record.__dict__, "indexed_at": _now()} for record in records
-        ]
-        with self.db.atomic():
+        rows = [{**record.__dict__, "indexed_at": _now()} for record in records]
+        with self._transaction():
             if rows:
-                self.db["images"].upsert_all(rows, pk="path")
-                self.db.conn.executemany("DELETE FROM failures WHERE path = ?", [[r["path"]] for r in rows])
+                self._upsert_images(rows)
+                self.db.conn.executemany("DELETE FROM failures WHERE path = CAST(? AS TEXT)",
+                                         [[_text(r["path"])] for r in rows])
             self._bump_generation()
             if failures:
-                self.db.conn.executemany("DELETE FROM images WHERE path = ?", [[f[0]] for f in failures])
-                self.db["failures"].upsert_all(
-                    [{"path": p, "size": s, "mtime_ns": m, "reason": r} for p, s, m, r in failures], pk="path"
-                )
+                self.db.conn.executemany("DELETE FROM images WHERE path = CAST(? AS TEXT)",
+                                         [[_text(f[0])] for f in failures])
+                self.db.conn.executemany(
+                    "INSERT OR REPLACE INTO failures (path, size, mtime_ns, reason) VALUES (CAST(? AS TEXT), ?, ?, ?)",
+                    [(_text(p), s, m, r) for p, s, m, r in failures])
+
+    def _upsert_images(self, rows: list[dict]) -> None:
+        """Insert rows, or update the row of the same path in place (keeping its id, so its tags stay)."""
+        columns = ", ".join(IMAGE_COLUMNS)
+        values = ", ".join(["CAST(? AS TEXT)"] + ["?"] * (len(IMAGE_COLUMNS) - 1))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in IMAGE_COLUMNS[1:])
+        self.db.conn.executemany(
+            f"INSERT INTO images ({columns}) VALUES ({values}) ON CONFLICT(path) DO UPDATE SET {updates}",
+            [[_text(row["path"])] + [row.get(c) for c in IMAGE_COLUMNS[1:]] for row in rows])
 
     def remove(self, paths: Iterable[str]) -> int:
         """Forget these files (images and failures); returns how many images left the index."""
-        paths = [[p] for p in paths]
+        paths = [[_text(p)] for p in paths]
         if not paths:
             return 0
-        with self.db.atomic():
+        with self._transaction():
             before = self.db.execute("SELECT total_changes()").fetchone()[0]
-            self.db.conn.executemany("DELETE FROM images WHERE path = ?", paths)
+            self.db.conn.executemany("DELETE FROM images WHERE path = CAST(? AS TEXT)", paths)
             removed = self.db.execute("SELECT total_changes()").fetchone()[0] - before
             self._bump_generation()
-            self.db.conn.executemany("DELETE FROM failures WHERE path = ?", paths)
+            self.db.conn.executemany("DELETE FROM failures WHERE path = CAST(? AS TEXT)", paths)
         return removed
 
     # -- vectors ------------------------------------------------------------
@@ -377,7 +548,7 @@ class Store:
         recorded = self.model()
         dim = recorded[1] if recorded else 0
         where, params = self._scope(folder)
-        with self.db.atomic():  # one snapshot for the change token and the rows
+        with self._transaction():  # one snapshot for the change token and the rows
             identity = self._identity()
             if folder is None:
                 cached = vectorcache.read(self.cache_path, identity, dim)
@@ -399,7 +570,8 @@ class Store:
 
     def remembered_queries(self, model: str, precision: str, texts: list[str]) -> dict[str, np.ndarray]:
         """Vectors of texts this index has embedded before with this model and precision: text -> unit vector."""
-        found = {}
+        found: dict[str, np.ndarray] = {}
+        texts = [text for text in texts if _is_utf8(text)]  # a query made of undecodable bytes is not remembered
         for start in range(0, len(texts), 500):
             chunk = texts[start:start + 500]
             for text, blob in self.db.execute(
@@ -412,34 +584,37 @@ class Store:
     def remember_queries(self, model: str, precision: str, vectors: dict[str, np.ndarray]) -> None:
         """Keep these text vectors (the newest REMEMBERED_QUERIES of them); best effort.
 
-        A query must not fail because its vector cannot be kept: a read-only
-        index or a busy writer just means the model runs again next time.
+        A query must not fail or wait because its vector cannot be kept: a
+        read-only index or a busy writer just means the model runs again next time.
         """
+        self.db.execute("PRAGMA busy_timeout = 200")
         try:
             with self.db.atomic():
                 self.db.conn.executemany(
                     "INSERT OR REPLACE INTO query_vectors (model, precision, text, vector, asked_at) "
                     "VALUES (?, ?, ?, ?, ?)",
                     [(model, precision, text, np.asarray(v, dtype="<f4").tobytes(), _now())
-                     for text, v in vectors.items()],
+                     for text, v in vectors.items() if _is_utf8(text)],
                 )
                 self.db.execute(
                     "DELETE FROM query_vectors WHERE rowid NOT IN "
                     "(SELECT rowid FROM query_vectors ORDER BY asked_at DESC, rowid DESC LIMIT ?)",
                     [REMEMBERED_QUERIES],
                 )
-        except sqlite3.OperationalError:
+        except (sqlite3.Error, UnicodeEncodeError):
             pass
+        finally:
+            self.db.execute("PRAGMA busy_timeout = 30000")
 
     def vector_for_path(self, path: str) -> np.ndarray | None:
         recorded = self.model()
-        row = self.db.execute("SELECT vector FROM images WHERE path = ?", [path]).fetchone()
+        row = self.db.execute("SELECT vector FROM images WHERE path = CAST(? AS TEXT)", [_text(path)]).fetchone()
         if row is None or recorded is None:
             return None
         return decode_vectors([row[0]], recorded[1])[0]
 
     def id_for_path(self, path: str) -> int | None:
-        row = self.db.execute("SELECT id FROM images WHERE path = ?", [path]).fetchone()
+        row = self.db.execute("SELECT id FROM images WHERE path = CAST(? AS TEXT)", [_text(path)]).fetchone()
         return row[0] if row else None
 
     def file_table(self, folder: str | None = None) -> dict[str, list]:
@@ -453,7 +628,7 @@ class Store:
         """Whole rows (vector included) of these paths, to keep in a dedupe manifest."""
         found = []
         for path in paths:
-            found.extend(self.db.query("SELECT * FROM images WHERE path = ?", [path]))
+            found.extend(self.db.query("SELECT * FROM images WHERE path = CAST(? AS TEXT)", [_text(path)]))
         return found
 
     def carry_tags(self, gone_paths: Iterable[str]) -> None:
@@ -465,10 +640,10 @@ class Store:
         """
         carry = (
             "FROM images gone JOIN {table} t ON t.image_id = gone.id "
-            "JOIN images kept ON kept.hash = gone.hash AND kept.id != gone.id WHERE gone.path = ?"
+            "JOIN images kept ON kept.hash = gone.hash AND kept.id != gone.id WHERE gone.path = CAST(? AS TEXT)"
         )
-        with self.db.atomic():
-            for path in gone_paths:
+        with self._transaction():
+            for path in map(_text, gone_paths):
                 self.db.execute(
                     "INSERT OR REPLACE INTO tags (image_id, tag, score, source, model, vocabulary, tagged_at) "
                     "SELECT kept.id, t.tag, t.score, t.source, t.model, t.vocabulary, t.tagged_at "
@@ -490,8 +665,8 @@ class Store:
 
     def restore_rows(self, rows: list[dict], tag_rows: list[list[dict]] | None = None) -> None:
         """Put back rows that `rows_for_paths` returned, and their tags (ids may have been reused: SQLite picks)."""
-        with self.db.atomic():
-            self.db["images"].upsert_all([{k: v for k, v in row.items() if k != "id"} for row in rows], pk="path")
+        with self._transaction():
+            self._upsert_images(rows)
             for row, tags in zip(rows, tag_rows or []):
                 image_id = self.id_for_path(row["path"])
                 self.db["tags"].upsert_all([{**tag, "image_id": image_id} for tag in tags], pk=("image_id", "tag"))
@@ -517,7 +692,7 @@ class Store:
         return np.stack([np.frombuffer(found[tag], dtype="<f4") for tag in tags]).astype(np.float32)
 
     def save_tag_vectors(self, model: str, vocabulary: str, tags: list[str], vectors: np.ndarray) -> None:
-        with self.db.atomic():
+        with self._transaction():
             self.db.conn.executemany(
                 "INSERT OR REPLACE INTO tag_vectors (model, vocabulary, tag, vector) VALUES (?, ?, ?, ?)",
                 [(model, vocabulary, tag, np.asarray(v, dtype="<f4").tobytes()) for tag, v in zip(tags, vectors)],
@@ -528,7 +703,7 @@ class Store:
         model, vocabulary, settings = run_key
         now = _now()
         ids = [[image_id] for image_id in results]
-        with self.db.atomic():
+        with self._transaction():
             self.db.conn.executemany("DELETE FROM tags WHERE image_id = ? AND source = 'auto'", ids)
             self.db.conn.executemany(
                 "INSERT OR IGNORE INTO tags (image_id, tag, score, source, model, vocabulary, tagged_at) "
@@ -544,7 +719,7 @@ class Store:
     def set_manual_tags(self, image_id: int, add: Iterable[str] = (), remove: Iterable[str] = ()) -> None:
         """Add manual tags; remove tags (an auto tag removed stays away: it is marked rejected)."""
         now = _now()
-        with self.db.atomic():
+        with self._transaction():
             self.db.conn.executemany(
                 "INSERT OR REPLACE INTO tags (image_id, tag, score, source, tagged_at) "
                 "VALUES (?, ?, NULL, 'manual', ?)",
@@ -613,6 +788,33 @@ class Store:
             ):
                 found[row["id"]] = row
         return found
+
+
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive OS lock on `fd` without waiting: flock on POSIX, msvcrt on Windows."""
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except ImportError:  # pragma: no cover - Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+    except OSError:
+        return False
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _now() -> str:

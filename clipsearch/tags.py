@@ -11,11 +11,17 @@ re-read, and the tags' text vectors are kept in the index, so only the first
 run with a vocabulary loads the model. A run remembers, per image, which model, vocabulary version and
 settings it was tagged with, so the next run tags only new or changed images,
 and a new vocabulary, model or threshold re-tags everything.
+
+The index remembers the vocabulary of its last run (its text, in `meta`), so a
+later `tag` without --vocab goes on with it instead of the built-in one, and a
+run with another vocabulary file that would replace its tags refuses unless
+told (--retag).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from collections.abc import Callable
@@ -26,14 +32,16 @@ from pathlib import Path
 import numpy as np
 
 from . import tuning
+from .errors import BadInputError, check_finite
 from .store import Store, normalise_path
 
 DEFAULT_MAX_TAGS = 10
 TEMPLATES = ("a photo of {}", "a picture of {}", "{}")
 BUILT_IN = "built-in"
+VOCABULARY_KEY = "tag_vocabulary"  # meta key: the last run's vocabulary, {"source", "text"}
 
 
-class TagError(Exception):
+class TagError(BadInputError):
     """Tagging cannot run as asked; the message says why."""
 
 
@@ -46,6 +54,10 @@ class Vocabulary:
     @property
     def tags(self) -> list[str]:
         return list(self.prompts)
+
+    def to_text(self) -> str:
+        """The vocabulary as a file would say it; parsing it gives the same tags, prompts and version."""
+        return "".join(f"{tag}: {' | '.join(prompts)}\n" for tag, prompts in self.prompts.items())
 
 
 def parse_vocabulary(text: str, source: str) -> Vocabulary:
@@ -81,6 +93,38 @@ def load_vocabulary(path: str | os.PathLike | None = None) -> Vocabulary:
     except UnicodeDecodeError:
         raise TagError(f"{path} is not a UTF-8 text file; write one tag per line.") from None
     return parse_vocabulary(text, str(path))
+
+
+def remembered_vocabulary(store: Store) -> Vocabulary | None:
+    """The vocabulary the index was last tagged with, or None."""
+    stored = store.get_meta(VOCABULARY_KEY)
+    if not stored:
+        return None
+    try:
+        data = json.loads(stored)
+        return parse_vocabulary(data["text"], data["source"])
+    except (ValueError, KeyError, TypeError, TagError):
+        return None
+
+
+def vocabulary_for(store: Store, path: str | os.PathLike | None = None) -> Vocabulary:
+    """The vocabulary a run uses: the file given, else the one the index remembers, else the built-in one."""
+    if path is not None:
+        return load_vocabulary(path)
+    return remembered_vocabulary(store) or load_vocabulary()
+
+
+def _check_replacing(store: Store, vocabulary: Vocabulary, model_id: str, retag: bool) -> None:
+    """Refuse to replace another vocabulary's automatic tags without being told to."""
+    previous = remembered_vocabulary(store)
+    if retag or previous is None or previous.source == vocabulary.source:
+        return
+    count = store.db.execute("SELECT count(*) FROM tag_runs WHERE model = ? AND vocabulary != ?",
+                             [model_id, vocabulary.version]).fetchone()[0]
+    if count:
+        raise TagError(f"{count} images are tagged with the vocabulary {previous.source}; tagging with "
+                       f"{vocabulary.source} would replace their automatic tags (manual tags stay). Pass --retag to "
+                       f"do that, or --vocab {previous.source} to go on with it.")
 
 
 def tag_vectors(vocabulary: Vocabulary, embed_texts: Callable[[list[str]], np.ndarray]) -> np.ndarray:
@@ -135,13 +179,20 @@ def tag_images(store: Store, get_encoder: Callable, folders: list[str] | None = 
                vocabulary: Vocabulary | None = None, options: TagOptions | None = None,
                on_progress: Callable[[int], None] | None = None, batch: int = 4096) -> TagReport:
     """Give the indexed images (all, or those under `folders`) tags from `vocabulary`."""
+    with store.writer():
+        return _tag_images(store, get_encoder, folders, vocabulary, options, on_progress, batch)
+
+
+def _tag_images(store: Store, get_encoder: Callable, folders: list[str] | None, vocabulary: Vocabulary | None,
+                options: TagOptions | None, on_progress: Callable[[int], None] | None, batch: int) -> TagReport:
     started = time.perf_counter()
     options = options or TagOptions()
-    vocabulary = vocabulary or load_vocabulary()
+    vocabulary = vocabulary or vocabulary_for(store)
     recorded = store.model()
     if recorded is None:
         raise TagError(f"The index {store.path} is empty. Run: clipsearch index DIR")
     model_id, _ = recorded
+    check_finite(options.threshold, "--threshold")
     threshold = tuning.for_model(model_id)["tag_threshold"] if options.threshold is None else options.threshold
     run_key = (model_id, vocabulary.version, f"threshold={threshold:g};max={options.max_tags}")
     report = TagReport(vocabulary.source, vocabulary.version, len(vocabulary.prompts), threshold, options.max_tags)
@@ -157,6 +208,9 @@ def tag_images(store: Store, get_encoder: Callable, folders: list[str] | None = 
         report.skipped += in_scope - len(todo)
         wanted.extend(todo)
     wanted = sorted(set(wanted))
+    if wanted:
+        _check_replacing(store, vocabulary, model_id, options.retag)
+    store.set_meta(VOCABULARY_KEY, json.dumps({"source": vocabulary.source, "text": vocabulary.to_text()}))
     if not wanted:
         report.seconds = time.perf_counter() - started
         return report
@@ -197,5 +251,6 @@ def edit_tags(store: Store, image: str | os.PathLike, add: list[str] = (), remov
     clean = [" ".join(t.split()) for t in (*add, *remove)]
     if any(not t for t in clean):
         raise TagError("A tag cannot be empty.")
-    store.set_manual_tags(image_id, [" ".join(t.split()) for t in add], [" ".join(t.split()) for t in remove])
+    with store.writer():
+        store.set_manual_tags(image_id, [" ".join(t.split()) for t in add], [" ".join(t.split()) for t in remove])
     return store.tags_of([image_id]).get(image_id, [])

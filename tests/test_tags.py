@@ -71,9 +71,10 @@ def test_tagging_is_incremental_and_follows_vocabulary_and_model(store, encoder,
     store.db.conn.commit()
     assert tags.tag_images(store, no_model, vocabulary=vocabulary).tagged == 1
 
-    changed = tmp_path / "changed.txt"
-    changed.write_text(scene_vocab.read_text().replace("a red thing", "a red object"))
-    assert tags.tag_images(store, lambda: encoder, vocabulary=tags.load_vocabulary(changed)).tagged == first.tagged
+    original = scene_vocab.read_text()
+    scene_vocab.write_text(original.replace("a red thing", "a red object"))  # the user edits their vocabulary
+    assert tags.tag_images(store, lambda: encoder, vocabulary=tags.load_vocabulary(scene_vocab)).tagged == first.tagged
+    scene_vocab.write_text(original)
     assert tags.tag_images(store, lambda: encoder, vocabulary=vocabulary,
                            options=tags.TagOptions(threshold=0.45)).tagged == first.tagged
 

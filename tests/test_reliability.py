@@ -1,0 +1,323 @@
+"""Issue 8: hostile input never gives a traceback, loses a tag, or writes where it must not."""
+
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from clipsearch import errors, images, moves, scan, search, sidecars, tags
+from clipsearch.indexer import index_folders
+from clipsearch.scenes import tag_vocabulary
+from clipsearch.store import ImageRecord, Store, StoreError
+
+from .conftest import TINY_MODEL
+
+
+def _index(cli, folder, db, *extra):
+    result = cli("index", folder, "--db", db, "--model", TINY_MODEL, "--quiet", *extra)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _with_copy(small_library: Path) -> tuple[Path, Path]:
+    """The library plus an exact copy of its first photo in a subfolder: one duplicate pair."""
+    original = min(small_library.glob("*.jpg"))
+    (small_library / "copies").mkdir()
+    copy = small_library / "copies" / original.name
+    shutil.copy2(original, copy)
+    return original, copy
+
+
+# -- crashes -----------------------------------------------------------------------
+
+
+def test_case1_non_utf8_and_ansi_file_names_are_stored_losslessly_and_printed_safely(cli, small_library, tmp_path):
+    first = min(small_library.glob("*.jpg"))
+    bad = os.fsdecode(os.fsencode(str(small_library)) + b"/bad\xff\xfe.jpg")
+    ansi = small_library / "\x1b[31mred.jpg"
+    shutil.copy(first, bad)
+    Image.open(first).rotate(90).save(ansi)
+    db = tmp_path / "index.db"
+    _index(cli, small_library, db)
+    with Store.open(db) as store:
+        assert bad in store.paths() and str(ansi) in store.paths()
+
+    similar = cli("similar", bad, "--db", db, "--in", small_library, "--top", "20")
+    assert similar.exit_code == 0 and "\x1b" not in similar.stdout and "\\x1b" in similar.stdout
+    table = cli("find", "a red circle", "--db", db, "--top", "20")
+    assert table.exit_code == 0 and "bad\\xff\\xfe.jpg" in table.stdout.replace("\n", "").replace(" ", "")
+    found = cli("find", "a red circle", "--db", db, "--in", small_library, "--top", "20", "--json")
+    hits = json.loads(found.stdout)
+    by_bytes = [base64.b64decode(h["path_bytes"]) for h in hits if "path_bytes" in h]
+    assert by_bytes == [os.fsencode(bad)]
+    paths = cli("find", "a red circle", "--db", db, "--top", "20", "--paths")
+    assert os.fsencode(bad) in paths.stdout_bytes.split(b"\n")
+
+
+def test_case2_changed_photo_and_an_old_copy_of_it_in_one_run(cli, small_library, tmp_path):
+    db = tmp_path / "index.db"
+    _index(cli, small_library, db)
+    photo = min(small_library.glob("*.jpg"))
+    old_bytes, old_hash = photo.read_bytes(), _sha(photo)
+    Image.open(photo).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(photo, quality=70)  # edited in place
+    (small_library / "zz-old-copy.jpg").write_bytes(old_bytes)  # processed after the edit, same batch size 1
+
+    _index(cli, small_library, db, "--batch-size", "1")
+    with Store.open(db) as store:
+        row = store.db.execute("SELECT hash FROM images WHERE path = ?", [str(small_library / "zz-old-copy.jpg")])
+        assert row.fetchone()[0] == old_hash
+        assert store.db.execute("SELECT hash FROM images WHERE path = ?", [str(photo)]).fetchone()[0] != old_hash
+
+
+def _record(path: str) -> ImageRecord:
+    return ImageRecord(path, 1, 1, "h" * 64, 1, 1, b"\0\0" * 64)
+
+
+def test_case3_locked_read_only_full_and_uncreatable_indexes_are_clear_errors(cli, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = cli("index", tmp_path, "--db", blocker / "sub" / "index.db")
+    assert result.exit_code == errors.EXIT_INDEX and "Cannot create the folder" in result.stderr
+
+    with Store.open(tmp_path / "index.db") as store:
+        other = sqlite3.connect(store.path)
+        other.execute("BEGIN IMMEDIATE")  # another program holds the write lock
+        store.db.execute("PRAGMA busy_timeout = 50")
+        with pytest.raises(errors.IndexBusyError, match="busy"):
+            store.write([_record("/photos/a.jpg")])
+        other.rollback()
+        other.close()
+
+        store.db.execute("PRAGMA query_only = 1")  # what a read-only file looks like to SQLite
+        with pytest.raises(StoreError, match="read-only"):
+            store.write([_record("/photos/a.jpg")])
+        store.db.execute("PRAGMA query_only = 0")
+
+        pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+        store.db.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full
+        with pytest.raises(StoreError, match="full"):
+            store.write([_record(f"/photos/{i}.jpg") for i in range(2000)])
+        assert store.count() == 0
+
+
+def test_case4_foreign_sqlite_file_is_refused_without_being_written(cli, tmp_path):
+    foreign = tmp_path / "photos.sqlite"
+    connection = sqlite3.connect(foreign)
+    connection.execute("CREATE TABLE images (id INTEGER PRIMARY KEY, filename TEXT)")
+    connection.execute("INSERT INTO images (filename) VALUES ('x.jpg')")
+    connection.commit()
+    connection.close()
+    before = foreign.read_bytes()
+    for command in (("info",), ("index", tmp_path), ("find", "cat")):
+        result = cli(*command, "--db", foreign)
+        assert result.exit_code == errors.EXIT_INDEX and "not a clipsearch index" in result.stderr
+    assert foreign.read_bytes() == before and not Path(str(foreign) + "-wal").exists()
+
+
+def test_case5_non_finite_weights_and_thresholds_are_refused(cli, small_library, tmp_path):
+    db = tmp_path / "index.db"
+    _index(cli, small_library, db)
+    huge = cli("find", "9" * 310 + ":red", "--db", db, "--json")
+    assert huge.exit_code == errors.EXIT_BAD_INPUT and "weight" in huge.stderr
+    assert cli("find", "red", "--threshold", "nan", "--db", db).exit_code == errors.EXIT_BAD_INPUT
+    assert cli("tag", "--threshold", "inf", "--db", db).exit_code == errors.EXIT_BAD_INPUT
+    assert cli("dedupe", "--near-threshold", "nan", "--db", db).exit_code == errors.EXIT_BAD_INPUT
+
+
+# -- lost data ---------------------------------------------------------------------
+
+
+def test_case6_a_folder_that_cannot_be_listed_keeps_its_rows_and_tags(small_library, tmp_path, encoder, monkeypatch):
+    sub = small_library / "2024"
+    sub.mkdir()
+    for photo in sorted(small_library.glob("*.jpg"))[:3]:
+        shutil.move(photo, sub / photo.name)
+    with Store.open(tmp_path / "index.db") as store:
+        index_folders([small_library], store, encoder=encoder)
+        inside = store.paths(str(sub))
+        tags.edit_tags(store, inside[0], add=["grandma"])
+        real_scandir = os.scandir
+
+        def flaky(path):  # root reads everything, so a permission failure has to be simulated
+            if os.fspath(path) == str(sub):
+                raise PermissionError(errno.EACCES, "Permission denied")
+            return real_scandir(path)
+
+        monkeypatch.setattr(scan.os, "scandir", flaky)
+        report = index_folders([small_library], store, encoder=encoder)
+        assert report.removed == 0 and store.paths(str(sub)) == inside
+        assert any(path == str(sub) and "kept" in reason for path, reason in report.skipped)
+        assert [t["tag"] for t in tags.edit_tags(store, inside[0])] == ["grandma"]
+
+
+def test_case7_export_exports_what_is_stored_and_runs_remember_their_vocabulary(cli, small_library, tmp_path):
+    db = tmp_path / "index.db"
+    vocab = tmp_path / "mine.txt"
+    vocab.write_text(tag_vocabulary())
+    _index(cli, small_library, db)
+    assert cli("tag", "--db", db, "--vocab", vocab).exit_code == 0
+    with Store.open(db) as store:
+        stored = store.tags_by_path()
+    assert stored
+
+    export = cli("tag", "--db", db, "--export", "xmp")
+    assert export.exit_code == 0
+    for image, keywords in stored.items():
+        assert sidecars.read_keywords(image + ".xmp") == keywords
+    again = json.loads(cli("tag", "--db", db, "--json").stdout)  # no --vocab: the remembered one, nothing to do
+    assert again["vocabulary"] == str(vocab) and again["tagged"] == 0
+    with Store.open(db) as store:
+        assert store.tags_by_path() == stored
+
+    other = tmp_path / "other.txt"
+    other.write_text("dog\ncat\n")
+    refused = cli("tag", "--db", db, "--vocab", other)
+    assert refused.exit_code == errors.EXIT_BAD_INPUT and "--retag" in refused.stderr
+    with Store.open(db) as store:
+        assert store.tags_by_path() == stored
+
+
+def test_case8_writers_take_one_lock_and_a_second_writer_is_told_the_index_is_busy(cli, small_library, tmp_path,
+                                                                                    monkeypatch):
+    original, copy = _with_copy(small_library)
+    db = tmp_path / "index.db"
+    _index(cli, small_library, db)
+    monkeypatch.setenv("CLIPSEARCH_LOCK_WAIT", "0.2")
+    with Store.open(db) as holder, holder.writer():  # an index run in progress
+        for command in (("index", small_library, "--model", TINY_MODEL), ("tag", "add", original, "x"),
+                        ("dedupe", "--move-to", tmp_path / "review", "--yes")):
+            result = cli(*command, "--db", db)
+            assert result.exit_code == errors.EXIT_BUSY and "busy" in result.stderr, command
+        assert cli("find", "a red circle", "--db", db).exit_code == 0  # readers never wait
+    assert original.exists() and copy.exists()
+    assert cli("dedupe", "--move-to", tmp_path / "review", "--yes", "--db", db).exit_code == 0
+
+
+def test_case9_cut_off_manifest_and_interrupted_cross_device_undo_are_resumable(cli, small_library, tmp_path,
+                                                                                monkeypatch):
+    original, copy = _with_copy(small_library)
+    db = tmp_path / "index.db"
+    _index(cli, small_library, db)
+    review = tmp_path / "review"
+    assert cli("dedupe", "--move-to", review, "--yes", "--db", db).exit_code == 0
+    moved_away = copy if not copy.exists() else original
+    manifest = next(review.glob("*.jsonl"))
+    with open(manifest, "a") as handle:
+        handle.write('{"source": "/x/y.jpg", "tar')  # the disk filled up half way through a line
+
+    real_rename, real_copy = os.rename, shutil.copyfileobj
+
+    def cross_device(source, target, *args, **kwargs):
+        if not str(source).endswith(".clipsearch-partial"):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_rename(source, target)
+
+    def killed_half_way(reader, writer, length=0):
+        writer.write(reader.read(100))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(moves.os, "rename", cross_device)
+    monkeypatch.setattr(moves.shutil, "copyfileobj", killed_half_way)
+    with Store.open(db) as store, pytest.raises(KeyboardInterrupt):
+        moves.undo_moves(manifest, store)
+    assert not moved_away.exists()  # never half there
+    monkeypatch.setattr(moves.shutil, "copyfileobj", real_copy)
+    undo = cli("dedupe", "--undo", manifest, "--db", db)
+    assert undo.exit_code == 0, undo.output
+    assert _sha(moved_away) == _sha(original if moved_away == copy else copy)
+    assert not list(moved_away.parent.glob(".*clipsearch-partial"))
+
+
+# -- writing where it must not -----------------------------------------------------
+
+
+def test_case10_a_sidecar_symlink_is_not_followed(small_library, tmp_path):
+    photo = str(min(small_library.glob("*.jpg")))
+    outside = tmp_path / "outside.xmp"  # a valid sidecar elsewhere, which exiv2 would happily write into
+    outside.write_text(sidecars.EMPTY_PACKET)
+    os.symlink(outside, photo + ".xmp")
+    report = sidecars.export_sidecars({photo: ["cat"]})
+    assert report.failed and "symlink" in report.failed[0][1]
+    assert outside.read_text() == sidecars.EMPTY_PACKET and os.path.islink(photo + ".xmp")
+
+
+def test_case11_move_to_a_symlink_into_the_library_is_refused(cli, small_library, tmp_path):
+    original, copy = _with_copy(small_library)
+    db = tmp_path / "index.db"
+    _index(cli, small_library, db)
+    link = tmp_path / "review-link"
+    os.symlink(small_library / "copies", link)
+    result = cli("dedupe", "--move-to", link, "--yes", "--db", db)
+    assert result.exit_code == errors.EXIT_BAD_INPUT and "inside the library" in result.stderr
+    assert original.exists() and copy.exists()
+
+
+def test_case12_undo_refuses_moves_it_did_not_make(cli, small_library, tmp_path):
+    db = tmp_path / "index.db"
+    _index(cli, small_library, db)
+    elsewhere = tmp_path / "elsewhere" / "secret.jpg"
+    elsewhere.parent.mkdir()
+    shutil.copy(min(small_library.glob("*.jpg")), elsewhere)
+    folder = tmp_path / "handmade"
+    folder.mkdir()
+    source = str(small_library / "planted.jpg")
+    row = {"path": source, "size": 1, "mtime_ns": 1, "hash": _sha(elsewhere), "width": 1, "height": 1,
+           "vector": {"base64": ""}, "indexed_at": "x"}
+    manifest = folder / "clipsearch-dedupe-1.jsonl"
+    manifest.write_text(json.dumps({"clipsearch_dedupe_manifest": 1, "action": "move"}) + "\n" + json.dumps(
+        {"source": source, "target": str(elsewhere), "sha256": _sha(elsewhere), "row": row}) + "\n")
+    undo = cli("dedupe", "--undo", manifest, "--db", db)
+    assert undo.exit_code == errors.EXIT_NOTHING and "not touched" in undo.stderr
+    assert elsewhere.exists() and not Path(source).exists()
+    assert cli("find", "a red circle", "--db", db).exit_code == 0
+
+
+def test_case14_huge_files_are_refused_unread(cli, small_library, tmp_path):
+    sparse = tmp_path / "huge.jpg"
+    with open(sparse, "wb") as handle:
+        handle.truncate(3 * 1024 ** 3)  # 3 GB, no blocks on disk
+    with pytest.raises(images.ImageError, match="larger than"):
+        images.read_and_hash(str(sparse))
+    result = cli("index", small_library, "--db", tmp_path / "index.db", "--model", TINY_MODEL, "--quiet", "--json",
+                 "--max-file-size", "0.001")
+    report = json.loads(result.stdout)
+    assert report["new"] == 0 and all("larger than" in s["reason"] for s in report["skipped"])
+
+
+# -- structure ---------------------------------------------------------------------
+
+
+def test_every_library_error_carries_its_exit_code_and_anything_else_is_an_internal_error(cli, small_library,
+                                                                                         tmp_path, monkeypatch):
+    from clipsearch import dedupe, encoder, indexer, store
+
+    for error, code in [(store.StoreError, 3), (store.MissingIndexError, 1), (store.ModelMismatchError, 3),
+                        (search.QueryError, 2), (search.EmptyIndexError, 1), (encoder.ModelError, 2),
+                        (indexer.IndexingError, 2), (moves.MoveError, 2), (dedupe.DedupeError, 2),
+                        (tags.TagError, 2), (errors.IndexBusyError, 4)]:
+        assert issubclass(error, errors.ClipsearchError) and error.exit_code == code
+    db = tmp_path / "index.db"
+    _index(cli, small_library, db)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(search, "find", broken)
+    crash = cli("find", "cat", "--db", db)
+    assert crash.exit_code == errors.EXIT_INTERNAL and "internal error" in crash.stderr
+    assert "Traceback" not in crash.stderr and "please report" in crash.stderr
+    debug = cli("--debug", "find", "cat", "--db", db)
+    assert debug.exit_code == errors.EXIT_INTERNAL and "Traceback" in debug.stderr

@@ -105,7 +105,7 @@ class WebApp:
         if path and "\0" not in path:
             row = self.store().db.execute(
                 "SELECT id, path, size, mtime_ns, width, height FROM images WHERE path = ?", [path]).fetchone()
-        if row is None:
+        if path is None or row is None:
             raise HTTPException(404, "Not in the index.")
         try:
             info = os.stat(path)
@@ -143,7 +143,7 @@ def create_app(db_path: str | os.PathLike, get_encoder: Callable) -> Starlette:
         except ValueError:
             page = 1
         store = web.store()
-        context = {"query": query, "folder": folder or "", "tags": tags, "like": like, "upload": upload,
+        context: dict = {"query": query, "folder": folder or "", "tags": tags, "like": like, "upload": upload,
                    "page": page, "count": store.count(), "tag_counts": store.tag_counts()[:40]}
         if not (query or tags or like or upload):
             return web.page(request, "search.html", cards=None, **context)
@@ -242,7 +242,8 @@ def create_app(db_path: str | os.PathLike, get_encoder: Callable) -> Starlette:
                             message="Give a folder to move the extra files to (outside your library).")
         store = web.store()
         groups = []
-        for number in range(int(form.get("groups", 0))):
+        count = str(form.get("groups", "0"))
+        for number in range(int(count) if count.isdigit() else 0):
             if not form.get(f"act{number}"):
                 continue
             members = [str(p) for p in form.getlist(f"member{number}")]
@@ -273,9 +274,9 @@ def create_app(db_path: str | os.PathLike, get_encoder: Callable) -> Starlette:
         web.store().vectors()
         return web.page(request, "undone.html", report=report)
 
-    async def not_found(request: Request, exc: HTTPException) -> Response:
-        return web.page(request, "message.html", exc.status_code, title=f"Error {exc.status_code}",
-                        message=exc.detail)
+    async def not_found(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        return web.page(request, "message.html", status, title=f"Error {status}", message=getattr(exc, "detail", ""))
 
     routes = [
         Route("/", search_page),

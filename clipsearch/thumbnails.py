@@ -43,7 +43,7 @@ def render(data: bytes, max_side: int, path: str = "") -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as header:
             width, height = header.size
-    except Exception:
+    except (OSError, SyntaxError, ValueError):
         width = height = 0  # open_oriented below reports what is wrong with the file
     # Draft mode keeps the short side at least this big: enough for a long side of max_side.
     short_needed = max(1, round(max_side * min(width, height) / max(width, height, 1))) if width else None

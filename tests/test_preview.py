@@ -32,7 +32,7 @@ def test_sixel_sequence_byte_for_byte():
 
 
 def test_detect_reads_the_terminal_from_its_environment():
-    never = lambda: False  # noqa: E731 - the terminal would not answer that it has sixel
+    never = lambda: False  # the terminal would not answer that it has sixel
     assert preview.detect({"TERM": "xterm-kitty"}, never) is Protocol.kitty
     assert preview.detect({"TERM": "xterm-ghostty"}, never) is Protocol.kitty
     assert preview.detect({"TERM": "xterm-256color", "TERM_PROGRAM": "WezTerm"}, never) is Protocol.kitty

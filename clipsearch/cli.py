@@ -190,7 +190,7 @@ def _show_previews(hits, rows: int) -> None:
 
     protocol = preview.detect() if sys.stdout.isatty() else preview.Protocol.none
     if protocol is preview.Protocol.none:
-        stderr.print(escape(preview.NOTICE))
+        stderr.print(escape(preview.NOTICE), highlight=False)
         show_hits(hits, Format.table)
         return
     preview.show_previews(hits, protocol, rows, sys.stdout.write)

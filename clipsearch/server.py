@@ -144,9 +144,10 @@ def create_app(db_path: str | os.PathLike, get_encoder: Callable) -> Starlette:
             page = 1
         store = web.store()
         context: dict = {"query": query, "folder": folder or "", "tags": tags, "like": like, "upload": upload,
-                   "page": page, "count": store.count(), "tag_counts": store.tag_counts()[:40]}
-        if not (query or tags or like or upload):
-            return web.page(request, "search.html", cards=None, **context)
+                         "page": page}
+        if not (query or tags or like or upload):  # the start page: what there is to search
+            return web.page(request, "search.html", cards=None, count=store.count(),
+                            tag_counts=store.tag_counts()[:40], **context)
         top = page * PAGE_SIZE
         try:
             if like:

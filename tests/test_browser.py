@@ -20,6 +20,8 @@ from clipsearch import server
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 LAUNCH_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--no-first-run"]
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; "
+                                "CI's .ci/run tries to); the browser test needs it")
 
 
 @pytest.fixture
@@ -42,8 +44,6 @@ def running_server(store, encoder):
 
 
 def test_search_in_a_real_browser(running_server, tmp_path):
-    if CHROMIUM is None:
-        pytest.skip("chromium is not installed (apt-get install chromium); the browser test needs it")
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_FLAGS)

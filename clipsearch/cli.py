@@ -184,7 +184,7 @@ def _encoder_factory(store: Store, model: str | None, device: str | None):
 
 
 def _run_query(search_function, query, top, folder, threshold, db, model, device, fmt: Format,
-               precision: str = "auto", **extra) -> None:
+               precision: str = "auto", preview_rows: int | None = None, **extra) -> None:
     """find and similar: open the index, rank, print; exit 1 when nothing was found."""
     from .queryencoder import QueryEncoder
 
@@ -193,9 +193,30 @@ def _run_query(search_function, query, top, folder, threshold, db, model, device
                                notify=lambda message: stderr.print(escape(message)))
         hits = search_function(query, store, lambda: encoder, top, str(folder) if folder else None, threshold,
                                **extra)
-        show_hits(hits, fmt)
+        if preview_rows and fmt is Format.table and hits:
+            _show_previews(hits, preview_rows)
+        else:
+            show_hits(hits, fmt)
     if not hits:
         raise typer.Exit(EXIT_NOTHING)
+
+
+PreviewOption = typer.Option(False, "--preview", help="Show thumbnails (kitty, WezTerm, Ghostty, iTerm2, sixel).")
+PreviewSizeOption = typer.Option(6, "--preview-size", min=1, max=60, help="Thumbnail height in terminal rows.")
+
+
+def _show_previews(hits, rows: int) -> None:
+    import sys
+
+    from . import preview
+
+    protocol = preview.detect() if sys.stdout.isatty() else preview.Protocol.none
+    if protocol is preview.Protocol.none:
+        stderr.print(escape(preview.NOTICE), highlight=False)
+        show_hits(hits, Format.table)
+        return
+    preview.show_previews(hits, protocol, rows, sys.stdout.write)
+    sys.stdout.flush()
 
 
 @app.command("find")
@@ -216,10 +237,12 @@ def find_command(
                                        "0.999), fp32 never quantises."),
     json_: bool = JsonOption,
     paths: bool = PathsOption,
+    show_preview: bool = PreviewOption,
+    preview_size: int = PreviewSizeOption,
 ) -> None:
     """Find images matching a description (and/or example images), best first."""
     _run_query(search.find, query, top, folder, threshold, db, model, device, _format(json_, paths), precision.value,
-               tags=tag)
+               preview_size if show_preview else None, tags=tag)
 
 
 @app.command("similar")
@@ -233,9 +256,12 @@ def similar_command(
     device: Optional[str] = DeviceOption,
     json_: bool = JsonOption,
     paths: bool = PathsOption,
+    show_preview: bool = PreviewOption,
+    preview_size: int = PreviewSizeOption,
 ) -> None:
     """Find the images most like IMAGE (IMAGE itself is not listed)."""
-    _run_query(search.similar, image, top, folder, threshold, db, model, device, _format(json_, paths))
+    _run_query(search.similar, image, top, folder, threshold, db, model, device, _format(json_, paths),
+               preview_rows=preview_size if show_preview else None)
 
 
 @app.command("dedupe")
@@ -374,6 +400,40 @@ def tags_command(folder: Optional[Path] = InOption, db: Optional[Path] = DbOptio
         show_tag_counts(counts, Format.json if json_ else Format.table)
     if not counts:
         raise typer.Exit(EXIT_NOTHING)
+
+
+@app.command("serve")
+def serve_command(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Anything but this machine's own "
+                             "address lets others on the network see your photos."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
+    open_browser: bool = typer.Option(False, "--open", help="Open the page in the web browser."),
+    db: Optional[Path] = DbOption,
+    model: Optional[str] = ModelOption,
+    device: Optional[str] = DeviceOption,
+) -> None:
+    """A local web app: search with thumbnails, photo pages with similar photos, duplicate review."""
+    from . import server
+    from .encoder import Encoder
+
+    with _errors():
+        with Store.open(db, create=False) as store:
+            model_id = indexer.resolve_model(store, model)
+            count, db_path = store.count(), store.path
+        stderr.print(f"Loading model {escape(model_id)}...")
+        encoder = Encoder.load(model_id, device)
+        encoder.embed_texts(["a photo"])  # warm up, so the first search is as fast as the next
+    if host not in server.LOCAL_HOSTS:
+        stderr.print(f"[yellow]warning:[/] listening on {escape(host)}: anyone who can reach this machine can see "
+                     "your photos and move files in the duplicate review. Use --host 127.0.0.1 to keep it private.")
+    url = f"http://{'localhost' if host in server.LOCAL_HOSTS else host}:{port}/"
+    stderr.print(f"Serving {count} photos from {escape(str(db_path))} at [bold]{url}[/] (Ctrl-C to stop).")
+    if open_browser:
+        import threading
+        import webbrowser
+
+        threading.Timer(1.0, webbrowser.open, [url]).start()
+    server.run(server.create_app(db_path, lambda: encoder), host, port)
 
 
 @app.command("info")

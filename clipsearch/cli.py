@@ -31,6 +31,20 @@ EXIT_BAD_INPUT = 2
 EXIT_INDEX = 3
 EXIT_INTERRUPTED = 130
 
+def _readable_help_types() -> None:
+    """Recent typer prints Python types beside each parameter (`<list[Path]>`, `<bool>`); the metavars
+    (FOLDER, N, FILE, MODEL) say it better, and a flag needs no type at all."""
+    from typer import core
+
+    if not hasattr(core.TyperOption, "display_type_rich"):  # older typer: nothing to hide
+        return
+    option_type = core.TyperOption.display_type_rich
+    core.TyperArgument.display_type_rich = lambda self, ctx: None
+    core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else option_type(self, ctx)
+
+
+_readable_help_types()
+
 app = typer.Typer(
     help="Search your photo library by meaning with CLIP. Index a folder once, then find images by "
          "text or by example.",
@@ -39,17 +53,27 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-DbOption = typer.Option(None, "--db", envvar=DB_ENV, help="Index file [default: ~/.local/share/clipsearch/index.db].",
-                        show_default=False)
-ModelOption = typer.Option(None, "--model", "-m", envvar=MODEL_ENV, show_default=False,
-                           help="Hugging Face model id or local folder [default: the index's model, "
-                                "else laion/CLIP-ViT-B-32-laion2B-s34B-b79K].")
-DeviceOption = typer.Option(None, "--device", help=f"One of {', '.join(DEVICES)} [default: the fastest available].",
-                            show_default=False)
-TopOption = typer.Option(10, "--top", "-t", min=1, help="How many results.")
-InOption = typer.Option(None, "--in", help="Only images under this folder.", show_default=False)
-ThresholdOption = typer.Option(None, "--threshold", help="Only results scoring at least this (cosine, -1..1). "
-                               "Good values depend on the model and the query.", show_default=False)
+# Defaults that are not plain values are given as text through show_default: typer prints them as
+# "[default: ...]" itself (written into the help text, rich markup would swallow the brackets).
+DbOption = typer.Option(None, "--db", envvar=DB_ENV, help="Index file.", metavar="FILE",
+                        show_default="~/.local/share/clipsearch/index.db")
+ModelOption = typer.Option(None, "--model", "-m", envvar=MODEL_ENV, metavar="MODEL",
+                           help="Hugging Face model id or local folder.",
+                           show_default="the index's model, else laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
+DeviceOption = typer.Option(None, "--device", metavar="DEVICE", help=f"One of {', '.join(DEVICES)}.",
+                            show_default="the fastest available")
+TopOption = typer.Option(10, "--top", "-t", min=1, metavar="N", help="How many results.")
+InOption = typer.Option(None, "--in", metavar="FOLDER", help="Only images under this folder.",
+                        show_default="the whole index")
+ThresholdOption = typer.Option(None, "--threshold", metavar="SCORE", show_default="none",
+                               help="Only results scoring at least this (cosine, -1..1). "
+                               "Good values depend on the model and the query.")
+AfterOption = typer.Option(None, "--after", metavar="DATE", show_default=False,
+                           help="Only photos taken on or after DATE: 2024, 2024-06 or 2024-06-15 (from its start).")
+BeforeOption = typer.Option(None, "--before", metavar="DATE", show_default=False,
+                            help="Only photos taken on or before DATE: 2024, 2024-06 or 2024-06-15 (to its end).")
+CameraOption = typer.Option(None, "--camera", metavar="TEXT", show_default=False,
+                            help="Only photos from a camera whose make or model contains TEXT (any case).")
 JsonOption = typer.Option(False, "--json", help="Print JSON for programs.")
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 PathsOption = typer.Option(False, "--paths", "-p", help="Print bare paths, one a line, for pipes.")
@@ -111,7 +135,14 @@ class _RichProgress(indexer.Progress):
         stderr.print(f"[yellow]skipped[/] {escape(path)}: {escape(reason)}")
 
     def model_loading(self, model_id: str) -> None:
-        stderr.print(f"Loading model {escape(model_id)}...")
+        if self.bar is not None and self.task is not None:
+            self.bar.update(self.task, description="loading model")
+        else:
+            stderr.print(f"Loading model {escape(model_id)}...")
+
+    def model_loaded(self) -> None:
+        if self.bar is not None and self.task is not None:
+            self.bar.update(self.task, description="Indexing")
 
     def fingerprinting(self, count: int) -> None:
         stderr.print(f"Computing perceptual hashes of {count} images indexed before dedupe existed (once)...")
@@ -129,12 +160,14 @@ def _progress_bar(quiet: bool) -> Progress | None:
 @app.command("index")
 def index_command(
     folders: list[Path] = typer.Argument(..., help="Folders to index (recursively).", show_default=False, metavar="FOLDER"),
-    exclude: list[str] = typer.Option([], "--exclude", "-x", help="Glob of file/folder names or paths to skip, "
-                                      "added to the defaults (hidden files, @eaDir, node_modules...). Repeatable."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model call."),
-    workers: int = typer.Option(indexer.DEFAULT_WORKERS, "--workers", min=1, help="Decoding threads."),
+    exclude: list[str] = typer.Option([], "--exclude", "-x", metavar="GLOB", show_default="none",
+                                      help="Glob of file/folder names or paths to skip, added to the defaults "
+                                           "(hidden files, @eaDir, node_modules...). Repeatable."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, metavar="N", help="Images per model call."),
+    workers: int = typer.Option(indexer.DEFAULT_WORKERS, "--workers", min=1, metavar="N", help="Decoding threads."),
     follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Descend into symlinked folders."),
-    max_megapixels: float = typer.Option(250.0, "--max-megapixels", help="Skip images larger than this."),
+    max_megapixels: float = typer.Option(250.0, "--max-megapixels", metavar="MP",
+                                         help="Skip images larger than this."),
     db: Optional[Path] = DbOption,
     model: Optional[str] = ModelOption,
     device: Optional[str] = DeviceOption,
@@ -165,11 +198,13 @@ def _encoder_factory(store: Store, model: str | None, device: str | None):
     return load
 
 
-def _run_query(search_function, query, top, folder, threshold, db, model, device, fmt: Format, **extra) -> None:
+def _run_query(search_function, query, top, folder, threshold, db, model, device, fmt: Format,
+               after: str | None, before: str | None, camera: str | None, **extra) -> None:
     """find and similar: open the index, rank, print; exit 1 when nothing was found."""
     with _errors(), Store.open(db, create=False) as store:
+        filters = search.Filters.parse(after, before, camera)
         hits = search_function(query, store, _encoder_factory(store, model, device), top,
-                               str(folder) if folder else None, threshold, **extra)
+                               str(folder) if folder else None, threshold, filters=filters, **extra)
         show_hits(hits, fmt)
     if not hits:
         raise typer.Exit(EXIT_NOTHING)
@@ -180,11 +215,14 @@ def find_command(
     query: Optional[list[str]] = typer.Argument(None, help='Words, image paths, "+", "-" and "N:" weights, e.g. '
                                                 '"a dog" + "on a beach", "2:sunset" - "people", ./cat.jpg + "in snow".',
                                                 show_default=False, metavar="QUERY"),
-    tag: list[str] = typer.Option([], "--tag", "-T", help="Only images with this tag (repeatable: all of them). "
+    tag: list[str] = typer.Option([], "--tag", "-T", metavar="TAG", show_default="none", help="Only images with this tag (repeatable: all of them). "
                                   "Without a query: the images with the tag, best first."),
     top: int = TopOption,
     folder: Optional[Path] = InOption,
     threshold: Optional[float] = ThresholdOption,
+    after: Optional[str] = AfterOption,
+    before: Optional[str] = BeforeOption,
+    camera: Optional[str] = CameraOption,
     db: Optional[Path] = DbOption,
     model: Optional[str] = ModelOption,
     device: Optional[str] = DeviceOption,
@@ -192,7 +230,8 @@ def find_command(
     paths: bool = PathsOption,
 ) -> None:
     """Find images matching a description (and/or example images), best first."""
-    _run_query(search.find, query, top, folder, threshold, db, model, device, _format(json_, paths), tags=tag)
+    _run_query(search.find, query, top, folder, threshold, db, model, device, _format(json_, paths),
+               after, before, camera, tags=tag)
 
 
 @app.command("similar")
@@ -201,6 +240,9 @@ def similar_command(
     top: int = TopOption,
     folder: Optional[Path] = InOption,
     threshold: Optional[float] = ThresholdOption,
+    after: Optional[str] = AfterOption,
+    before: Optional[str] = BeforeOption,
+    camera: Optional[str] = CameraOption,
     db: Optional[Path] = DbOption,
     model: Optional[str] = ModelOption,
     device: Optional[str] = DeviceOption,
@@ -208,7 +250,8 @@ def similar_command(
     paths: bool = PathsOption,
 ) -> None:
     """Find the images most like IMAGE (IMAGE itself is not listed)."""
-    _run_query(search.similar, image, top, folder, threshold, db, model, device, _format(json_, paths))
+    _run_query(search.similar, image, top, folder, threshold, db, model, device, _format(json_, paths),
+               after, before, camera)
 
 
 @app.command("dedupe")
@@ -216,20 +259,21 @@ def dedupe_command(
     folder: Optional[Path] = InOption,
     similar: bool = typer.Option(False, "--similar", help="Also group bursts and near-shots of one scene."),
     near_threshold: Optional[float] = typer.Option(
-        None, "--near-threshold", show_default=False,
-        help="Cosine above which two images are near-identical candidates (the hash decides) "
-             "[default: 0.93 for ViT-B/32; the model's own default otherwise]."),
-    max_hash_distance: int = typer.Option(56, "--max-hash-distance", min=0, max=256,
+        None, "--near-threshold", metavar="COSINE", show_default="0.93 for ViT-B/32; the model's own otherwise",
+        help="Cosine above which two images are near-identical candidates (the hash decides)."),
+    max_hash_distance: int = typer.Option(56, "--max-hash-distance", min=0, max=256, metavar="BITS",
                                           help="Near-identical: at most this many of the 256 hash bits differ."),
     similar_threshold: Optional[float] = typer.Option(
-        None, "--similar-threshold", show_default=False,
-        help="Cosine above which images are similar shots [default: 0.90 for ViT-B/32]."),
+        None, "--similar-threshold", metavar="COSINE", show_default="0.90 for ViT-B/32; the model's own otherwise",
+        help="Cosine above which images are similar shots."),
     keep: dedupe.KeepPolicy = typer.Option(dedupe.KeepPolicy.best, "--keep",
-                                           help="Which file of a group to keep. best: most pixels, then largest "
-                                                "file, then oldest, then shortest path."),
-    prefer: list[Path] = typer.Option([], "--prefer", help="Keep files in this folder first. Repeatable."),
-    move_to: Optional[Path] = typer.Option(None, "--move-to", help="Move the extra files here, keeping their "
-                                           "folders (asks first).", show_default=False),
+                                           help="Which file of a group to keep. best: the one with camera EXIF, "
+                                                "then the original format over a lossless re-encode (PNG, TIFF), "
+                                                "then most pixels, then taken first, then shortest path."),
+    prefer: list[Path] = typer.Option([], "--prefer", metavar="FOLDER", show_default="none",
+                                      help="Keep files in this folder first. Repeatable."),
+    move_to: Optional[Path] = typer.Option(None, "--move-to", metavar="FOLDER", help="Move the extra files here, "
+                                           "keeping their folders (asks first).", show_default="report only"),
     trash: bool = typer.Option(False, "--trash", help="Send the extra files to the system trash (asks first)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before moving."),
     undo: Optional[Path] = typer.Option(None, "--undo", help="Put back everything a --move-to or --trash run "
@@ -260,6 +304,7 @@ def dedupe_command(
         bar = _progress_bar(quiet)
         with bar or nullcontext():
             unreadable = indexer.fill_fingerprints(store, scope, progress=_RichProgress(bar))
+        indexer.fill_metadata(store, scope)  # the keep choice reads camera EXIF and dates
         for path, reason in unreadable:
             stderr.print(f"[yellow]not hashed[/] {escape(path)}: {escape(reason)} (only exact copies of it are found)")
         options = dedupe.DedupeOptions(similar, near_threshold, similar_threshold, max_hash_distance, keep=keep,
@@ -286,17 +331,17 @@ def tag_command(
     targets: Optional[list[str]] = typer.Argument(
         None, metavar="[DIR]... | add IMAGE TAG... | remove IMAGE TAG...", show_default=False,
         help="Folders to tag (default: the whole index); or add / remove manual tags of one image."),
-    vocab: Optional[Path] = typer.Option(None, "--vocab", help="Your own vocabulary: one tag per line, or "
-                                         "'tag: prompt one | prompt two' [default: the built-in one].",
-                                         show_default=False),
+    vocab: Optional[Path] = typer.Option(None, "--vocab", metavar="FILE", show_default="the built-in 279 tags",
+                                         help="Your own vocabulary: one tag per line, or "
+                                         "'tag: prompt one | prompt two'."),
     threshold: Optional[float] = typer.Option(
-        None, "--threshold", show_default=False,
-        help="Keep a tag when its cosine with the image reaches this [default: 0.28 for ViT-B/32; the model's own "
-             "default otherwise]."),
-    max_tags: int = typer.Option(tags.DEFAULT_MAX_TAGS, "--max-tags", min=1, help="At most this many tags per image."),
+        None, "--threshold", metavar="COSINE", show_default="0.28 for ViT-B/32; the model's own otherwise",
+        help="Keep a tag when its cosine with the image reaches this."),
+    max_tags: int = typer.Option(tags.DEFAULT_MAX_TAGS, "--max-tags", min=1, metavar="N",
+                                 help="At most this many tags per image."),
     retag: bool = typer.Option(False, "--retag", help="Tag again images already tagged with these settings."),
-    export: Optional[str] = typer.Option(None, "--export", help="Also write the tags to sidecar files: xmp.",
-                                         show_default=False),
+    export: Optional[str] = typer.Option(None, "--export", metavar="FORMAT", show_default="none",
+                                         help="Also write the tags to sidecar files: xmp."),
     sidecar: sidecars.SidecarStyle = typer.Option(sidecars.SidecarStyle.digikam, "--sidecar",
                                                   help="Sidecar names: digikam (IMG.jpg.xmp, also darktable) or "
                                                        "lightroom (IMG.xmp)."),
@@ -352,11 +397,16 @@ def info_command(db: Optional[Path] = DbOption, json_: bool = JsonOption) -> Non
     """Where the index is, which model built it and how many images it holds."""
     with _errors(), Store.open(db, create=False) as store:
         recorded = store.model()
+        date_range = store.date_range()
         info = {
             "index": str(store.path),
             "model": recorded[0] if recorded else None,
             "dimensions": recorded[1] if recorded else None,
             "images": store.count(),
+            "folders": [{"path": folder, "images": store.count(folder)} for folder in store.indexed_folders()],
+            "taken_from": date_range[0],
+            "taken_to": date_range[1],
+            "last_index_run": store.meta_value("last_index_run"),
             "failed_files": store.db["failures"].count,
             "tagged_images": store.db.execute("SELECT count(DISTINCT image_id) FROM tags "
                                               "WHERE source != 'rejected'").fetchone()[0],

@@ -31,7 +31,11 @@ import numpy as np
 
 from . import fingerprint, tuning
 from .images import RAW_EXTENSIONS
+from .metadata import FROM_FILE
 from .store import Store, normalise_path
+
+# Formats a camera never writes but exports and conversions do: a PNG beside a JPEG is the copy.
+LOSSLESS_EXTENSIONS = frozenset({".png", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tga", ".qoi"})
 
 EXACT_SEARCH_LIMIT = 20_000
 BLOCK_ROWS = 1024
@@ -45,7 +49,7 @@ class DedupeError(Exception):
 
 
 class KeepPolicy(str, Enum):
-    best = "best"  # most pixels, then largest file, then oldest, then shortest path
+    best = "best"  # camera EXIF, original format, most pixels, oldest taken, shortest path
     oldest = "oldest"
     newest = "newest"
     largest = "largest"  # largest file
@@ -240,6 +244,9 @@ class _Files:
     has_phash: np.ndarray
     colour: np.ndarray
     raw: np.ndarray
+    camera: np.ndarray  # has a camera's EXIF (make, model or shutter date): what an original carries
+    lossless: np.ndarray  # a lossless format (PNG, TIFF...) that exports and conversions produce
+    taken: list  # ISO text or None
 
     def member(self, i: int) -> Member:
         return Member(self.paths[i], self.width[i], self.height[i], int(self.size[i]), int(self.mtime[i]))
@@ -249,7 +256,9 @@ def _sort_key(files: _Files, i: int, options: DedupeOptions) -> tuple:
     path = files.paths[i]
     preferred = not any(path.startswith(folder.rstrip(os.sep) + os.sep) for folder in options.prefer)
     by_policy = {
-        KeepPolicy.best: (-files.pixels[i], -files.size[i], files.mtime[i], len(path)),
+        # taken: the date, then the file time to the nanosecond (a copy is newer than its original)
+        KeepPolicy.best: (not files.camera[i], bool(files.lossless[i]), -files.pixels[i],
+                          (files.taken[i] or "9999", files.mtime[i]), len(path)),
         KeepPolicy.oldest: (files.mtime[i], -files.pixels[i], -files.size[i], len(path)),
         KeepPolicy.newest: (-files.mtime[i], -files.pixels[i], -files.size[i], len(path)),
         KeepPolicy.largest: (-files.size[i], -files.pixels[i], files.mtime[i], len(path)),
@@ -259,7 +268,8 @@ def _sort_key(files: _Files, i: int, options: DedupeOptions) -> tuple:
 
 
 _CRITERIA = {
-    KeepPolicy.best: ("most pixels", "largest file", "oldest", "shortest path"),
+    KeepPolicy.best: ("has camera EXIF", "original format (not a lossless re-encode)", "most pixels",
+                      "taken first", "shortest path"),
     KeepPolicy.oldest: ("oldest", "most pixels", "largest file", "shortest path"),
     KeepPolicy.newest: ("newest", "most pixels", "largest file", "shortest path"),
     KeepPolicy.largest: ("largest file", "most pixels", "oldest", "shortest path"),
@@ -311,6 +321,10 @@ def find_duplicates(store: Store, folder: str | None = None, options: DedupeOpti
         has_phash=np.asarray([p is not None for p in table["phash"]]),
         colour=np.asarray([c if c is not None else 0.0 for c in table["colourfulness"]], dtype=np.float32),
         raw=np.asarray([p[p.rfind("."):].lower() in RAW_EXTENSIONS for p in table["path"]]),
+        camera=np.asarray([bool(make or model) or source not in (None, FROM_FILE) for make, model, source
+                           in zip(table["camera_make"], table["camera_model"], table["taken_source"])]),
+        lossless=np.asarray([p[p.rfind("."):].lower() in LOSSLESS_EXTENSIONS for p in table["path"]]),
+        taken=table["taken"],
     )
     matrix = vectors.matrix
     groups: list[Group] = []

@@ -11,12 +11,12 @@ from __future__ import annotations
 import io
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from . import fingerprint
+from . import fingerprint, metadata
 
 try:  # HEIC/HEIF from phones; Pillow itself reads AVIF.
     import pillow_heif
@@ -74,6 +74,7 @@ class DecodedImage:
     height: int
     phash: bytes  # perceptual hash of the whole upright picture (see fingerprint.py)
     colourfulness: float
+    metadata: metadata.PhotoMetadata = field(default_factory=metadata.PhotoMetadata)  # EXIF date, camera, GPS
 
 
 def read_bytes(path: str) -> bytes:
@@ -114,7 +115,15 @@ def open_oriented(
     data: bytes, min_short_side: int | None = None, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     orientation: int | None = None,
 ) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode `data` upright as RGB; also return the original's displayed width and height.
+    """Decode `data` upright as RGB; also return the original's displayed width and height."""
+    image, size, _ = _open(data, min_short_side, max_megapixels, orientation)
+    return image, size
+
+
+def _open(
+    data: bytes, min_short_side: int | None, max_megapixels: float, orientation: int | None,
+) -> tuple[Image.Image, tuple[int, int], metadata.PhotoMetadata]:
+    """`open_oriented`, plus the EXIF metadata read from the same opened file.
 
     `min_short_side` is the smallest short side the caller needs; JPEGs are then
     decoded with Pillow's draft mode (DCT scaling by 1/2, 1/4 or 1/8), which is
@@ -129,6 +138,7 @@ def open_oriented(
                 f"too large ({width}x{height}, {width * height / 1e6:.0f} MP > "
                 f"{max_megapixels:g} MP limit; raise it with --max-megapixels)"
             )
+        found = metadata.from_image(image)
         if orientation is None:
             orientation = _orientation(image)
         if orientation in (5, 6, 7, 8):
@@ -140,7 +150,7 @@ def open_oriented(
         image.load()
         if orientation in _TRANSPOSE:
             image = image.transpose(_TRANSPOSE[orientation])
-        return _flatten_to_rgb(image), (width, height)
+        return _flatten_to_rgb(image), (width, height), found
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -170,8 +180,8 @@ def _orientation(image: Image.Image) -> int:
 _JPEG_START = re.compile(rb"\xff\xd8\xff[\xc0-\xfe]")
 
 
-def raw_preview(data: bytes) -> tuple[bytes, int]:
-    """The largest JPEG embedded in a camera RAW file, and the RAW's EXIF orientation.
+def raw_preview(data: bytes) -> tuple[bytes, int, metadata.PhotoMetadata]:
+    """The largest JPEG embedded in a camera RAW file, the RAW's EXIF orientation and its metadata.
 
     Every common RAW format (CR2/CR3, NEF, ARW, DNG, ORF, RW2, RAF, PEF...)
     carries a JPEG the camera rendered; scanning for JPEG start markers finds it
@@ -191,16 +201,17 @@ def raw_preview(data: bytes) -> tuple[bytes, int]:
             best, best_area = match.start(), area
     if best is None:
         raise ImageError("RAW file without an embedded JPEG preview (clipsearch reads RAW files through it)")
-    return bytes(view[best:]), _raw_orientation(data)
+    return (bytes(view[best:]), *_raw_exif(data))
 
 
-def _raw_orientation(data: bytes) -> int:
-    """The Orientation tag of TIFF-based RAW files (most of them); 1 when there is none."""
+def _raw_exif(data: bytes) -> tuple[int, metadata.PhotoMetadata]:
+    """Orientation tag and metadata of TIFF-based RAW files (most of them); 1 and nothing otherwise."""
     try:
         with Image.open(io.BytesIO(data)) as raw:
-            return int(raw.getexif().get(0x0112, 1))
+            exif = raw.getexif()
+            return int(exif.get(0x0112, 1)), metadata.from_exif(exif)
     except Exception:
-        return 1
+        return 1, metadata.PhotoMetadata()
 
 
 def to_model_pixels(image: Image.Image, prep: Preprocess) -> np.ndarray:
@@ -222,12 +233,12 @@ def decode(data: bytes, prep: Preprocess, max_megapixels: float = DEFAULT_MAX_ME
 
     `path` is only used to recognise RAW files by their extension.
     """
-    orientation = None
+    orientation, raw_metadata = None, None
     if path and is_raw(path):
-        data, orientation = raw_preview(data)
-    image, (width, height) = open_oriented(data, prep.shortest_edge, max_megapixels, orientation)
+        data, orientation, raw_metadata = raw_preview(data)
+    image, (width, height), found = _open(data, prep.shortest_edge, max_megapixels, orientation)
     return DecodedImage(to_model_pixels(image, prep), width, height,
-                        fingerprint.perceptual_hash(image), fingerprint.colourfulness(image))
+                        fingerprint.perceptual_hash(image), fingerprint.colourfulness(image), raw_metadata or found)
 
 
 def decode_file(path: str | os.PathLike, prep: Preprocess, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> DecodedImage:

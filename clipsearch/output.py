@@ -7,13 +7,17 @@ Results go to stdout; messages and progress for people go to stderr, so
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Sequence
 from enum import Enum
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
+from rich.style import Style
 from rich.table import Table
+from rich.text import Text
 
 from .dedupe import Group
 from .indexer import IndexReport
@@ -43,7 +47,31 @@ def _human_size(size: int | None) -> str:
     return ""
 
 
+def shown_path(path: str, width: int, cwd: str | None = None) -> Text:
+    """A path for a person: relative to the current folder when under it, shortened in the middle to
+    `width` characters (never wrapped), and a clickable file:// link (OSC 8) in terminals that support it."""
+    cwd = cwd if cwd is not None else os.getcwd()
+    text = os.path.relpath(path, cwd) if path.startswith(cwd.rstrip(os.sep) + os.sep) else path
+    if len(text) > width:
+        keep = max(width - 1, 2)
+        head = keep // 3
+        text = text[:head] + "…" + text[len(text) - (keep - head):]
+    try:
+        link = Path(path).as_uri()
+    except ValueError:  # not absolute
+        link = None
+    return Text(text, style=Style(link=link) if link else "", no_wrap=True, overflow="ignore")
+
+
+def _taken(hit: Hit) -> Text:
+    """Date taken to the minute; dim when it is only the file's time (no EXIF date)."""
+    if not hit.taken:
+        return Text("")
+    return Text(hit.taken[:16].replace("T", " "), style="dim" if hit.taken_source == "file" else "")
+
+
 def show_hits(hits: Sequence[Hit], fmt: Format) -> None:
+    """Results: JSON, bare paths, `score<TAB>path` lines when stdout is a pipe (like rclip), else a table."""
     if fmt is Format.json:
         sys.stdout.write(json.dumps([hit.to_dict() for hit in hits], indent=2) + "\n")
         return
@@ -54,14 +82,22 @@ def show_hits(hits: Sequence[Hit], fmt: Format) -> None:
     if not hits:
         stderr.print("No results.")
         return
+    if not stdout.is_terminal:
+        for hit in hits:
+            sys.stdout.write(f"{hit.score:.4f}\t{hit.path}\n")
+        return
+    rows = [(str(rank), f"{hit.score:.3f}", f"{hit.width}x{hit.height}" if hit.width else "", _taken(hit))
+            for rank, hit in enumerate(hits, 1)]
+    used = sum(max(len(str(row[i])) for row in rows + [("#", "score", "pixels", "taken")]) for i in range(4))
+    room = max(20, stdout.width - used - 3 * 4)
     table = Table(show_edge=False, header_style="bold")
-    table.add_column("#", justify="right", style="dim")
-    table.add_column("score", justify="right")
-    table.add_column("size", justify="right", style="dim")
-    table.add_column("path", overflow="fold")
-    for rank, hit in enumerate(hits, 1):
-        dims = f"{hit.width}x{hit.height}" if hit.width else ""
-        table.add_row(str(rank), f"{hit.score:.3f}", dims, escape(hit.path))
+    table.add_column("#", justify="right", style="dim", no_wrap=True)
+    table.add_column("score", justify="right", no_wrap=True)
+    table.add_column("pixels", justify="right", style="dim", no_wrap=True)
+    table.add_column("taken", no_wrap=True)
+    table.add_column("path", no_wrap=True, overflow="ignore")
+    for row, hit in zip(rows, hits):
+        table.add_row(*row, shown_path(hit.path, room))
     stdout.print(table)
 
 
@@ -73,17 +109,18 @@ def show_index_report(report: IndexReport, fmt: Format) -> None:
         data["images_per_second"] = round(report.images_per_second, 2)
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
-    rate = f" ({report.images_per_second:.1f} images/s through the model)" if report.encoded else ""
-    stderr.print(
-        f"[bold]{report.scanned}[/] images found: [green]{report.new} new[/], {report.updated} updated, "
-        f"{report.reused} reused (content already indexed), {report.removed} removed, {report.unchanged} unchanged, "
-        f"[yellow]{len(report.skipped)} skipped[/] in {report.seconds:.1f}s{rate}."
-    )
+    rate = f", {report.images_per_second:.1f} images/s through the model" if report.encoded else ""
+    stderr.print(f"[bold]{report.scanned}[/] images found in {report.seconds:.1f} s{rate}")
+    stderr.print(f"  [green]{report.new} new[/], {report.updated} updated, {report.removed} removed")
+    stderr.print(f"  {report.unchanged} unchanged, {report.reused} reused (content already indexed)")
+    if report.skipped:
+        stderr.print(f"  [yellow]{len(report.skipped)} skipped[/]")
     if report.skipped:
         reasons: dict[str, int] = {}
         for _, reason in report.skipped:
             reasons[reason] = reasons.get(reason, 0) + 1
-        stderr.print("Skipped: " + "; ".join(f"{count} {escape(reason)}" for reason, count in sorted(reasons.items())))
+        for reason, count in sorted(reasons.items()):
+            stderr.print(f"    {count} {escape(reason)}")
 
 
 def show_info(info: dict, fmt: Format) -> None:
@@ -91,7 +128,13 @@ def show_info(info: dict, fmt: Format) -> None:
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
         return
     for key, value in info.items():
-        stdout.print(f"[bold]{key}[/]: {escape(str(value))}")
+        if isinstance(value, list):
+            stdout.print(f"[bold]{key}[/]:" + ("" if value else " none"))
+            for item in value:
+                described = f"{item['path']} ({item['images']} images)" if isinstance(item, dict) else str(item)
+                stdout.print(f"  {escape(described)}")
+        else:
+            stdout.print(f"[bold]{key}[/]: {escape(str(value))}")
 
 
 _TIER_TITLES = {"exact": "exact copies", "near": "near-identical", "similar": "similar shots"}

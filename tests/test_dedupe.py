@@ -107,12 +107,11 @@ def test_raw_files_are_indexed_through_their_preview(duplicate_library):
 
 def test_keep_policy_and_its_alternatives(duplicate_library):
     folder, _, db_path = duplicate_library
-    near = [g for g in _groups(db_path) if g.tier == "near"][0]
-    best_pixels = max(m.width * m.height for m in near.members)
-    assert near.keep.width * near.keep.height == best_pixels
-    same_pixels = [m for m in near.members if m.width * m.height == best_pixels]
-    assert near.keep.size == max(m.size for m in same_pixels)
-    assert near.reason.startswith("largest file")
+    near = [g for g in _groups(db_path) if g.tier == "near"]
+    # The camera original is kept over its PNG, WebP, q95 and rotated renditions, whatever their size.
+    assert near and all("/originals/" in g.keep.path for g in near)
+    # The rotated rendition carries the camera's EXIF too: then the earlier file wins.
+    assert all(g.reason.startswith("taken first (ties on has camera EXIF") for g in near), near[0].reason
 
     newest = [g for g in _groups(db_path, keep=KeepPolicy.newest) if g.tier == "near"][0]
     assert newest.keep.mtime_ns == max(m.mtime_ns for m in newest.members)
@@ -148,8 +147,8 @@ def test_schema_1_index_is_migrated(tmp_path):
     db["schema_version"].insert({"version": 1})
     db.close()
     with Store.open(tmp_path / "old.db") as store:
-        assert store.schema_version() == SCHEMA_VERSION == 3
-        assert {"phash", "colourfulness"} <= set(store.db["images"].columns_dict)
+        assert store.schema_version() == SCHEMA_VERSION
+        assert {"phash", "colourfulness", "taken", "camera_make", "lat"} <= set(store.db["images"].columns_dict)
         assert {"tags", "tag_runs", "tag_vectors"} <= set(store.db.table_names())
 
 

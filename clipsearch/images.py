@@ -8,6 +8,7 @@ every failure as an `ImageError` whose message names the problem.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -28,10 +29,12 @@ except ImportError:  # pragma: no cover - optional at runtime
 # We enforce our own, clearer pixel limit (see `decode`).
 Image.MAX_IMAGE_PIXELS = None
 
-_CANDIDATE_EXTENSIONS = {
-    ".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
-    ".heic", ".heif", ".avif",
-}
+# Formats Pillow opens that are not still pictures: video and animation (FLI, MPEG), vector formats that
+# need Ghostscript or Windows (EPS, WMF/EMF), scientific data stubs without a loader (BUFR, GRIB, HDF5),
+# IPTC records, and icons, cursors and brushes that litter application folders.
+_NOT_PHOTOS = frozenset({"FLI", "MPEG", "EPS", "WMF", "BUFR", "GRIB", "HDF5", "IPTC", "GBR", "CUR", "ICO", "ICNS"})
+# Image sequences (bursts, animations) of formats whose single images are indexed.
+_SEQUENCE_EXTENSIONS = frozenset({".avifs", ".heics", ".heifs"})
 
 # Camera RAW formats. They are read through the full-size JPEG preview that
 # cameras embed in them: what the camera showed, at a fraction of a RAW decode's cost.
@@ -43,10 +46,15 @@ RAW_EXTENSIONS = frozenset({
 DEFAULT_MAX_MEGAPIXELS = 250.0
 
 
+@functools.cache
 def supported_extensions() -> frozenset[str]:
-    """Lower-case extensions (with dot) that the installed Pillow plugins can open, plus RAW."""
-    readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-    return frozenset(_CANDIDATE_EXTENSIONS & readable) | RAW_EXTENSIONS
+    """Lower-case extensions (with dot) of the still-image formats the installed Pillow plugins can open
+    (JPEG 2000, PSD, QOI... included; taken from Pillow's registry, so a new plugin adds its formats), plus RAW."""
+    registered = Image.registered_extensions()
+    readable = {ext.lower() for ext, fmt in registered.items() if fmt in Image.OPEN and fmt not in _NOT_PHOTOS}
+    if registered.get(".jpg") in Image.OPEN:
+        readable.add(".mpo")  # multi-picture JPEG (3D and some phone cameras): Pillow's JPEG opener reads it
+    return frozenset(readable - _SEQUENCE_EXTENSIONS) | RAW_EXTENSIONS
 
 
 def is_raw(path: str) -> bool:

@@ -20,11 +20,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from . import __version__
-from . import dedupe, indexer, moves, search, sidecars, tags
-from .encoder import DEVICES, MODEL_ENV, ModelError
+from . import config, dedupe, indexer, moves, search, sidecars, tags
+from .encoder import DEFAULT_MODEL, DEVICES, MODEL_ENV, ModelError
 from .output import (Format, show_export_report, show_groups, show_hits, show_image_tags, show_index_report,
-                     show_info, show_move_report, show_plan, show_tag_counts, show_tag_report, show_undo_report, stderr)
-from .store import DB_ENV, normalise_path, ModelMismatchError, MissingIndexError, NewerSchemaError, Store, StoreError
+                     show_info, show_move_report, show_plan, show_settings, show_tag_counts, show_tag_report, show_undo_report, stderr)
+from .store import DB_ENV, default_db_path, normalise_path, ModelMismatchError, MissingIndexError, NewerSchemaError, Store, StoreError
 
 EXIT_NOTHING = 1
 EXIT_BAD_INPUT = 2
@@ -55,6 +55,22 @@ app = typer.Typer(
 
 # Defaults that are not plain values are given as text through show_default: typer prints them as
 # "[default: ...]" itself (written into the help text, rich markup would swallow the brackets).
+def _apply_config(ctx: typer.Context, value: Optional[str]) -> Optional[str]:
+    """Eager, so it runs before the other options are read: the config file's settings (and those of
+    library `value`) become this command's defaults, below flags and environment variables."""
+    try:
+        settings = config.load().settings(value)
+    except config.ConfigError as exc:
+        _fail(exc, EXIT_BAD_INPUT)
+    ctx.meta["clipsearch.library"] = value
+    names = {param.name for param in ctx.command.params}
+    ctx.default_map = {**(ctx.default_map or {}), **{k: v for k, (v, _) in settings.items() if k in names}}
+    return value
+
+
+LibraryOption = typer.Option(None, "--library", "-L", envvar=config.LIBRARY_ENV, metavar="NAME", is_eager=True,
+                             callback=_apply_config, expose_value=False, show_default="none",
+                             help="Use the settings of [library.NAME] in the config file (clipsearch config).")
 DbOption = typer.Option(None, "--db", envvar=DB_ENV, help="Index file.", metavar="FILE",
                         show_default="~/.local/share/clipsearch/index.db")
 ModelOption = typer.Option(None, "--model", "-m", envvar=MODEL_ENV, metavar="MODEL",
@@ -169,6 +185,7 @@ def index_command(
     max_megapixels: float = typer.Option(250.0, "--max-megapixels", metavar="MP",
                                          help="Skip images larger than this."),
     db: Optional[Path] = DbOption,
+    library: Optional[str] = LibraryOption,
     model: Optional[str] = ModelOption,
     device: Optional[str] = DeviceOption,
     json_: bool = JsonOption,
@@ -224,6 +241,7 @@ def find_command(
     before: Optional[str] = BeforeOption,
     camera: Optional[str] = CameraOption,
     db: Optional[Path] = DbOption,
+    library: Optional[str] = LibraryOption,
     model: Optional[str] = ModelOption,
     device: Optional[str] = DeviceOption,
     json_: bool = JsonOption,
@@ -244,6 +262,7 @@ def similar_command(
     before: Optional[str] = BeforeOption,
     camera: Optional[str] = CameraOption,
     db: Optional[Path] = DbOption,
+    library: Optional[str] = LibraryOption,
     model: Optional[str] = ModelOption,
     device: Optional[str] = DeviceOption,
     json_: bool = JsonOption,
@@ -279,6 +298,7 @@ def dedupe_command(
     undo: Optional[Path] = typer.Option(None, "--undo", help="Put back everything a --move-to or --trash run "
                                         "moved, from its manifest.", show_default=False, metavar="MANIFEST"),
     db: Optional[Path] = DbOption,
+    library: Optional[str] = LibraryOption,
     json_: bool = JsonOption,
     paths: bool = typer.Option(False, "--paths", "-p", help="Print only the files that could go, one a line."),
     quiet: bool = QuietOption,
@@ -346,6 +366,7 @@ def tag_command(
                                                   help="Sidecar names: digikam (IMG.jpg.xmp, also darktable) or "
                                                        "lightroom (IMG.xmp)."),
     db: Optional[Path] = DbOption,
+    library: Optional[str] = LibraryOption,
     model: Optional[str] = ModelOption,
     device: Optional[str] = DeviceOption,
     json_: bool = JsonOption,
@@ -383,7 +404,8 @@ def tag_command(
 
 
 @app.command("tags")
-def tags_command(folder: Optional[Path] = InOption, db: Optional[Path] = DbOption, json_: bool = JsonOption) -> None:
+def tags_command(folder: Optional[Path] = InOption, db: Optional[Path] = DbOption,
+                 library: Optional[str] = LibraryOption, json_: bool = JsonOption) -> None:
     """List the tags in the index with how many images have each."""
     with _errors(), Store.open(db, create=False) as store:
         counts = store.tag_counts(normalise_path(folder) if folder else None)
@@ -393,7 +415,8 @@ def tags_command(folder: Optional[Path] = InOption, db: Optional[Path] = DbOptio
 
 
 @app.command("info")
-def info_command(db: Optional[Path] = DbOption, json_: bool = JsonOption) -> None:
+def info_command(db: Optional[Path] = DbOption, library: Optional[str] = LibraryOption,
+                 json_: bool = JsonOption) -> None:
     """Where the index is, which model built it and how many images it holds."""
     with _errors(), Store.open(db, create=False) as store:
         recorded = store.model()
@@ -415,6 +438,43 @@ def info_command(db: Optional[Path] = DbOption, json_: bool = JsonOption) -> Non
             "size_bytes": sum(p.stat().st_size for p in store.path.parent.glob(store.path.name + "*")),
         }
         show_info(info, Format.json if json_ else Format.table)
+
+
+@app.command("config")
+def config_command(
+    ctx: typer.Context,
+    db: Optional[Path] = DbOption,
+    library: Optional[str] = LibraryOption,
+    model: Optional[str] = ModelOption,
+    device: Optional[str] = DeviceOption,
+    top: int = TopOption,
+    json_: bool = JsonOption,
+) -> None:
+    """Show the effective settings and where each comes from: flag, environment, config file or default.
+
+    The config file is ~/.config/clipsearch/config.toml ($XDG_CONFIG_HOME, or $CLIPSEARCH_CONFIG); it may
+    set db, model, device, top, exclude and prefer, and [library.NAME] tables selected with --library NAME.
+    """
+    with _errors():
+        loaded = config.load()
+        from_file = loaded.settings(ctx.meta.get("clipsearch.library"))
+        given = {"db": str(db) if db else None, "model": model, "device": device, "top": top}
+        envvars = {"db": DB_ENV, "model": MODEL_ENV}
+        builtin = {"db": str(default_db_path()), "model": f"the index's model, else {DEFAULT_MODEL}",
+                   "device": "the fastest available", "top": 10, "exclude": [], "prefer": []}
+        rows = []
+        for name in config.SETTINGS:
+            # By name: typer may bring its own copy of click's ParameterSource.
+            source = getattr(ctx.get_parameter_source(name), "name", None) if name in given else None
+            if source == "COMMANDLINE":
+                rows.append((name, given[name], "flag"))
+            elif source == "ENVIRONMENT":
+                rows.append((name, given[name], f"environment {envvars[name]}"))
+            elif name in from_file:
+                rows.append((name, *from_file[name]))
+            else:
+                rows.append((name, builtin[name], "built-in default"))
+        show_settings(rows, loaded, Format.json if json_ else Format.table)
 
 
 def _version(value: bool) -> None:

@@ -258,3 +258,24 @@ def show_export_report(report: ExportReport, style, fmt: Format) -> None:
         stderr.print(f"[yellow]not written[/] {escape(sidecar)}: {escape(reason)}")
     stderr.print(f"XMP sidecars ({style.value} names): {report.written} written, {report.merged} merged into, "
                  f"{report.unchanged} already up to date. The photos themselves were not touched.")
+
+
+def show_settings(rows: Sequence[tuple[str, object, str]], loaded, fmt: Format) -> None:
+    """`clipsearch config`: each setting, its value and where it came from."""
+    if fmt is Format.json:
+        settings = {name: {"value": value, "source": source} for name, value, source in rows}
+        sys.stdout.write(json.dumps({"config_file": str(loaded.path), "exists": loaded.exists,
+                                     "libraries": sorted(loaded.libraries), "settings": settings}, indent=2) + "\n")
+        return
+    state = "" if loaded.exists else " (not there: built-in defaults)"
+    stdout.print(f"[bold]config file[/]: {escape(str(loaded.path))}{state}")
+    if loaded.libraries:
+        stdout.print(f"[bold]libraries[/]: {escape(', '.join(sorted(loaded.libraries)))} (select with --library NAME)")
+    table = Table(show_edge=False, header_style="bold")
+    table.add_column("setting")
+    table.add_column("value")
+    table.add_column("from", style="dim")
+    for name, value, source in rows:
+        shown = ", ".join(value) if isinstance(value, list) else str(value)
+        table.add_row(name, escape(shown or "(none)"), escape(source))
+    stdout.print(table)

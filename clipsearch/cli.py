@@ -55,7 +55,7 @@ app = typer.Typer(
 
 # Defaults that are not plain values are given as text through show_default: typer prints them as
 # "[default: ...]" itself (written into the help text, rich markup would swallow the brackets).
-def _apply_config(ctx: typer.Context, value: Optional[str]) -> Optional[str]:
+def _apply_config(ctx: typer.Context, value: str | None) -> str | None:
     """Eager, so it runs before the other options are read: the config file's settings (and those of
     library `value`) become this command's defaults, below flags and environment variables."""
     try:
@@ -185,7 +185,7 @@ def index_command(
     max_megapixels: float = typer.Option(250.0, "--max-megapixels", metavar="MP",
                                          help="Skip images larger than this."),
     db: Optional[Path] = DbOption,
-    library: Optional[str] = LibraryOption,
+    library: str | None = LibraryOption,
     model: Optional[str] = ModelOption,
     device: Optional[str] = DeviceOption,
     json_: bool = JsonOption,
@@ -237,11 +237,11 @@ def find_command(
     top: int = TopOption,
     folder: Optional[Path] = InOption,
     threshold: Optional[float] = ThresholdOption,
-    after: Optional[str] = AfterOption,
-    before: Optional[str] = BeforeOption,
-    camera: Optional[str] = CameraOption,
+    after: str | None = AfterOption,
+    before: str | None = BeforeOption,
+    camera: str | None = CameraOption,
     db: Optional[Path] = DbOption,
-    library: Optional[str] = LibraryOption,
+    library: str | None = LibraryOption,
     model: Optional[str] = ModelOption,
     device: Optional[str] = DeviceOption,
     json_: bool = JsonOption,
@@ -258,11 +258,11 @@ def similar_command(
     top: int = TopOption,
     folder: Optional[Path] = InOption,
     threshold: Optional[float] = ThresholdOption,
-    after: Optional[str] = AfterOption,
-    before: Optional[str] = BeforeOption,
-    camera: Optional[str] = CameraOption,
+    after: str | None = AfterOption,
+    before: str | None = BeforeOption,
+    camera: str | None = CameraOption,
     db: Optional[Path] = DbOption,
-    library: Optional[str] = LibraryOption,
+    library: str | None = LibraryOption,
     model: Optional[str] = ModelOption,
     device: Optional[str] = DeviceOption,
     json_: bool = JsonOption,
@@ -298,7 +298,7 @@ def dedupe_command(
     undo: Optional[Path] = typer.Option(None, "--undo", help="Put back everything a --move-to or --trash run "
                                         "moved, from its manifest.", show_default=False, metavar="MANIFEST"),
     db: Optional[Path] = DbOption,
-    library: Optional[str] = LibraryOption,
+    library: str | None = LibraryOption,
     json_: bool = JsonOption,
     paths: bool = typer.Option(False, "--paths", "-p", help="Print only the files that could go, one a line."),
     quiet: bool = QuietOption,
@@ -366,7 +366,7 @@ def tag_command(
                                                   help="Sidecar names: digikam (IMG.jpg.xmp, also darktable) or "
                                                        "lightroom (IMG.xmp)."),
     db: Optional[Path] = DbOption,
-    library: Optional[str] = LibraryOption,
+    library: str | None = LibraryOption,
     model: Optional[str] = ModelOption,
     device: Optional[str] = DeviceOption,
     json_: bool = JsonOption,
@@ -405,7 +405,7 @@ def tag_command(
 
 @app.command("tags")
 def tags_command(folder: Optional[Path] = InOption, db: Optional[Path] = DbOption,
-                 library: Optional[str] = LibraryOption, json_: bool = JsonOption) -> None:
+                 library: str | None = LibraryOption, json_: bool = JsonOption) -> None:
     """List the tags in the index with how many images have each."""
     with _errors(), Store.open(db, create=False) as store:
         counts = store.tag_counts(normalise_path(folder) if folder else None)
@@ -415,7 +415,7 @@ def tags_command(folder: Optional[Path] = InOption, db: Optional[Path] = DbOptio
 
 
 @app.command("info")
-def info_command(db: Optional[Path] = DbOption, library: Optional[str] = LibraryOption,
+def info_command(db: Optional[Path] = DbOption, library: str | None = LibraryOption,
                  json_: bool = JsonOption) -> None:
     """Where the index is, which model built it and how many images it holds."""
     with _errors(), Store.open(db, create=False) as store:
@@ -443,10 +443,10 @@ def info_command(db: Optional[Path] = DbOption, library: Optional[str] = Library
 @app.command("config")
 def config_command(
     ctx: typer.Context,
-    db: Optional[Path] = DbOption,
-    library: Optional[str] = LibraryOption,
-    model: Optional[str] = ModelOption,
-    device: Optional[str] = DeviceOption,
+    db: Path | None = DbOption,
+    library: str | None = LibraryOption,
+    model: str | None = ModelOption,
+    device: str | None = DeviceOption,
     top: int = TopOption,
     json_: bool = JsonOption,
 ) -> None:

@@ -70,7 +70,7 @@ def from_image(image) -> PhotoMetadata:
     """Metadata of an opened Pillow image; broken or missing EXIF gives empty fields, never an error."""
     try:
         exif = image.getexif()
-    except Exception:  # a damaged EXIF block is common and must not cost the photo
+    except Exception:  # noqa: BLE001 - a damaged EXIF block is common and must not cost the photo
         return PhotoMetadata()
     return from_exif(exif)
 
@@ -88,8 +88,8 @@ def from_exif(exif) -> PhotoMetadata:
                 found.taken, found.taken_source = taken, source
                 break
         found.lat, found.lon = _gps(exif.get_ifd(_GPS_IFD))
-    except Exception:
-        pass  # keep what was read before the damaged part
+    except Exception:  # noqa: BLE001 - keep what was read before the damaged part
+        return found
     return found
 
 
@@ -145,7 +145,7 @@ def read_file(path: str) -> PhotoMetadata:
     try:
         with Image.open(path) as image:
             return from_image(image)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any unreadable file: the caller uses the file time
         return PhotoMetadata()
 
 

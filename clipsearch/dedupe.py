@@ -86,13 +86,14 @@ class Member:
     mtime_ns: int
     similarity: float | None = None  # cosine to the kept file (None for the kept file)
     hash_distance: int | None = None  # perceptual-hash bits that differ from the kept file
+    taken: str | None = None  # ISO 8601 date taken (metadata.py)
 
     def to_dict(self, keep: bool) -> dict:
         from datetime import datetime, timezone
 
         modified = datetime.fromtimestamp(self.mtime_ns / 1e9, timezone.utc).isoformat(timespec="seconds")
-        return {"path": self.path, "keep": keep, "width": self.width, "height": self.height, "size": self.size,
-                "modified": modified,
+        return {"path": self.path, "keep": keep, "width": self.width, "height": self.height, "bytes": self.size,
+                "modified": modified, "taken": self.taken,
                 "similarity": None if self.similarity is None else round(self.similarity, 4),
                 "hash_distance": self.hash_distance}
 
@@ -249,7 +250,8 @@ class _Files:
     taken: list  # ISO text or None
 
     def member(self, i: int) -> Member:
-        return Member(self.paths[i], self.width[i], self.height[i], int(self.size[i]), int(self.mtime[i]))
+        return Member(self.paths[i], self.width[i], self.height[i], int(self.size[i]), int(self.mtime[i]),
+                      taken=self.taken[i])
 
 
 def _sort_key(files: _Files, i: int, options: DedupeOptions) -> tuple:

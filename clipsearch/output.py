@@ -146,6 +146,11 @@ def _when(mtime_ns: int) -> str:
     return datetime.fromtimestamp(mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M")
 
 
+def _member_date(member) -> str:
+    """Date taken when the index has it, else the file time: what a photographer compares."""
+    return member.taken[:16].replace("T", " ") if member.taken else _when(member.mtime_ns)
+
+
 def show_groups(groups: Sequence[Group], fmt: Format) -> None:
     """Duplicate groups: the file kept and why, then the others; --paths lists only the others."""
     if fmt is Format.json:
@@ -167,7 +172,7 @@ def show_groups(groups: Sequence[Group], fmt: Format) -> None:
                 f" hash {member.hash_distance:>3}" if member.hash_distance is not None else "")
             pixels = f"{member.width}x{member.height}" if member.width else "?"
             stdout.print(f"  {'[green]keep[/]' if keep else '    '}  {pixels:>11}  {_human_size(member.size):>9}  "
-                         f"{_when(member.mtime_ns)}  [dim]{match:<18}[/]  {escape(member.path)}")
+                         f"{_member_date(member)}  [dim]{match:<18}[/]  {escape(member.path)}")
         stdout.print()
     extra = [m for g in groups for m in g.others]
     by_tier = {tier: sum(1 for g in groups if g.tier == tier) for tier in _TIER_TITLES}

@@ -175,6 +175,7 @@ def _add_photo_metadata(db: sqlite_utils.Database) -> None:
                        ("lat", float), ("lon", float)):
         db["images"].add_column(name, kind)
     db.execute("CREATE INDEX images_taken ON images (taken)")
+    db.execute("CREATE INDEX images_camera ON images (camera_make, camera_model)")
 
 
 # Migration N brings a database from schema N-1 to N.
@@ -362,8 +363,15 @@ class Store:
             conditions.append("taken < ?")
             params.append(before)
         if camera:
-            conditions.append("instr(lower(coalesce(camera_make, '') || ' ' || coalesce(camera_model, '')), ?) > 0")
-            params.append(camera.lower())
+            # Match the few distinct cameras (read from their index), then select their rows through it.
+            wanted = camera.lower()
+            cameras = [(make, model) for make, model in self.db.execute(
+                "SELECT DISTINCT camera_make, camera_model FROM images WHERE camera_make IS NOT NULL "
+                "OR camera_model IS NOT NULL") if wanted in f"{make or ''} {model or ''}".lower()]
+            if not cameras:
+                return set()
+            conditions.append("(" + " OR ".join("(camera_make IS ? AND camera_model IS ?)" for _ in cameras) + ")")
+            params.extend(value for pair in cameras for value in pair)
         clause = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         return {row[0] for row in self.db.execute(f"SELECT id FROM images {clause}", params)}
 

@@ -106,6 +106,7 @@ def test_metadata_migration_fills_an_index_of_the_previous_schema_without_the_mo
     assert MIGRATIONS[SCHEMA_VERSION].__name__ == "_add_photo_metadata"
     with Store.open(db_path) as store:
         store.db.execute("DROP INDEX images_taken")
+        store.db.execute("DROP INDEX images_camera")
         for column in ("taken", "taken_source", "camera_make", "camera_model", "lat", "lon"):
             store.db.execute(f"ALTER TABLE images DROP COLUMN {column}")
         store.db.execute("DELETE FROM schema_version WHERE version = ?", [SCHEMA_VERSION])

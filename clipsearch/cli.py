@@ -28,16 +28,39 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from . import __version__
-from . import dedupe, indexer, moves, search, sidecars, tags
-from .encoder import DEVICES, MODEL_ENV
+from . import config, dedupe, indexer, moves, search, sidecars, tags
+from .encoder import DEFAULT_MODEL, DEVICES, MODEL_ENV
 from .errors import EXIT_BAD_INPUT, EXIT_INDEX, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NOTHING, ClipsearchError
 from .output import (Format, show_export_report, show_groups, show_hits, show_image_tags, show_index_report,
-                     show_info, show_move_report, show_plan, show_tag_counts, show_tag_report, show_undo_report, shown,
-                     stderr)
-from .store import DB_ENV, normalise_path, Store
+                     show_info, show_move_report, show_plan, show_settings, show_tag_counts, show_tag_report,
+                     show_undo_report, shown, stderr)
+from .store import DB_ENV, default_db_path, normalise_path, Store
 
 __all__ = ["app", "main", "EXIT_BAD_INPUT", "EXIT_INDEX", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_NOTHING"]
 _debug = False  # set by the global --debug flag
+
+def _readable_help_types() -> None:
+    """Recent typer prints Python types beside each parameter (`<list[Path]>`, `<bool>`); the metavars
+    (FOLDER, N, FILE, MODEL) say it better, and a flag needs no type at all."""
+    from typer import core
+
+    if not hasattr(core.TyperOption, "display_type_rich"):  # typer < 0.29: arguments show `<str>`, `<path>`
+        from typer._click import types
+
+        default_metavar = types.ParamType.get_metavar
+
+        def argument_metavar(self, param, ctx):  # type: ignore[no-untyped-def]
+            value = default_metavar(self, param, ctx)
+            return "" if value is None and isinstance(param, core.TyperArgument) else value
+
+        types.ParamType.get_metavar = argument_metavar  # type: ignore[method-assign]
+        return
+    option_type = core.TyperOption.display_type_rich
+    core.TyperArgument.display_type_rich = lambda self, ctx: None
+    core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else option_type(self, ctx)
+
+
+_readable_help_types()
 
 app = typer.Typer(
     help="Search your photo library by meaning with CLIP. Index a folder once, then find images by "
@@ -47,17 +70,41 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-DbOption = typer.Option(None, "--db", envvar=DB_ENV, help="Index file [default: ~/.local/share/clipsearch/index.db].",
-                        show_default=False)
-ModelOption = typer.Option(None, "--model", "-m", envvar=MODEL_ENV, show_default=False,
-                           help="Hugging Face model id or local folder [default: the index's model, "
-                                "else laion/CLIP-ViT-B-32-laion2B-s34B-b79K].")
-DeviceOption = typer.Option(None, "--device", help=f"One of {', '.join(DEVICES)} [default: the fastest available].",
-                            show_default=False)
-TopOption = typer.Option(10, "--top", "-t", min=1, help="How many results.")
-InOption = typer.Option(None, "--in", help="Only images under this folder.", show_default=False)
-ThresholdOption = typer.Option(None, "--threshold", help="Only results scoring at least this (cosine, -1..1). "
-                               "Good values depend on the model and the query.", show_default=False)
+# Defaults that are not plain values are given as text through show_default: typer prints them as
+# "[default: ...]" itself (written into the help text, rich markup would swallow the brackets).
+def _apply_config(ctx: typer.Context, value: str | None) -> str | None:
+    """Eager, so it runs before the other options are read: the config file's settings (and those of
+    library `value`) become this command's defaults, below flags and environment variables."""
+    with _errors():
+        settings = config.load().settings(value)
+    ctx.meta["clipsearch.library"] = value
+    names = {param.name for param in ctx.command.params}
+    ctx.default_map = {**(ctx.default_map or {}), **{k: v for k, (v, _) in settings.items() if k in names}}
+    return value
+
+
+LibraryOption = typer.Option(None, "--library", "-L", envvar=config.LIBRARY_ENV, metavar="NAME", is_eager=True,
+                             callback=_apply_config, expose_value=False, show_default="none",
+                             help="Use the settings of [library.NAME] in the config file (clipsearch config).")
+DbOption = typer.Option(None, "--db", envvar=DB_ENV, help="Index file.", metavar="FILE",
+                        show_default="~/.local/share/clipsearch/index.db")
+ModelOption = typer.Option(None, "--model", "-m", envvar=MODEL_ENV, metavar="MODEL",
+                           help="Hugging Face model id or local folder.",
+                           show_default="the index's model, else laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
+DeviceOption = typer.Option(None, "--device", metavar="DEVICE", help=f"One of {', '.join(DEVICES)}.",
+                            show_default="the fastest available")
+TopOption = typer.Option(10, "--top", "-t", min=1, metavar="N", help="How many results.")
+InOption = typer.Option(None, "--in", metavar="FOLDER", help="Only images under this folder.",
+                        show_default="the whole index")
+ThresholdOption = typer.Option(None, "--threshold", metavar="SCORE", show_default="none",
+                               help="Only results scoring at least this (cosine, -1..1). "
+                               "Good values depend on the model and the query.")
+AfterOption = typer.Option(None, "--after", metavar="DATE", show_default=False,
+                           help="Only photos taken on or after DATE: 2024, 2024-06 or 2024-06-15 (from its start).")
+BeforeOption = typer.Option(None, "--before", metavar="DATE", show_default=False,
+                            help="Only photos taken on or before DATE: 2024, 2024-06 or 2024-06-15 (to its end).")
+CameraOption = typer.Option(None, "--camera", metavar="TEXT", show_default=False,
+                            help="Only photos from a camera whose make or model contains TEXT (any case).")
 JsonOption = typer.Option(False, "--json", help="Print JSON for programs.")
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 PathsOption = typer.Option(False, "--paths", "-p", help="Print bare paths, one a line, for pipes.")
@@ -127,7 +174,14 @@ class _RichProgress(indexer.Progress):
         stderr.print(f"[yellow]skipped[/] {escape(shown(path))}: {escape(shown(reason))}")
 
     def model_loading(self, model_id: str) -> None:
-        stderr.print(f"Loading model {escape(model_id)}...")
+        if self.bar is not None and self.task is not None:
+            self.bar.update(self.task, description="loading model")
+        else:
+            stderr.print(f"Loading model {escape(model_id)}...")
+
+    def model_loaded(self) -> None:
+        if self.bar is not None and self.task is not None:
+            self.bar.update(self.task, description="Indexing")
 
     def fingerprinting(self, count: int) -> None:
         stderr.print(f"Computing perceptual hashes of {count} images indexed before dedupe existed (once)...")
@@ -145,15 +199,18 @@ def _progress_bar(quiet: bool) -> Progress | None:
 @app.command("index")
 def index_command(
     folders: list[Path] = typer.Argument(..., help="Folders to index (recursively).", show_default=False, metavar="FOLDER"),
-    exclude: list[str] = typer.Option([], "--exclude", "-x", help="Glob of file/folder names or paths to skip, "
-                                      "added to the defaults (hidden files, @eaDir, node_modules...). Repeatable."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per model call."),
-    workers: int = typer.Option(indexer.DEFAULT_WORKERS, "--workers", min=1, help="Decoding threads."),
+    exclude: list[str] = typer.Option([], "--exclude", "-x", metavar="GLOB", show_default="none",
+                                      help="Glob of file/folder names or paths to skip, added to the defaults "
+                                           "(hidden files, @eaDir, node_modules...). Repeatable."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, metavar="N", help="Images per model call."),
+    workers: int = typer.Option(indexer.DEFAULT_WORKERS, "--workers", min=1, metavar="N", help="Decoding threads."),
     follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Descend into symlinked folders."),
-    max_megapixels: float = typer.Option(250.0, "--max-megapixels", help="Skip images larger than this."),
+    max_megapixels: float = typer.Option(250.0, "--max-megapixels", metavar="MP",
+                                         help="Skip images larger than this."),
     max_file_size: float = typer.Option(indexer.images.DEFAULT_MAX_FILE_MB, "--max-file-size", min=0.001,
-                                        help="Skip files larger than this many MB, unread."),
+                                        metavar="MB", help="Skip files larger than this many MB, unread."),
     db: Optional[Path] = DbOption,
+    library: str | None = LibraryOption,
     model: Optional[str] = ModelOption,
     device: Optional[str] = DeviceOption,
     json_: bool = JsonOption,
@@ -184,15 +241,17 @@ def _encoder_factory(store: Store, model: str | None, device: str | None):
 
 
 def _run_query(search_function, query, top, folder, threshold, db, model, device, fmt: Format,
-               precision: str = "auto", preview_rows: int | None = None, **extra) -> None:
+               after: str | None, before: str | None, camera: str | None, precision: str = "auto",
+               preview_rows: int | None = None, **extra) -> None:
     """find and similar: open the index, rank, print; exit 1 when nothing was found."""
     from .queryencoder import QueryEncoder
 
     with _errors(), Store.open(db, create=False) as store:
+        filters = search.Filters.parse(after, before, camera)
         encoder = QueryEncoder(store, indexer.resolve_model(store, model), device, precision,
                                notify=lambda message: stderr.print(escape(message)))
         hits = search_function(query, store, lambda: encoder, top, str(folder) if folder else None, threshold,
-                               **extra)
+                               filters=filters, **extra)
         if preview_rows and fmt is Format.table and hits:
             _show_previews(hits, preview_rows)
         else:
@@ -202,7 +261,8 @@ def _run_query(search_function, query, top, folder, threshold, db, model, device
 
 
 PreviewOption = typer.Option(False, "--preview", help="Show thumbnails (kitty, WezTerm, Ghostty, iTerm2, sixel).")
-PreviewSizeOption = typer.Option(6, "--preview-size", min=1, max=60, help="Thumbnail height in terminal rows.")
+PreviewSizeOption = typer.Option(6, "--preview-size", min=1, max=60, metavar="ROWS",
+                                   help="Thumbnail height in terminal rows.")
 
 
 def _show_previews(hits, rows: int) -> None:
@@ -224,12 +284,16 @@ def find_command(
     query: Optional[list[str]] = typer.Argument(None, help='Words, image paths, "+", "-" and "N:" weights, e.g. '
                                                 '"a dog" + "on a beach", "2:sunset" - "people", ./cat.jpg + "in snow".',
                                                 show_default=False, metavar="QUERY"),
-    tag: list[str] = typer.Option([], "--tag", "-T", help="Only images with this tag (repeatable: all of them). "
+    tag: list[str] = typer.Option([], "--tag", "-T", metavar="TAG", show_default="none", help="Only images with this tag (repeatable: all of them). "
                                   "Without a query: the images with the tag, best first."),
     top: int = TopOption,
     folder: Optional[Path] = InOption,
     threshold: Optional[float] = ThresholdOption,
+    after: str | None = AfterOption,
+    before: str | None = BeforeOption,
+    camera: str | None = CameraOption,
     db: Optional[Path] = DbOption,
+    library: str | None = LibraryOption,
     model: Optional[str] = ModelOption,
     device: Optional[str] = DeviceOption,
     precision: TextPrecision = typer.Option(TextPrecision.auto, "--precision",
@@ -241,8 +305,8 @@ def find_command(
     preview_size: int = PreviewSizeOption,
 ) -> None:
     """Find images matching a description (and/or example images), best first."""
-    _run_query(search.find, query, top, folder, threshold, db, model, device, _format(json_, paths), precision.value,
-               preview_size if show_preview else None, tags=tag)
+    _run_query(search.find, query, top, folder, threshold, db, model, device, _format(json_, paths),
+               after, before, camera, precision.value, preview_size if show_preview else None, tags=tag)
 
 
 @app.command("similar")
@@ -251,7 +315,11 @@ def similar_command(
     top: int = TopOption,
     folder: Optional[Path] = InOption,
     threshold: Optional[float] = ThresholdOption,
+    after: str | None = AfterOption,
+    before: str | None = BeforeOption,
+    camera: str | None = CameraOption,
     db: Optional[Path] = DbOption,
+    library: str | None = LibraryOption,
     model: Optional[str] = ModelOption,
     device: Optional[str] = DeviceOption,
     json_: bool = JsonOption,
@@ -261,7 +329,7 @@ def similar_command(
 ) -> None:
     """Find the images most like IMAGE (IMAGE itself is not listed)."""
     _run_query(search.similar, image, top, folder, threshold, db, model, device, _format(json_, paths),
-               preview_rows=preview_size if show_preview else None)
+               after, before, camera, preview_rows=preview_size if show_preview else None)
 
 
 @app.command("dedupe")
@@ -269,25 +337,27 @@ def dedupe_command(
     folder: Optional[Path] = InOption,
     similar: bool = typer.Option(False, "--similar", help="Also group bursts and near-shots of one scene."),
     near_threshold: Optional[float] = typer.Option(
-        None, "--near-threshold", show_default=False,
-        help="Cosine above which two images are near-identical candidates (the hash decides) "
-             "[default: 0.93 for ViT-B/32; the model's own default otherwise]."),
-    max_hash_distance: int = typer.Option(56, "--max-hash-distance", min=0, max=256,
+        None, "--near-threshold", metavar="COSINE", show_default="0.93 for ViT-B/32; the model's own otherwise",
+        help="Cosine above which two images are near-identical candidates (the hash decides)."),
+    max_hash_distance: int = typer.Option(56, "--max-hash-distance", min=0, max=256, metavar="BITS",
                                           help="Near-identical: at most this many of the 256 hash bits differ."),
     similar_threshold: Optional[float] = typer.Option(
-        None, "--similar-threshold", show_default=False,
-        help="Cosine above which images are similar shots [default: 0.90 for ViT-B/32]."),
+        None, "--similar-threshold", metavar="COSINE", show_default="0.90 for ViT-B/32; the model's own otherwise",
+        help="Cosine above which images are similar shots."),
     keep: dedupe.KeepPolicy = typer.Option(dedupe.KeepPolicy.best, "--keep",
-                                           help="Which file of a group to keep. best: most pixels, then largest "
-                                                "file, then oldest, then shortest path."),
-    prefer: list[Path] = typer.Option([], "--prefer", help="Keep files in this folder first. Repeatable."),
-    move_to: Optional[Path] = typer.Option(None, "--move-to", help="Move the extra files here, keeping their "
-                                           "folders (asks first).", show_default=False),
+                                           help="Which file of a group to keep. best: the one with camera EXIF, "
+                                                "then the original format over a lossless re-encode (PNG, TIFF), "
+                                                "then most pixels, then taken first, then shortest path."),
+    prefer: list[Path] = typer.Option([], "--prefer", metavar="FOLDER", show_default="none",
+                                      help="Keep files in this folder first. Repeatable."),
+    move_to: Optional[Path] = typer.Option(None, "--move-to", metavar="FOLDER", help="Move the extra files here, "
+                                           "keeping their folders (asks first).", show_default="report only"),
     trash: bool = typer.Option(False, "--trash", help="Send the extra files to the system trash (asks first)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before moving."),
     undo: Optional[Path] = typer.Option(None, "--undo", help="Put back everything a --move-to or --trash run "
                                         "moved, from its manifest.", show_default=False, metavar="MANIFEST"),
     db: Optional[Path] = DbOption,
+    library: str | None = LibraryOption,
     json_: bool = JsonOption,
     paths: bool = typer.Option(False, "--paths", "-p", help="Print only the files that could go, one a line."),
     quiet: bool = QuietOption,
@@ -313,6 +383,7 @@ def dedupe_command(
         bar = _progress_bar(quiet)
         with bar or nullcontext():
             unreadable = indexer.fill_fingerprints(store, scope, progress=_RichProgress(bar))
+        indexer.fill_metadata(store, scope)  # the keep choice reads camera EXIF and dates
         for path, reason in unreadable:
             stderr.print(f"[yellow]not hashed[/] {escape(shown(path))}: {escape(reason)} (only exact copies of it "
                          "are found)")
@@ -340,21 +411,22 @@ def tag_command(
     targets: Optional[list[str]] = typer.Argument(
         None, metavar="[DIR]... | add IMAGE TAG... | remove IMAGE TAG...", show_default=False,
         help="Folders to tag (default: the whole index); or add / remove manual tags of one image."),
-    vocab: Optional[Path] = typer.Option(None, "--vocab", help="Your own vocabulary: one tag per line, or "
-                                         "'tag: prompt one | prompt two' [default: the built-in one].",
-                                         show_default=False),
+    vocab: Optional[Path] = typer.Option(None, "--vocab", metavar="FILE", show_default="the built-in 279 tags",
+                                         help="Your own vocabulary: one tag per line, or "
+                                         "'tag: prompt one | prompt two'."),
     threshold: Optional[float] = typer.Option(
-        None, "--threshold", show_default=False,
-        help="Keep a tag when its cosine with the image reaches this [default: 0.28 for ViT-B/32; the model's own "
-             "default otherwise]."),
-    max_tags: int = typer.Option(tags.DEFAULT_MAX_TAGS, "--max-tags", min=1, help="At most this many tags per image."),
+        None, "--threshold", metavar="COSINE", show_default="0.28 for ViT-B/32; the model's own otherwise",
+        help="Keep a tag when its cosine with the image reaches this."),
+    max_tags: int = typer.Option(tags.DEFAULT_MAX_TAGS, "--max-tags", min=1, metavar="N",
+                                 help="At most this many tags per image."),
     retag: bool = typer.Option(False, "--retag", help="Tag again images already tagged with these settings."),
-    export: Optional[str] = typer.Option(None, "--export", help="Also write the tags to sidecar files: xmp.",
-                                         show_default=False),
+    export: Optional[str] = typer.Option(None, "--export", metavar="FORMAT", show_default="none",
+                                         help="Also write the tags to sidecar files: xmp."),
     sidecar: sidecars.SidecarStyle = typer.Option(sidecars.SidecarStyle.digikam, "--sidecar",
                                                   help="Sidecar names: digikam (IMG.jpg.xmp, also darktable) or "
                                                        "lightroom (IMG.xmp)."),
     db: Optional[Path] = DbOption,
+    library: str | None = LibraryOption,
     model: Optional[str] = ModelOption,
     device: Optional[str] = DeviceOption,
     json_: bool = JsonOption,
@@ -393,7 +465,8 @@ def tag_command(
 
 
 @app.command("tags")
-def tags_command(folder: Optional[Path] = InOption, db: Optional[Path] = DbOption, json_: bool = JsonOption) -> None:
+def tags_command(folder: Optional[Path] = InOption, db: Optional[Path] = DbOption,
+                 library: str | None = LibraryOption, json_: bool = JsonOption) -> None:
     """List the tags in the index with how many images have each."""
     with _errors(), Store.open(db, create=False) as store:
         counts = store.tag_counts(normalise_path(folder) if folder else None)
@@ -437,15 +510,21 @@ def serve_command(
 
 
 @app.command("info")
-def info_command(db: Optional[Path] = DbOption, json_: bool = JsonOption) -> None:
+def info_command(db: Optional[Path] = DbOption, library: str | None = LibraryOption,
+                 json_: bool = JsonOption) -> None:
     """Where the index is, which model built it and how many images it holds."""
     with _errors(), Store.open(db, create=False) as store:
         recorded = store.model()
+        date_range = store.date_range()
         info = {
             "index": str(store.path),
             "model": recorded[0] if recorded else None,
             "dimensions": recorded[1] if recorded else None,
             "images": store.count(),
+            "folders": [{"path": folder, "images": store.count(folder)} for folder in store.indexed_folders()],
+            "taken_from": date_range[0],
+            "taken_to": date_range[1],
+            "last_index_run": store.get_meta("last_index_run"),
             "failed_files": store.db["failures"].count,
             "tagged_images": store.db.execute("SELECT count(DISTINCT image_id) FROM tags "
                                               "WHERE source != 'rejected'").fetchone()[0],
@@ -454,6 +533,43 @@ def info_command(db: Optional[Path] = DbOption, json_: bool = JsonOption) -> Non
             "size_bytes": sum(p.stat().st_size for p in store.path.parent.glob(store.path.name + "*")),
         }
         show_info(info, Format.json if json_ else Format.table)
+
+
+@app.command("config")
+def config_command(
+    ctx: typer.Context,
+    db: Path | None = DbOption,
+    library: str | None = LibraryOption,
+    model: str | None = ModelOption,
+    device: str | None = DeviceOption,
+    top: int = TopOption,
+    json_: bool = JsonOption,
+) -> None:
+    """Show the effective settings and where each comes from: flag, environment, config file or default.
+
+    The config file is ~/.config/clipsearch/config.toml ($XDG_CONFIG_HOME, or $CLIPSEARCH_CONFIG); it may
+    set db, model, device, top, exclude and prefer, and [library.NAME] tables selected with --library NAME.
+    """
+    with _errors():
+        loaded = config.load()
+        from_file = loaded.settings(ctx.meta.get("clipsearch.library"))
+        given = {"db": str(db) if db else None, "model": model, "device": device, "top": top}
+        envvars = {"db": DB_ENV, "model": MODEL_ENV}
+        builtin = {"db": str(default_db_path()), "model": f"the index's model, else {DEFAULT_MODEL}",
+                   "device": "the fastest available", "top": 10, "exclude": [], "prefer": []}
+        rows = []
+        for name in config.SETTINGS:
+            # By name: typer may bring its own copy of click's ParameterSource.
+            source = getattr(ctx.get_parameter_source(name), "name", None) if name in given else None
+            if source == "COMMANDLINE":
+                rows.append((name, given[name], "flag"))
+            elif source == "ENVIRONMENT":
+                rows.append((name, given[name], f"environment {envvars[name]}"))
+            elif name in from_file:
+                rows.append((name, *from_file[name]))
+            else:
+                rows.append((name, builtin[name], "built-in default"))
+        show_settings(rows, loaded, Format.json if json_ else Format.table)
 
 
 def _version(value: bool) -> None:

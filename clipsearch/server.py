@@ -124,7 +124,8 @@ class WebApp:
             dates.update(self.store().db.execute(
                 f"SELECT path, mtime_ns FROM images WHERE path IN ({','.join('?' * len(chunk))})", chunk).fetchall())
         return [{"path": hit.path, "name": os.path.basename(hit.path), "score": hit.score, "width": hit.width,
-                 "height": hit.height, "size": hit.size, "mtime_ns": dates.get(hit.path)} for hit in hits]
+                 "height": hit.height, "size": hit.bytes, "mtime_ns": dates.get(hit.path),
+                 "taken": hit.taken} for hit in hits]
 
 
 def create_app(db_path: str | os.PathLike, get_encoder: Callable) -> Starlette:

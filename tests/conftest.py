@@ -55,6 +55,9 @@ def _isolated_environment(monkeypatch, tmp_path_factory, shared_cache_home):
     monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(shared_cache_home))
     monkeypatch.delenv("CLIPSEARCH_PREVIEW", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))  # no test reads the user's config file
+    monkeypatch.delenv("CLIPSEARCH_CONFIG", raising=False)
+    monkeypatch.delenv("CLIPSEARCH_LIBRARY", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("CLIPSEARCH_DB", raising=False)
     monkeypatch.delenv("CLIPSEARCH_MODEL", raising=False)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clipsearch import textencoder
 from clipsearch.search import top_k
 from clipsearch.store import ImageRecord, Store, encode_vector
 
@@ -64,7 +65,8 @@ def run_find(db: Path, text: str) -> tuple[float, float]:
     ../shared/bench/vs-rclip.sh does (a child's own rusage would include this process's memory)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(["/usr/bin/time", "-f", "%e %M", str(CLIPSEARCH), "find", text, "--db", str(db),
-                             "--top", "10"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+                             "--top", "10"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                            check=False)
     if result.returncode != 0:
         raise SystemExit(f"find failed: {result.stderr}")
     wall, peak_kb = result.stderr.split()[-2:]
@@ -88,6 +90,11 @@ def main() -> None:
         size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*")) / 1e6
         print(f"{count:>9,} images: index + cache {size:,.0f} MB (built/checked in {time.perf_counter() - started:.1f}s)")
         run_find(path, "a warm-up query")  # exports the text encoder if needed; warms the page cache
+        export = textencoder.export_dir(str(model))
+        if count == args.images[0] and export is not None and (export / "settings.json").exists():
+            settings = json.loads((export / "settings.json").read_text())
+            print(f"text encoder vs torch on {len(textencoder.AGREEMENT_PROMPTS)} prompts: min cosine fp32 "
+                  f"{settings['fp32_min_cosine']:.6f}, int8 {settings['int8_min_cosine']:.6f}; in use: {settings['auto']}")
 
         cold = [run_find(path, f"a photo of {uuid.uuid4().hex[:8]}") for _ in range(args.runs)]
         repeated = [run_find(path, "a warm-up query") for _ in range(args.runs)]

@@ -32,7 +32,8 @@ import numpy as np
 from . import fingerprint, tuning
 from .errors import BadInputError, check_finite
 from .images import RAW_EXTENSIONS
-from .store import Store, normalise_path
+from .paths import normalise_path
+from .store import Store
 
 EXACT_SEARCH_LIMIT = 20_000
 BLOCK_ROWS = 1024

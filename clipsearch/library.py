@@ -145,18 +145,18 @@ class Library:
 
         Files keep their folders relative to `folder` (or to the folder a group's members share).
         """
-        return moves.plan_moves(groups, _text(to), self.store, _text(folder))
+        return moves.plan_moves(groups, _folder(to), self.store, _text(folder))
 
     def move_duplicates(self, plan: list[moves.Move], to: PathLike | None = None) -> moves.MoveReport:
         """Carry out `plan`, writing a manifest first (in `to`, or the data folder for the trash) to undo it."""
-        manifest = moves.default_manifest_path(_text(to))
+        manifest = moves.default_manifest_path(_folder(to))
         report = moves.apply_moves(plan, self.store, manifest)
         self.store.refresh_vector_cache()
         return report
 
     def undo_moves(self, manifest: PathLike) -> moves.UndoReport:
         """Put back every file a `move_duplicates` run moved, and its index row and tags."""
-        return moves.undo_moves(manifest, self.store)
+        return moves.undo_moves(os.path.expanduser(os.fspath(manifest)), self.store)
 
     # -- tags -----------------------------------------------------------------
 
@@ -185,7 +185,8 @@ class Library:
     def tags_by_path(self, *folders: PathLike) -> dict[str, list[str]]:
         """Every tagged image (under `folders`) with its tags, best first."""
         found: dict[str, list[str]] = {}
-        for scope in [normalise_path(f) for f in folders] or [None]:
+        scopes: list[str | None] = [normalise_path(f) for f in folders] or [None]
+        for scope in scopes:
             found.update(TagStore(self.store).tags_by_path(scope))
         return found
 
@@ -229,3 +230,8 @@ class Library:
 
 def _text(path: PathLike | None) -> str | None:
     return os.fspath(path) if path is not None else None
+
+
+def _folder(path: PathLike | None) -> str | None:
+    """A folder given in Python, where no shell has expanded `~` (a manifest in ./~ would be lost)."""
+    return os.path.expanduser(os.fspath(path)) if path is not None else None

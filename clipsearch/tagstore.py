@@ -163,7 +163,7 @@ class TagStore:
             self.store.restore_rows(rows)
             for row, tags in zip(rows, tag_rows):
                 image_id = self.store.id_for_path(row["path"])
-                self.store.db["tags"].upsert_all([{**tag, "image_id": image_id} for tag in tags],
+                self.store.db.table("tags").upsert_all([{**tag, "image_id": image_id} for tag in tags],
                                                  pk=("image_id", "tag"))
 
     def tagged_count(self) -> int:

@@ -32,8 +32,12 @@ import numpy as np
 from . import fingerprint, tuning
 from .errors import BadInputError, check_finite
 from .images import RAW_EXTENSIONS
+from .metadata import FROM_FILE
 from .paths import normalise_path
 from .store import Store
+
+# Formats a camera never writes but exports and conversions do: a PNG beside a JPEG is the copy.
+LOSSLESS_EXTENSIONS = frozenset({".png", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tga", ".qoi"})
 
 EXACT_SEARCH_LIMIT = 20_000
 BLOCK_ROWS = 1024
@@ -47,7 +51,7 @@ class DedupeError(BadInputError):
 
 
 class KeepPolicy(str, Enum):
-    best = "best"  # most pixels, then largest file, then oldest, then shortest path
+    best = "best"  # camera EXIF, original format, most pixels, oldest taken, shortest path
     oldest = "oldest"
     newest = "newest"
     largest = "largest"  # largest file
@@ -86,13 +90,14 @@ class Member:
     mtime_ns: int
     similarity: float | None = None  # cosine to the kept file (None for the kept file)
     hash_distance: int | None = None  # perceptual-hash bits that differ from the kept file
+    taken: str | None = None  # ISO 8601 date taken (metadata.py)
 
     def to_dict(self, keep: bool) -> dict:
         from datetime import datetime, timezone
 
         modified = datetime.fromtimestamp(self.mtime_ns / 1e9, timezone.utc).isoformat(timespec="seconds")
-        return {"path": self.path, "keep": keep, "width": self.width, "height": self.height, "size": self.size,
-                "modified": modified,
+        return {"path": self.path, "keep": keep, "width": self.width, "height": self.height, "bytes": self.size,
+                "modified": modified, "taken": self.taken,
                 "similarity": None if self.similarity is None else round(self.similarity, 4),
                 "hash_distance": self.hash_distance}
 
@@ -244,16 +249,22 @@ class _Files:
     has_phash: np.ndarray
     colour: np.ndarray
     raw: np.ndarray
+    camera: np.ndarray  # has a camera's EXIF (make, model or shutter date): what an original carries
+    lossless: np.ndarray  # a lossless format (PNG, TIFF...) that exports and conversions produce
+    taken: list  # ISO text or None
 
     def member(self, i: int) -> Member:
-        return Member(self.paths[i], self.width[i], self.height[i], int(self.size[i]), int(self.mtime[i]))
+        return Member(self.paths[i], self.width[i], self.height[i], int(self.size[i]), int(self.mtime[i]),
+                      taken=self.taken[i])
 
 
 def _sort_key(files: _Files, i: int, options: DedupeOptions) -> tuple:
     path = files.paths[i]
     preferred = not any(path.startswith(folder.rstrip(os.sep) + os.sep) for folder in options.prefer)
     by_policy = {
-        KeepPolicy.best: (-files.pixels[i], -files.size[i], files.mtime[i], len(path)),
+        # taken: the date, then the file time to the nanosecond (a copy is newer than its original)
+        KeepPolicy.best: (not files.camera[i], bool(files.lossless[i]), -files.pixels[i],
+                          (files.taken[i] or "9999", files.mtime[i]), len(path)),
         KeepPolicy.oldest: (files.mtime[i], -files.pixels[i], -files.size[i], len(path)),
         KeepPolicy.newest: (-files.mtime[i], -files.pixels[i], -files.size[i], len(path)),
         KeepPolicy.largest: (-files.size[i], -files.pixels[i], files.mtime[i], len(path)),
@@ -263,7 +274,8 @@ def _sort_key(files: _Files, i: int, options: DedupeOptions) -> tuple:
 
 
 _CRITERIA = {
-    KeepPolicy.best: ("most pixels", "largest file", "oldest", "shortest path"),
+    KeepPolicy.best: ("has camera EXIF", "original format (not a lossless re-encode)", "most pixels",
+                      "taken first", "shortest path"),
     KeepPolicy.oldest: ("oldest", "most pixels", "largest file", "shortest path"),
     KeepPolicy.newest: ("newest", "most pixels", "largest file", "shortest path"),
     KeepPolicy.largest: ("largest file", "most pixels", "oldest", "shortest path"),
@@ -315,6 +327,10 @@ def find_duplicates(store: Store, folder: str | None = None, options: DedupeOpti
         has_phash=np.asarray([p is not None for p in table["phash"]]),
         colour=np.asarray([c if c is not None else 0.0 for c in table["colourfulness"]], dtype=np.float32),
         raw=np.asarray([p[p.rfind("."):].lower() in RAW_EXTENSIONS for p in table["path"]]),
+        camera=np.asarray([bool(make or model) or source not in (None, FROM_FILE) for make, model, source
+                           in zip(table["camera_make"], table["camera_model"], table["taken_source"])]),
+        lossless=np.asarray([p[p.rfind("."):].lower() in LOSSLESS_EXTENSIONS for p in table["path"]]),
+        taken=table["taken"],
     )
     matrix = vectors.matrix
     groups: list[Group] = []

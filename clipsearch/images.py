@@ -8,15 +8,16 @@ every failure as an `ImageError` whose message names the problem.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from . import fingerprint
+from . import fingerprint, metadata
 
 try:  # HEIC/HEIF from phones; Pillow itself reads AVIF.
     import pillow_heif
@@ -28,10 +29,12 @@ except ImportError:  # pragma: no cover - optional at runtime
 # We enforce our own, clearer pixel limit (see `decode`).
 Image.MAX_IMAGE_PIXELS = None
 
-_CANDIDATE_EXTENSIONS = {
-    ".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
-    ".heic", ".heif", ".avif",
-}
+# Formats Pillow opens that are not still pictures: video and animation (FLI, MPEG), vector formats that
+# need Ghostscript or Windows (EPS, WMF/EMF), scientific data stubs without a loader (BUFR, GRIB, HDF5),
+# IPTC records, and icons, cursors and brushes that litter application folders.
+_NOT_PHOTOS = frozenset({"FLI", "MPEG", "EPS", "WMF", "BUFR", "GRIB", "HDF5", "IPTC", "GBR", "CUR", "ICO", "ICNS"})
+# Image sequences (bursts, animations) of formats whose single images are indexed.
+_SEQUENCE_EXTENSIONS = frozenset({".avifs", ".heics", ".heifs"})
 
 # Camera RAW formats. They are read through the full-size JPEG preview that
 # cameras embed in them: what the camera showed, at a fraction of a RAW decode's cost.
@@ -45,10 +48,15 @@ DEFAULT_MAX_MEGAPIXELS = 250.0
 DEFAULT_MAX_FILE_MB = 2048.0
 
 
+@functools.cache
 def supported_extensions() -> frozenset[str]:
-    """Lower-case extensions (with dot) that the installed Pillow plugins can open, plus RAW."""
-    readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-    return frozenset(_CANDIDATE_EXTENSIONS & readable) | RAW_EXTENSIONS
+    """Lower-case extensions (with dot) of the still-image formats the installed Pillow plugins can open
+    (JPEG 2000, PSD, QOI... included; taken from Pillow's registry, so a new plugin adds its formats), plus RAW."""
+    registered = Image.registered_extensions()
+    readable = {ext.lower() for ext, fmt in registered.items() if fmt in Image.OPEN and fmt not in _NOT_PHOTOS}
+    if registered.get(".jpg") in Image.OPEN:
+        readable.add(".mpo")  # multi-picture JPEG (3D and some phone cameras): Pillow's JPEG opener reads it
+    return frozenset(readable - _SEQUENCE_EXTENSIONS) | RAW_EXTENSIONS
 
 
 def is_raw(path: str) -> bool:
@@ -76,6 +84,7 @@ class DecodedImage:
     height: int
     phash: bytes  # perceptual hash of the whole upright picture (see fingerprint.py)
     colourfulness: float
+    metadata: metadata.PhotoMetadata = field(default_factory=metadata.PhotoMetadata)  # EXIF date, camera, GPS
 
 
 def read_bytes(path: str) -> bytes:
@@ -152,7 +161,15 @@ def open_oriented(
     data: bytes, min_short_side: int | None = None, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     orientation: int | None = None,
 ) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode `data` upright as RGB; also return the original's displayed width and height.
+    """Decode `data` upright as RGB; also return the original's displayed width and height."""
+    image, size, _ = _open(data, min_short_side, max_megapixels, orientation)
+    return image, size
+
+
+def _open(
+    data: bytes, min_short_side: int | None, max_megapixels: float, orientation: int | None,
+) -> tuple[Image.Image, tuple[int, int], metadata.PhotoMetadata]:
+    """`open_oriented`, plus the EXIF metadata read from the same opened file.
 
     `min_short_side` is the smallest short side the caller needs; JPEGs are then
     decoded with Pillow's draft mode (DCT scaling by 1/2, 1/4 or 1/8), which is
@@ -167,6 +184,7 @@ def open_oriented(
                 f"too large ({width}x{height}, {width * height / 1e6:.0f} MP > "
                 f"{max_megapixels:g} MP limit; raise it with --max-megapixels)"
             )
+        found = metadata.from_image(image)
         if orientation is None:
             orientation = _orientation(image)
         if orientation in (5, 6, 7, 8):
@@ -178,7 +196,7 @@ def open_oriented(
         image.load()
         if orientation in _TRANSPOSE:
             image = image.transpose(_TRANSPOSE[orientation])
-        return _flatten_to_rgb(image), (width, height)
+        return _flatten_to_rgb(image), (width, height), found
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -208,8 +226,8 @@ def _orientation(image: Image.Image) -> int:
 _JPEG_START = re.compile(rb"\xff\xd8\xff[\xc0-\xfe]")
 
 
-def raw_preview(data: bytes) -> tuple[bytes, int]:
-    """The largest JPEG embedded in a camera RAW file, and the RAW's EXIF orientation.
+def raw_preview(data: bytes) -> tuple[bytes, int, metadata.PhotoMetadata]:
+    """The largest JPEG embedded in a camera RAW file, the RAW's EXIF orientation and its metadata.
 
     Every common RAW format (CR2/CR3, NEF, ARW, DNG, ORF, RW2, RAF, PEF...)
     carries a JPEG the camera rendered; scanning for JPEG start markers finds it
@@ -229,16 +247,17 @@ def raw_preview(data: bytes) -> tuple[bytes, int]:
             best, best_area = match.start(), area
     if best is None:
         raise ImageError("RAW file without an embedded JPEG preview (clipsearch reads RAW files through it)")
-    return bytes(view[best:]), _raw_orientation(data)
+    return (bytes(view[best:]), *_raw_exif(data))
 
 
-def _raw_orientation(data: bytes) -> int:
-    """The Orientation tag of TIFF-based RAW files (most of them); 1 when there is none."""
+def _raw_exif(data: bytes) -> tuple[int, metadata.PhotoMetadata]:
+    """Orientation tag and metadata of TIFF-based RAW files (most of them); 1 and nothing otherwise."""
     try:
         with Image.open(io.BytesIO(data)) as raw:
-            return int(raw.getexif().get(0x0112, 1))
+            exif = raw.getexif()
+            return int(exif.get(0x0112, 1)), metadata.from_exif(exif)
     except Exception:
-        return 1
+        return 1, metadata.PhotoMetadata()
 
 
 def to_model_pixels(image: Image.Image, prep: Preprocess) -> np.ndarray:
@@ -260,12 +279,12 @@ def decode(data: bytes, prep: Preprocess, max_megapixels: float = DEFAULT_MAX_ME
 
     `path` is only used to recognise RAW files by their extension.
     """
-    orientation = None
+    orientation, raw_metadata = None, None
     if path and is_raw(path):
-        data, orientation = raw_preview(data)
-    image, (width, height) = open_oriented(data, prep.shortest_edge, max_megapixels, orientation)
+        data, orientation, raw_metadata = raw_preview(data)
+    image, (width, height), found = _open(data, prep.shortest_edge, max_megapixels, orientation)
     return DecodedImage(to_model_pixels(image, prep), width, height,
-                        fingerprint.perceptual_hash(image), fingerprint.colourfulness(image))
+                        fingerprint.perceptual_hash(image), fingerprint.colourfulness(image), raw_metadata or found)
 
 
 def decode_file(path: str | os.PathLike, prep: Preprocess, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> DecodedImage:

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import images
+from . import images, metadata
 from .encoder import Encoder, model_id_from
 from .errors import BadInputError
 from .paths import normalise_path
 from .scan import Changes, FileEntry, compare, walk_images
-from .store import ImageRecord, Store, encode_vector
+from .store import METADATA_COLUMNS, ImageRecord, Store, encode_vector
 from .tagstore import TagStore
 
 # Decoding is the bottleneck on a GPU (a 12 MP JPEG takes ~70 ms of one core even
@@ -76,6 +76,8 @@ class Progress:
 
     def model_loading(self, model_id: str) -> None: ...
 
+    def model_loaded(self) -> None: ...
+
     def fingerprinting(self, count: int) -> None:
         """`count` images indexed before fingerprints existed are about to get them."""
 
@@ -119,6 +121,7 @@ class _LazyEncoder:
                 except Exception as exc:
                     self._error = exc
                     raise
+                self.progress.model_loaded()
             return self.encoder
 
 
@@ -193,6 +196,8 @@ def index_folders(
         report.removed = store.remove(changes.gone)
         for root in roots:
             fill_fingerprints(store, root, options.workers, progress)
+            fill_metadata(store, root, options.workers)
+        store.record_run(roots)
         store.refresh_vector_cache()
         report.seconds = time.perf_counter() - started
         return report
@@ -215,23 +220,23 @@ def _process(to_index: list[FileEntry], previously_indexed: set[str], store: Sto
         else:
             report.new += 1
 
+    model_recorded = False
+
     def flush(encode_all: bool) -> None:
         while pending_pixels and (encode_all or len(pending_pixels) >= options.batch_size):
             batch = pending_pixels[:options.batch_size]
             del pending_pixels[:options.batch_size]
-            encoder = lazy.get()
-            vectors = encoder.embed_pixels(np.stack([item.image.pixels for item in batch]))
-            if report.encoded == 0:
-                store.set_model(encoder.model_id, encoder.dim)
+            vectors = lazy.get().embed_pixels(np.stack([item.image.pixels for item in batch]))
             for item, vector in zip(batch, vectors):
+                found = item.image.metadata.with_file_time(item.entry.mtime_ns)
                 pending_records.append(ImageRecord(
                     item.entry.path, item.entry.size, item.entry.mtime_ns, item.digest,
                     item.image.width, item.image.height, encode_vector(vector),
                     item.image.phash, item.image.colourfulness,
+                    **{name: getattr(found, name) for name in METADATA_COLUMNS},
                 ))
                 count_stored(item.entry)
             report.encoded += len(batch)
-            progress.advance(len(batch))
         if (encode_all or len(pending_records) >= options.batch_size) and (pending_records or pending_failures):
             store.write(pending_records, pending_failures)
             pending_records.clear()
@@ -266,20 +271,55 @@ def _process(to_index: list[FileEntry], previously_indexed: set[str], store: Sto
                         progress.advance()
                         flush(encode_all=False)
                         continue
+                    carried = {name: known[name] for name in METADATA_COLUMNS}
+                    if carried["taken_source"] == metadata.FROM_FILE:  # no EXIF date: this copy's own file time
+                        carried["taken"] = metadata.file_time(result.entry.mtime_ns)
                     pending_records.append(ImageRecord(
                         result.entry.path, result.entry.size, result.entry.mtime_ns, result.digest,
                         known["width"], known["height"], known["vector"], known["phash"], known["colourfulness"],
+                        **carried,
                     ))
                     report.reused += 1
                     progress.advance()
                 else:
+                    if not model_recorded:  # before the first batch: an early Ctrl-C keeps the model recorded
+                        encoder = lazy.get()
+                        store.set_model(encoder.model_id, encoder.dim)
+                        model_recorded = True
                     pending_pixels.append(result)
+                    progress.advance()  # counted when decoded, so the bar moves from the start
                 flush(encode_all=False)
             flush(encode_all=True)
         except BaseException:
             for future in in_flight:
                 future.cancel()
             raise
+
+
+def fill_metadata(store: Store, folder: str | None = None, workers: int = DEFAULT_WORKERS) -> int:
+    """Read the date taken, camera and GPS position of images indexed before metadata existed.
+
+    Reads only the files' headers, never the model. A file that cannot be read
+    gets its indexed file time as the date, so it is not retried. Returns how many rows were filled.
+    """
+    missing = store.missing_metadata(folder)
+    if not missing:
+        return 0
+
+    def read(item: tuple[int, str, int]) -> tuple[int, dict]:
+        image_id, path, mtime_ns = item
+        found = metadata.read_file(path).with_file_time(mtime_ns)
+        return image_id, {name: getattr(found, name) for name in METADATA_COLUMNS}
+
+    done: list[tuple[int, dict]] = []
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="metadata") as pool:
+        for result in pool.map(read, missing):
+            done.append(result)
+            if len(done) >= 500:
+                store.set_metadata(done)
+                done.clear()
+    store.set_metadata(done)
+    return len(missing)
 
 
 def fill_fingerprints(store: Store, folder: str | None = None, workers: int = DEFAULT_WORKERS,

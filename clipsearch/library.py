@@ -110,16 +110,24 @@ class Library:
         return self._query_encoders[precision]
 
     def find(self, query: Sequence[str] | str | None = None, *, top: int = 10, folder: PathLike | None = None,
-             threshold: float | None = None, tags: Sequence[str] = (), precision: str = "auto") -> list[search.Hit]:
-        """Images best matching `query` ("dog + snow", or a list of terms), and/or having all `tags`; best first."""
+             threshold: float | None = None, tags: Sequence[str] = (), after: str | None = None,
+             before: str | None = None, camera: str | None = None, precision: str = "auto") -> list[search.Hit]:
+        """Images best matching `query` ("dog + snow", or a list of terms), and/or having all `tags`; best first.
+
+        `after`/`before` are dates ("2024", "2024-06", "2024-06-15": from the start / to the end of that
+        period) and `camera` text in the camera's make or model (any case)."""
+        filters = search.Filters.parse(after, before, camera)
         encoder = self.query_encoder(precision)
-        return search.find(query, self.store, lambda: encoder, top, _text(folder), threshold, tags=tags)
+        return search.find(query, self.store, lambda: encoder, top, _text(folder), threshold, tags=tags,
+                           filters=filters)
 
     def similar(self, image: PathLike, *, top: int = 10, folder: PathLike | None = None,
-                threshold: float | None = None) -> list[search.Hit]:
-        """Images most like `image` (indexed or not), which itself is not listed."""
+                threshold: float | None = None, after: str | None = None, before: str | None = None,
+                camera: str | None = None) -> list[search.Hit]:
+        """Images most like `image` (indexed or not), which itself is not listed; filters as in `find`."""
+        filters = search.Filters.parse(after, before, camera)
         encoder = self.query_encoder()
-        return search.similar(image, self.store, lambda: encoder, top, _text(folder), threshold)
+        return search.similar(image, self.store, lambda: encoder, top, _text(folder), threshold, filters=filters)
 
     # -- duplicates -----------------------------------------------------------
 
@@ -129,12 +137,14 @@ class Library:
                progress: indexer.Progress | None = None) -> Duplicates:
         """Exact copies and near-identical versions (and, with `similar`, bursts); nothing is moved.
 
-        Images indexed before fingerprints existed get them first (the files are read, not the model).
+        Images indexed before fingerprints or photo metadata existed get them first (the files are read,
+        not the model): the keep choice reads camera EXIF and dates.
         """
         store, scope = self.store, _text(folder)
         if folder is not None and not Path(folder).is_dir():
             raise indexer.IndexingError(f"{folder} is not a folder.")
         not_hashed = indexer.fill_fingerprints(store, scope, progress=progress)
+        indexer.fill_metadata(store, scope)
         options = DedupeOptions(similar, near_threshold, similar_threshold, max_hash_distance, keep=keep,
                                 prefer=tuple(os.fspath(p) for p in prefer))
         return Duplicates(find_duplicates(store, scope, options), not_hashed)
@@ -212,14 +222,20 @@ class Library:
     # -- about the index ------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
-        """Where the index is, which model built it, and how many images, failures and tags it holds."""
+        """Where the index is, which model built it, the folders and dates it covers, and how many images,
+        failures and tags it holds."""
         store = self.store
         recorded = store.model()
+        taken_from, taken_to = store.date_range()
         return {
             "index": str(store.path),
             "model": recorded[0] if recorded else None,
             "dimensions": recorded[1] if recorded else None,
             "images": store.count(),
+            "folders": [{"path": folder, "images": store.count(folder)} for folder in store.indexed_folders()],
+            "taken_from": taken_from,
+            "taken_to": taken_to,
+            "last_index_run": store.get_meta("last_index_run"),
             "failed_files": store.failure_count(),
             "tagged_images": TagStore(store).tagged_count(),
             "without_fingerprint": len(store.missing_fingerprints()),

@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import sys
 from collections.abc import Sequence
 from enum import Enum
+from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
+from rich.style import Style
 from rich.table import Table
+from rich.text import Text
 
 from .dedupe import Group
 from .indexer import IndexReport
@@ -56,7 +60,7 @@ def path_json(path: str) -> dict:
 
 
 def write_path(path: str) -> None:
-    """One path a line on stdout, as the exact bytes of the name (for pipes and xargs)."""
+    """One path (or line ending in one) on stdout, as the exact bytes of the name (for pipes and xargs)."""
     sys.stdout.flush()
     sys.stdout.buffer.write(path.encode("utf-8", "surrogateescape") + b"\n")
     sys.stdout.buffer.flush()
@@ -79,7 +83,31 @@ def _human_size(size: int | None) -> str:
     return ""
 
 
+def shown_path(path: str, width: int, cwd: str | None = None) -> Text:
+    """A path for a person: relative to the current folder when under it, shortened in the middle to
+    `width` characters (never wrapped), and a clickable file:// link (OSC 8) in terminals that support it."""
+    cwd = cwd if cwd is not None else os.getcwd()
+    text = shown(os.path.relpath(path, cwd) if path.startswith(cwd.rstrip(os.sep) + os.sep) else path)
+    if len(text) > width:
+        keep = max(width - 1, 2)
+        head = keep // 3
+        text = text[:head] + "…" + text[len(text) - (keep - head):]
+    try:
+        link = Path(path).as_uri()
+    except ValueError:  # not absolute
+        link = None
+    return Text(text, style=Style(link=link) if link else "", no_wrap=True, overflow="ignore")
+
+
+def _taken(hit: Hit) -> Text:
+    """Date taken to the minute; dim when it is only the file's time (no EXIF date)."""
+    if not hit.taken:
+        return Text("")
+    return Text(hit.taken[:16].replace("T", " "), style="dim" if hit.taken_source == "file" else "")
+
+
 def show_hits(hits: Sequence[Hit], fmt: Format) -> None:
+    """Results: JSON, bare paths, `score<TAB>path` lines when stdout is a pipe (like rclip), else a table."""
     if fmt is Format.json:
         sys.stdout.write(json.dumps([hit.to_dict() | path_json(hit.path) for hit in hits], indent=2) + "\n")
         return
@@ -90,14 +118,22 @@ def show_hits(hits: Sequence[Hit], fmt: Format) -> None:
     if not hits:
         stderr.print("No results.")
         return
+    if not stdout.is_terminal:
+        for hit in hits:
+            write_path(f"{hit.score:.4f}\t{hit.path}")
+        return
+    rows = [(str(rank), f"{hit.score:.3f}", f"{hit.width}x{hit.height}" if hit.width else "", _taken(hit))
+            for rank, hit in enumerate(hits, 1)]
+    used = sum(max(len(str(row[i])) for row in rows + [("#", "score", "pixels", "taken")]) for i in range(4))
+    room = max(20, stdout.width - used - 3 * 4)
     table = Table(show_edge=False, header_style="bold")
-    table.add_column("#", justify="right", style="dim")
-    table.add_column("score", justify="right")
-    table.add_column("size", justify="right", style="dim")
-    table.add_column("path", overflow="fold")
-    for rank, hit in enumerate(hits, 1):
-        dims = f"{hit.width}x{hit.height}" if hit.width else ""
-        table.add_row(str(rank), f"{hit.score:.3f}", dims, escape(shown(hit.path)))
+    table.add_column("#", justify="right", style="dim", no_wrap=True)
+    table.add_column("score", justify="right", no_wrap=True)
+    table.add_column("pixels", justify="right", style="dim", no_wrap=True)
+    table.add_column("taken", no_wrap=True)
+    table.add_column("path", no_wrap=True, overflow="ignore")
+    for row, hit in zip(rows, hits):
+        table.add_row(*row, shown_path(hit.path, room))
     stdout.print(table)
 
 
@@ -109,17 +145,18 @@ def show_index_report(report: IndexReport, fmt: Format) -> None:
         data["images_per_second"] = round(report.images_per_second, 2)
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
-    rate = f" ({report.images_per_second:.1f} images/s through the model)" if report.encoded else ""
-    stderr.print(
-        f"[bold]{report.scanned}[/] images found: [green]{report.new} new[/], {report.updated} updated, "
-        f"{report.reused} reused (content already indexed), {report.removed} removed, {report.unchanged} unchanged, "
-        f"[yellow]{len(report.skipped)} skipped[/] in {report.seconds:.1f}s{rate}."
-    )
+    rate = f", {report.images_per_second:.1f} images/s through the model" if report.encoded else ""
+    stderr.print(f"[bold]{report.scanned}[/] images found in {report.seconds:.1f} s{rate}")
+    stderr.print(f"  [green]{report.new} new[/], {report.updated} updated, {report.removed} removed")
+    stderr.print(f"  {report.unchanged} unchanged, {report.reused} reused (content already indexed)")
+    if report.skipped:
+        stderr.print(f"  [yellow]{len(report.skipped)} skipped[/]")
     if report.skipped:
         reasons: dict[str, int] = {}
         for _, reason in report.skipped:
             reasons[reason] = reasons.get(reason, 0) + 1
-        stderr.print("Skipped: " + "; ".join(f"{count} {escape(reason)}" for reason, count in sorted(reasons.items())))
+        for reason, count in sorted(reasons.items()):
+            stderr.print(f"    {count} {escape(reason)}")
 
 
 def show_info(info: dict, fmt: Format) -> None:
@@ -127,7 +164,13 @@ def show_info(info: dict, fmt: Format) -> None:
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
         return
     for key, value in info.items():
-        stdout.print(f"[bold]{key}[/]: {escape(shown(str(value)))}")
+        if isinstance(value, list):
+            stdout.print(f"[bold]{key}[/]:" + ("" if value else " none"))
+            for item in value:
+                described = f"{item['path']} ({item['images']} images)" if isinstance(item, dict) else str(item)
+                stdout.print(f"  {escape(shown(described))}")
+        else:
+            stdout.print(f"[bold]{key}[/]: {escape(shown(str(value)))}")
 
 
 _TIER_TITLES = {"exact": "exact copies", "near": "near-identical", "similar": "similar shots"}
@@ -137,6 +180,11 @@ def _when(mtime_ns: int) -> str:
     from datetime import datetime
 
     return datetime.fromtimestamp(mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M")
+
+
+def _member_date(member) -> str:
+    """Date taken when the index has it, else the file time: what a photographer compares."""
+    return member.taken[:16].replace("T", " ") if member.taken else _when(member.mtime_ns)
 
 
 def show_groups(groups: Sequence[Group], fmt: Format) -> None:
@@ -160,7 +208,7 @@ def show_groups(groups: Sequence[Group], fmt: Format) -> None:
                 f" hash {member.hash_distance:>3}" if member.hash_distance is not None else "")
             pixels = f"{member.width}x{member.height}" if member.width else "?"
             stdout.print(f"  {'[green]keep[/]' if keep else '    '}  {pixels:>11}  {_human_size(member.size):>9}  "
-                         f"{_when(member.mtime_ns)}  [dim]{match:<18}[/]  {escape(shown(member.path))}")
+                         f"{_member_date(member)}  [dim]{match:<18}[/]  {escape(shown(member.path))}")
         stdout.print()
     extra = [m for g in groups for m in g.others]
     by_tier = {tier: sum(1 for g in groups if g.tier == tier) for tier in _TIER_TITLES}
@@ -251,3 +299,24 @@ def show_export_report(report: ExportReport, style, fmt: Format) -> None:
         stderr.print(f"[yellow]not written[/] {escape(shown(sidecar))}: {escape(reason)}")
     stderr.print(f"XMP sidecars ({style.value} names): {report.written} written, {report.merged} merged into, "
                  f"{report.unchanged} already up to date. The photos themselves were not touched.")
+
+
+def show_settings(rows: Sequence[tuple[str, object, str]], loaded, fmt: Format) -> None:
+    """`clipsearch config`: each setting, its value and where it came from."""
+    if fmt is Format.json:
+        settings = {name: {"value": value, "source": source} for name, value, source in rows}
+        sys.stdout.write(json.dumps({"config_file": str(loaded.path), "exists": loaded.exists,
+                                     "libraries": sorted(loaded.libraries), "settings": settings}, indent=2) + "\n")
+        return
+    state = "" if loaded.exists else " (not there: built-in defaults)"
+    stdout.print(f"[bold]config file[/]: {escape(str(loaded.path))}{state}")
+    if loaded.libraries:
+        stdout.print(f"[bold]libraries[/]: {escape(', '.join(sorted(loaded.libraries)))} (select with --library NAME)")
+    table = Table(show_edge=False, header_style="bold")
+    table.add_column("setting")
+    table.add_column("value")
+    table.add_column("from", style="dim")
+    for name, value, source in rows:
+        shown = ", ".join(value) if isinstance(value, list) else str(value)
+        table.add_row(name, escape(shown or "(none)"), escape(source))
+    stdout.print(table)

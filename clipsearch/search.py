@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import images
+from . import images, metadata
 from .errors import BadInputError, NothingFoundError, check_finite
 from .paths import normalise_path
 from .store import Store, StoreError, Vectors
@@ -49,16 +49,66 @@ class Hit:
     score: float
     width: int | None = None
     height: int | None = None
-    size: int | None = None
+    bytes: int | None = None  # file size
+    taken: str | None = None  # ISO 8601, camera local time (or the file time: taken_source)
+    taken_source: str | None = None
+    camera: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+
+    @classmethod
+    def from_row(cls, row: dict, score: float) -> Hit:
+        return cls(row["path"], score, row["width"], row["height"], row["size"], row.get("taken"),
+                   row.get("taken_source"), metadata.camera_name(row.get("camera_make"), row.get("camera_model")),
+                   row.get("lat"), row.get("lon"))
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "score": round(self.score, 6), "width": self.width,
-                "height": self.height, "size": self.size}
+        return {"path": self.path, "score": round(self.score, 6), "width": self.width, "height": self.height,
+                "bytes": self.bytes, "taken": self.taken, "taken_source": self.taken_source, "camera": self.camera,
+                "lat": self.lat, "lon": self.lon}
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which photos a query may return, by metadata: taken within [after, before), camera name containing text."""
+
+    after: str | None = None  # ISO text, inclusive
+    before: str | None = None  # ISO text, exclusive
+    camera: str | None = None
+
+    @classmethod
+    def parse(cls, after: str | None = None, before: str | None = None, camera: str | None = None) -> Filters:
+        """From the command line: `--after 2024` means from the start of 2024, `--before 2024-06` to the end of June."""
+        try:
+            start = metadata.period(after)[0] if after else None
+            end = metadata.period(before)[1] if before else None
+        except ValueError as exc:
+            raise QueryError(str(exc)) from None
+        if start and end and start >= end:
+            raise QueryError(f"--after {after} is not before --before {before}: no photo can match.")
+        return cls(start, end, camera.strip() if camera and camera.strip() else None)
+
+    def __bool__(self) -> bool:
+        return bool(self.after or self.before or self.camera)
 
 
 def _looks_like_image_path(text: str) -> bool:
+    """An image file that exists, or text meant as one: it ends in an image extension, starts like a path
+    (/, ./, ../, ~/), or names something inside a folder that exists. Then a missing file is an error,
+    not silently a text query (`AC/DC` stays text: there is no folder AC)."""
+    expanded = os.path.expanduser(text)
+    if os.path.isfile(expanded):
+        return True
+    if any(c.isspace() for c in text.strip()) and os.sep not in text.strip().split()[0]:
+        return False
     extension = os.path.splitext(text)[1].lower()
-    return extension in images.supported_extensions() and os.path.isfile(os.path.expanduser(text))
+    if extension in images.supported_extensions():
+        return True
+    separators = (os.sep, "/") if os.altsep is None else (os.sep, os.altsep)
+    if text.startswith(("~", ".." + os.sep, "." + os.sep)) or os.path.isabs(text):
+        return True
+    parent = os.path.dirname(expanded)
+    return any(sep in text for sep in separators) and bool(parent) and os.path.isdir(parent)
 
 
 def parse_query(parts: Sequence[str]) -> list[Term]:
@@ -84,7 +134,10 @@ def parse_query(parts: Sequence[str]) -> list[Term]:
         match = _WEIGHT.match(text)
         if match:
             weight, text = float(match.group(1)), match.group(2).strip()
-        terms.append(Term(text, sign * weight, _looks_like_image_path(text)))
+        is_image = _looks_like_image_path(text)
+        if is_image and not os.path.isfile(os.path.expanduser(text)):
+            raise QueryError(f"no such image: {text}")
+        terms.append(Term(text, sign * weight, is_image))
         words.clear()
         sign = 1.0
 
@@ -145,10 +198,22 @@ def _hits(store: Store, vectors: Vectors, ranked: list[tuple[int, float]], thres
     kept = [(int(vectors.ids[i]), score) for i, score in ranked if threshold is None or score >= threshold]
     rows = store.image_rows([image_id for image_id, _ in kept])
     return [
-        Hit(rows[image_id]["path"], score, rows[image_id]["width"], rows[image_id]["height"], rows[image_id]["size"])
+        Hit.from_row(rows[image_id], score)
         for image_id, score in kept
         if image_id in rows  # removed by a concurrent index run since the vectors were read
     ]
+
+
+def _only(vectors: Vectors, allowed: set[int] | dict[int, float]) -> Vectors:
+    keep = np.isin(vectors.ids, np.fromiter(allowed, dtype=np.int64, count=len(allowed)))
+    return Vectors(vectors.ids[keep], np.asarray(vectors.matrix[keep]))
+
+
+def _filtered(store: Store, vectors: Vectors, filters: Filters | None, folder: str | None) -> Vectors:
+    if not filters:
+        return vectors
+    return _only(vectors, store.ids_matching(filters.after, filters.before, filters.camera,
+                                             normalise_path(folder) if folder else None))
 
 
 def embed_terms(terms: list[Term], store: Store, get_encoder: Callable) -> np.ndarray:
@@ -188,13 +253,14 @@ def find(
     folder: str | None = None,
     threshold: float | None = None,
     tags: Sequence[str] = (),
+    filters: Filters | None = None,
 ) -> list[Hit]:
     """Images best matching a (possibly combined) query, best first.
 
     `get_encoder` is called only if some term needs the model (text, or an
     image that is not in the index). With `tags`, only images that have all
     of them count; with tags and no query, those images are listed by their
-    tag score (manual tags first).
+    tag score (manual tags first). `filters` keeps only photos taken in a period or by a camera.
     """
     if not query and not tags:
         raise QueryError("Give a query, or --tag TAG to list tagged images.")
@@ -202,15 +268,19 @@ def find(
     vectors = _load_vectors(store, folder)
     if tags:
         tagged = TagStore(store).images_with_tags(tags, normalise_path(folder) if folder else None)
+        if filters:
+            allowed = store.ids_matching(filters.after, filters.before, filters.camera)
+            tagged = {image_id: score for image_id, score in tagged.items() if image_id in allowed}
         if not query:
             ranked = sorted(tagged.items(), key=lambda item: (-item[1], item[0]))[:top]
             rows = store.image_rows([image_id for image_id, _ in ranked])
-            return [Hit(rows[i]["path"], score, rows[i]["width"], rows[i]["height"], rows[i]["size"])
+            return [Hit.from_row(rows[i], score)
                     for i, score in ranked if i in rows and (threshold is None or score >= threshold)]
-        keep = np.isin(vectors.ids, np.fromiter(tagged, dtype=np.int64, count=len(tagged)))
-        vectors = Vectors(vectors.ids[keep], np.asarray(vectors.matrix[keep]))
-        if not len(vectors):
-            return []
+        vectors = _only(vectors, tagged)
+    else:
+        vectors = _filtered(store, vectors, filters, folder)
+    if not len(vectors):
+        return []
     terms = parse_query([query] if isinstance(query, str) else query)
     query_vector = combine(embed_terms(terms, store, get_encoder), [t.weight for t in terms])
     return _hits(store, vectors, top_k(vectors.matrix, query_vector, top), threshold)
@@ -223,17 +293,20 @@ def similar(
     top: int = 10,
     folder: str | None = None,
     threshold: float | None = None,
+    filters: Filters | None = None,
 ) -> list[Hit]:
     """Images most like `image` (indexed or not); the image itself is never listed."""
     check_finite(threshold, "--threshold")
     path = normalise_path(image)
     if not os.path.isfile(path) and store.vector_for_path(path) is None:
-        raise QueryError(f"{image}: no such file, and not in the index.")
-    vectors = _load_vectors(store, folder)
+        raise QueryError(f"no such image: {image} (not a file, and not in the index)")
+    vectors = _filtered(store, _load_vectors(store, folder), filters, folder)
+    if not len(vectors):
+        return []
     query_vector = embed_terms([Term(path, 1.0, True)], store, get_encoder)[0]
     own_id = store.id_for_path(path)
     exclude = {int(i) for i in np.flatnonzero(vectors.ids == own_id)} if own_id is not None else set()
     return _hits(store, vectors, top_k(vectors.matrix, query_vector, top, exclude), threshold)
 
 
-__all__ = ["Hit", "QueryError", "EmptyIndexError", "StoreError", "Term", "find", "parse_query", "similar", "top_k"]
+__all__ = ["Filters", "Hit", "QueryError", "EmptyIndexError", "StoreError", "Term", "find", "parse_query", "similar", "top_k"]

@@ -52,13 +52,14 @@ __all__ = [
     "storage_error",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DB_ENV = "CLIPSEARCH_DB"
 VECTOR_DTYPE = np.dtype("<f2")
 LOCK_WAIT_ENV = "CLIPSEARCH_LOCK_WAIT"
 DEFAULT_LOCK_WAIT = 10.0  # seconds a second writer waits for the first before giving up
+METADATA_COLUMNS = ("taken", "taken_source", "camera_make", "camera_model", "lat", "lon")
 IMAGE_COLUMNS = ("path", "size", "mtime_ns", "hash", "width", "height", "vector", "phash", "colourfulness",
-                 "indexed_at")
+                 "indexed_at") + METADATA_COLUMNS
 
 
 class StoreError(IndexUnusableError):
@@ -128,6 +129,13 @@ class ImageRecord:
     vector: bytes
     phash: bytes | None = None  # perceptual hash and colourfulness (fingerprint.py); None until computed
     colourfulness: float | None = None
+    # Photo metadata (metadata.py); taken_source is NULL only for rows indexed before it existed.
+    taken: str | None = None
+    taken_source: str | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    lat: float | None = None
+    lon: float | None = None
 
 
 @dataclass
@@ -203,8 +211,22 @@ def _add_query_vectors_v4(db: sqlite_utils.Database) -> None:
     )
 
 
+def _add_photo_metadata_v5(db: sqlite_utils.Database) -> None:
+    """Date taken (and where it came from), camera and GPS position from EXIF (metadata.py).
+
+    NULL for rows indexed before; `indexer.fill_metadata` reads them from the
+    files' headers without the model.
+    """
+    for name, kind in (("taken", str), ("taken_source", str), ("camera_make", str), ("camera_model", str),
+                       ("lat", float), ("lon", float)):
+        db["images"].add_column(name, kind)
+    db.execute("CREATE INDEX images_taken ON images (taken)")
+    db.execute("CREATE INDEX images_camera ON images (camera_make, camera_model)")
+
+
 # Migration N brings a database from schema N-1 to N.
-MIGRATIONS = {1: _create_v1, 2: _add_fingerprints_v2, 3: _add_tags_v3, 4: _add_query_vectors_v4}
+MIGRATIONS = {1: _create_v1, 2: _add_fingerprints_v2, 3: _add_tags_v3, 4: _add_query_vectors_v4,
+              5: _add_photo_metadata_v5}
 REMEMBERED_QUERIES = 1000
 
 
@@ -430,10 +452,11 @@ class Store:
         return {row[0] for row in self.db.execute("SELECT DISTINCT hash FROM images")}
 
     def vector_for_hash(self, content_hash: str) -> dict | None:
-        """Stored vector, size and fingerprints for content with this hash, to reuse for renamed or copied files."""
+        """Stored vector, size, fingerprints and metadata for content with this hash, to reuse for renamed or
+        copied files (the same bytes carry the same EXIF)."""
         rows = list(self.db.query(
-            "SELECT vector, width, height, phash, colourfulness FROM images WHERE hash = ? "
-            "ORDER BY phash IS NULL LIMIT 1", [content_hash]
+            f"SELECT vector, width, height, phash, colourfulness, {', '.join(METADATA_COLUMNS)} FROM images "
+            "WHERE hash = ? ORDER BY phash IS NULL, taken_source IS NULL LIMIT 1", [content_hash]
         ))
         return rows[0] if rows else None
 
@@ -446,7 +469,8 @@ class Store:
         found: dict[str, dict] = {}
         for path in paths:
             for row in self.db.query(
-                "SELECT hash, vector, width, height, phash, colourfulness FROM images WHERE path = CAST(? AS TEXT)",
+                f"SELECT hash, vector, width, height, phash, colourfulness, {', '.join(METADATA_COLUMNS)} FROM images "
+                "WHERE path = CAST(? AS TEXT)",
                 [sql_text(path)],
             ):
                 found[row.pop("hash")] = row
@@ -464,6 +488,65 @@ class Store:
             self.db.conn.executemany(
                 "UPDATE images SET phash = ?, colourfulness = ? WHERE id = ?", [(p, c, i) for i, p, c in rows]
             )
+
+    def missing_metadata(self, folder: str | None = None) -> list[tuple[int, str, int]]:
+        """(id, path, mtime_ns) of images indexed before photo metadata existed."""
+        where, params = scope_sql(folder)
+        where = f"{where} AND taken_source IS NULL" if where else "WHERE taken_source IS NULL"
+        return [tuple(row) for row in self.db.execute(f"SELECT id, path, mtime_ns FROM images {where}", params)]
+
+    def set_metadata(self, rows: list[tuple[int, dict]]) -> None:
+        """Store (id, {column: value}) photo metadata for existing images, in one transaction."""
+        assignments = ", ".join(f"{name} = ?" for name in METADATA_COLUMNS)
+        with self.transaction():
+            self.db.conn.executemany(
+                f"UPDATE images SET {assignments} WHERE id = ?",
+                [[values.get(name) for name in METADATA_COLUMNS] + [image_id] for image_id, values in rows],
+            )
+
+    def ids_matching(self, after: str | None = None, before: str | None = None, camera: str | None = None,
+                     folder: str | None = None) -> set[int]:
+        """Ids of images taken at or after `after` and before `before` (ISO text), by a camera containing `camera`."""
+        where, params = scope_sql(folder)
+        conditions = [where.removeprefix("WHERE ")] if where else []
+        if after:
+            conditions.append("taken >= ?")
+            params.append(after)
+        if before:
+            conditions.append("taken < ?")
+            params.append(before)
+        if camera:
+            # Match the few distinct cameras (read from their index), then select their rows through it.
+            wanted = camera.lower()
+            cameras = [(make, model) for make, model in self.db.execute(
+                "SELECT DISTINCT camera_make, camera_model FROM images WHERE camera_make IS NOT NULL "
+                "OR camera_model IS NOT NULL") if wanted in f"{make or ''} {model or ''}".lower()]
+            if not cameras:
+                return set()
+            conditions.append("(" + " OR ".join("(camera_make IS ? AND camera_model IS ?)" for _ in cameras) + ")")
+            params.extend(value for pair in cameras for value in pair)
+        clause = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        return {row[0] for row in self.db.execute(f"SELECT id FROM images {clause}", params)}
+
+    def date_range(self, folder: str | None = None) -> tuple[str | None, str | None]:
+        """Earliest and latest date taken of the images (under `folder`)."""
+        where, params = scope_sql(folder)
+        return tuple(self.db.execute(f"SELECT min(taken), max(taken) FROM images {where}", params).fetchone())
+
+    def record_run(self, folders: Iterable[str]) -> None:
+        """Remember the folders indexed and when, for `info`."""
+        import json
+
+        known = set(self.indexed_folders()) | set(folders)
+        with self.transaction():
+            self.db["meta"].upsert_all([{"key": "folders", "value": json.dumps(sorted(known))},
+                                        {"key": "last_index_run", "value": now()}], pk="key")
+
+    def indexed_folders(self) -> list[str]:
+        import json
+
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'folders'").fetchone()
+        return json.loads(row[0]) if row else []
 
     def write(self, records: list[ImageRecord], failures: list[tuple[str, int, int, str]] = ()) -> None:
         """Store a batch of images (replacing rows of the same path) and failures, in one transaction."""
@@ -606,7 +689,8 @@ class Store:
     def file_table(self, folder: str | None = None) -> dict[str, list]:
         """Facts of every image (or those under `folder`) as columns, ordered by id like `vectors()`."""
         where, params = scope_sql(folder)
-        names = ["id", "path", "size", "mtime_ns", "hash", "width", "height", "phash", "colourfulness"]
+        names = ["id", "path", "size", "mtime_ns", "hash", "width", "height", "phash", "colourfulness",
+                 *METADATA_COLUMNS]
         rows = self.db.execute(f"SELECT {', '.join(names)} FROM images {where} ORDER BY id", params).fetchall()
         return {name: [row[i] for row in rows] for i, name in enumerate(names)}
 
@@ -633,7 +717,8 @@ class Store:
             chunk = [int(i) for i in ids[start:start + 500]]
             marks = ",".join("?" * len(chunk))
             for row in self.db.query(
-                f"SELECT id, path, size, mtime_ns, hash, width, height FROM images WHERE id IN ({marks})", chunk
+                f"SELECT id, path, size, mtime_ns, hash, width, height, {', '.join(METADATA_COLUMNS)} FROM images "
+                f"WHERE id IN ({marks})", chunk
             ):
                 found[row["id"]] = row
         return found

@@ -14,6 +14,10 @@ burst frame with another burst frame or a rendition of its family. Greyscale
 copies are left out of the similar tier's count (we do not claim either way);
 everything else not listed is a negative, including lookalikes and RAW+JPEG siblings.
 Tiers nest, so a tier's predicted pairs are those it joins beyond the tiers above it.
+
+Then the keep choice: every exact and near group of a family should keep the camera
+original (the only file with the camera's EXIF besides its exact copy and the
+EXIF-rotated rendition), not the larger q95 re-encode or the lossless PNG export.
 """
 
 from __future__ import annotations
@@ -109,6 +113,14 @@ def main() -> None:
     raw_joined = sum(1 for g in groups for a, b in itertools.combinations([m.path for m in g.members], 2)
                      if Path(a).stem == Path(b).stem and Path(a).parent == Path(b).parent)
     print(f"RAW+JPEG siblings grouped: {raw_joined}")
+    kinds = {str(f.path): f.kind for f in files}
+    family_groups = [g for g in groups if g.tier in ("exact", "near") and kinds[g.keep.path] != "raw"
+                     and kinds[g.keep.path] not in ("unrelated", "raw-jpeg")]
+    wrong_keep = [g for g in family_groups if kinds[g.keep.path] != "original"]
+    print(f"exact and near groups keeping the camera original: {len(family_groups) - len(wrong_keep)}"
+          f"/{len(family_groups)}")
+    for group in wrong_keep[:10]:
+        print(f"  kept {kinds[group.keep.path]} ({group.reason}): {group.keep.path}")
     wrong_near = [pair for pair in predicted["near"] if pair not in truth["near"]]
     for pair in sorted(wrong_near, key=sorted)[:10]:
         print("  wrong near pair:", " <> ".join(sorted(pair)))

@@ -32,12 +32,32 @@ def shared_cache_home(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def exported_text_encoder(shared_cache_home, encoder) -> Path:
+    """The tiny model's text tower exported once, up front, so no test's output depends on running first."""
+    from clipsearch import textencoder
+
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(shared_cache_home)
+    try:
+        return textencoder.export(encoder)
+    finally:
+        if previous is None:
+            del os.environ["XDG_CACHE_HOME"]
+        else:
+            os.environ["XDG_CACHE_HOME"] = previous
+
+
 @pytest.fixture(autouse=True)
 def _isolated_environment(monkeypatch, tmp_path_factory, shared_cache_home):
     """No test touches the user's index, caches, model cache or network."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("XDG_DATA_HOME", str(home / "data"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(shared_cache_home))
+    monkeypatch.delenv("CLIPSEARCH_PREVIEW", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / "config"))  # no test reads the user's config file
+    monkeypatch.delenv("CLIPSEARCH_CONFIG", raising=False)
+    monkeypatch.delenv("CLIPSEARCH_LIBRARY", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("CLIPSEARCH_DB", raising=False)
     monkeypatch.delenv("CLIPSEARCH_MODEL", raising=False)

@@ -20,9 +20,12 @@ def test_index_find_similar_end_to_end(cli, small_library, tmp_path):
     red_circles = sorted(str(p) for p in small_library.glob("*-red-circle.jpg"))
     some_file = sorted(small_library.glob("*.jpg"))[0]
 
-    table = cli("find", "a red circle", "--db", db, "--top", "3")
-    assert table.exit_code == 0
-    assert "score" in table.stdout and "photos" in table.stdout
+    piped = cli("find", "a red circle", "--db", db, "--top", "3")  # CliRunner's stdout is not a terminal
+    assert piped.exit_code == 0
+    scores_and_paths = [line.split("\t") for line in piped.stdout.splitlines()]
+    assert len(scores_and_paths) == 3 and all(os.path.isfile(path) for _, path in scores_and_paths)
+    scores = [float(score) for score, _ in scores_and_paths]
+    assert scores == sorted(scores, reverse=True)
 
     paths = cli("find", "a", "red", "circle", "--db", db, "--top", "3", "--paths")
     assert paths.exit_code == 0
@@ -83,7 +86,7 @@ def test_exit_codes_and_messages(cli, small_library, tmp_path):
     assert nothing.exit_code == 1
 
     bad_image = cli("similar", tmp_path / "nope.jpg", "--db", db)
-    assert bad_image.exit_code == 2 and "no such file" in bad_image.stderr
+    assert bad_image.exit_code == 2 and "no such image" in bad_image.stderr
 
     outside = cli("find", "cats", "--db", db, "--in", tmp_path / "elsewhere")
     assert outside.exit_code == 2 and "not a folder" in outside.stderr

@@ -107,12 +107,11 @@ def test_raw_files_are_indexed_through_their_preview(duplicate_library):
 
 def test_keep_policy_and_its_alternatives(duplicate_library):
     folder, _, db_path = duplicate_library
-    near = [g for g in _groups(db_path) if g.tier == "near"][0]
-    best_pixels = max(m.width * m.height for m in near.members)
-    assert near.keep.width * near.keep.height == best_pixels
-    same_pixels = [m for m in near.members if m.width * m.height == best_pixels]
-    assert near.keep.size == max(m.size for m in same_pixels)
-    assert near.reason.startswith("largest file")
+    near = [g for g in _groups(db_path) if g.tier == "near"]
+    # The camera original is kept over its PNG, WebP, q95 and rotated renditions, whatever their size.
+    assert near and all("/originals/" in g.keep.path for g in near)
+    # The rotated rendition carries the camera's EXIF too: then the earlier file wins.
+    assert all(g.reason.startswith("taken first (ties on has camera EXIF") for g in near), near[0].reason
 
     newest = [g for g in _groups(db_path, keep=KeepPolicy.newest) if g.tier == "near"][0]
     assert newest.keep.mtime_ns == max(m.mtime_ns for m in newest.members)
@@ -148,8 +147,8 @@ def test_schema_1_index_is_migrated(tmp_path):
     db["schema_version"].insert({"version": 1})
     db.close()
     with Store.open(tmp_path / "old.db") as store:
-        assert store.schema_version() == SCHEMA_VERSION == 4
-        assert {"phash", "colourfulness"} <= set(store.db["images"].columns_dict)
+        assert store.schema_version() == SCHEMA_VERSION
+        assert {"phash", "colourfulness", "taken", "camera_make", "lat"} <= set(store.db["images"].columns_dict)
         assert {"tags", "tag_runs", "tag_vectors"} <= set(store.db.table_names())
 
 
@@ -270,3 +269,35 @@ def test_tiny_model_ships_its_dedupe_thresholds():
 
     assert tuning.for_model(TINY_MODEL)["near_threshold"] == 0.90
     assert tuning.for_model("laion/CLIP-ViT-B-32-laion2B-s34B-b79K")["near_threshold"] == 0.93
+
+
+def test_keep_choice_prefers_the_camera_original_then_the_original_format(tmp_path, encoder, cli):
+    import random
+
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    (folder / "exports").mkdir(parents=True)
+    picture = scenes.draw(scenes.random_scene(random.Random(3), 320, 240))
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = "Canon", "Canon EOS R5"
+    exif.get_ifd(0x8769)[0x9003] = "2024:06:15 10:30:00"
+    picture.save(folder / "IMG_0001.jpg", quality=85, exif=exif)  # the camera original
+    picture.save(folder / "exports" / "IMG_0001.png")  # a lossless export: larger, same pixels
+    picture.save(folder / "exports" / "IMG_0001-q98.jpg", quality=98)  # a re-encode: larger, no EXIF
+    other = scenes.draw(scenes.random_scene(random.Random(4), 320, 240))
+    other.save(folder / "exports" / "other.jpg", quality=90)  # no EXIF anywhere in this pair
+    other.save(folder / "exports" / "other.png")
+    db = tmp_path / "index.db"
+    with Store.open(db) as store:
+        index_folders([folder], store, encoder=encoder)
+    near = {Path(g.keep.path).name: g for g in _groups(db) if g.tier == "near"}
+    assert set(near) == {"IMG_0001.jpg", "other.jpg"}, {k: [m.path for m in g.members] for k, g in near.items()}
+    assert near["IMG_0001.jpg"].reason == "has camera EXIF"
+    assert near["other.jpg"].reason.startswith("original format (not a lossless re-encode)")
+    assert max(m.size for m in near["IMG_0001.jpg"].others) > near["IMG_0001.jpg"].keep.size, "not the largest"
+    # --keep still overrides, and the report shows the reason.
+    largest = {Path(g.keep.path).name for g in _groups(db, keep=KeepPolicy.largest) if g.tier == "near"}
+    assert "IMG_0001.jpg" not in largest
+    report = cli("dedupe", "--db", db)
+    assert "keep: has camera EXIF" in report.stdout

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from clipsearch import images
+from clipsearch_dev import scenes
 
 PREP = images.Preprocess(shortest_edge=64, crop_height=64, crop_width=64)
 
@@ -121,8 +122,6 @@ def test_pixel_limit_guards_against_huge_images():
 
 
 def test_raw_file_is_read_through_its_embedded_preview(tmp_path):
-    from clipsearch_dev import scenes
-
     picture = scenes.draw(scenes.random_scene(__import__("random").Random(2), 640, 480))
     raw = tmp_path / "IMG_0001.NEF"
     raw.write_bytes(scenes.fake_raw(picture))
@@ -134,3 +133,44 @@ def test_raw_file_is_read_through_its_embedded_preview(tmp_path):
     no_preview.write_bytes(b"II*\x00" + bytes(4096))
     with pytest.raises(images.ImageError, match="embedded JPEG preview"):
         images.decode_file(no_preview, images.Preprocess())
+
+
+def _one_file_per_writable_format(folder):
+    """A small picture in every still-image format clipsearch indexes that Pillow can also write."""
+    picture = scenes.draw(scenes.random_scene(__import__("random").Random(5), 96))
+    registered = Image.registered_extensions()
+    folder.mkdir(parents=True, exist_ok=True)
+    written, formats = {}, set()
+    for extension in sorted(images.supported_extensions() - images.RAW_EXTENSIONS):
+        fmt = registered.get(extension)
+        if fmt not in Image.SAVE or fmt in formats:
+            continue
+        path = folder / f"picture-{fmt.lower()}{extension}"
+        for mode in ("RGB", "L", "1", "P", "F"):
+            try:
+                picture.convert(mode).save(path, format=fmt)
+                break
+            except (OSError, ValueError, KeyError):
+                path.unlink(missing_ok=True)
+        if path.exists():
+            written[fmt] = path
+            formats.add(fmt)
+    return written
+
+
+def test_formats_come_from_pillows_registry():
+    extensions = images.supported_extensions()
+    assert {".jp2", ".j2k", ".qoi", ".psd", ".heic", ".avif", ".jpg", ".png", ".webp", ".tif"} <= extensions
+    assert not {".mpg", ".fli", ".eps", ".wmf", ".pdf", ".h5", ".ico", ".heics"} & extensions, "no video, vector or data"
+
+
+def test_every_format_indexes_one_file(tmp_path, encoder):
+    from clipsearch.indexer import index_folders
+    from clipsearch.store import Store
+
+    written = _one_file_per_writable_format(tmp_path / "formats")
+    assert {"JPEG", "JPEG2000", "PNG", "WEBP", "TIFF", "BMP", "GIF", "HEIF", "AVIF", "QOI", "TGA"} <= set(written)
+    with Store.open(tmp_path / "index.db") as store:
+        report = index_folders([tmp_path / "formats"], store, encoder=encoder)
+        assert report.skipped == [], report.skipped
+        assert sorted(store.paths()) == sorted(str(p) for p in written.values())

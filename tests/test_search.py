@@ -26,11 +26,23 @@ def test_parse_query_operators_weights_and_images(tmp_path):
     assert parse_query(["a red t-shirt"]) == [Term("a red t-shirt")], "a hyphen inside words is text"
     assert parse_query(["a", "red", "car"]) == [Term("a red car")], "unquoted words form one term"
     assert parse_query([str(photo), "+", "in snow"]) == [Term(str(photo), 1.0, True), Term("in snow")]
-    assert parse_query(["missing.jpg"]) == [Term("missing.jpg")], "a path that does not exist is text"
+    with pytest.raises(QueryError, match="no such image: missing.jpg"):
+        parse_query(["missing.jpg"])  # an image extension: meant as a file, not silently text
     with pytest.raises(QueryError):
         parse_query(["  "])
     with pytest.raises(QueryError, match="at least one term to add"):
         parse_query(["-", "dogs"])
+
+
+def test_a_term_that_looks_like_a_missing_image_path_is_an_error_not_text(tmp_path, monkeypatch):
+    (tmp_path / "photos").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for meant_as_a_file in ("./holiday", "photos/beach", "~/nope/IMG_1.HEIC", str(tmp_path / "gone"), "cat.jpeg"):
+        with pytest.raises(QueryError, match="no such image"):
+            parse_query([meant_as_a_file, "+", "in snow"])
+    # Words with a slash stay text when they name no folder, and so do sentences.
+    assert parse_query(["AC/DC concert"]) == [Term("AC/DC concert")]
+    assert parse_query(["black/white photo of a dog"]) == [Term("black/white photo of a dog")]
 
 
 def test_top_k_matches_a_full_sort():

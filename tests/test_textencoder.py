@@ -23,14 +23,9 @@ from .conftest import TINY_MODEL
 pytest.importorskip("onnxruntime")
 
 
-@pytest.fixture(scope="session")
-def exported(encoder, shared_cache_home) -> Path:
-    """The tiny model's text tower, exported once into the session's cache."""
-    os.environ["XDG_CACHE_HOME"] = str(shared_cache_home)
-    folder = textencoder.export_dir(TINY_MODEL)
-    if folder is None or not (folder / "settings.json").exists():
-        folder = textencoder.export(encoder)
-    return folder
+@pytest.fixture
+def exported(exported_text_encoder) -> Path:
+    return exported_text_encoder
 
 
 def test_export_agrees_with_the_torch_text_tower(exported, encoder):
@@ -154,7 +149,8 @@ def query_env(store, exported, shared_cache_home) -> dict:
 
 
 def test_text_find_imports_neither_torch_nor_transformers(query_env, scene_library):
-    result = _run_cli(["find", "a red circle", "--top", "3", "--json"], query_env)
+    # A text no other test asks (the shared scene index remembers the vectors of texts asked before).
+    result = _run_cli(["find", "a red circle on its own", "--top", "3", "--json"], query_env)
     assert result.returncode == 0, result.stderr
     hits = json.loads(result.stdout)
     assert len(hits) == 3 and "red-circle" in hits[0]["path"]

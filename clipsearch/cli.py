@@ -11,6 +11,9 @@ for longer than $CLIPSEARCH_LOCK_WAIT seconds); 70 internal error, a bug
 
 Locking: index, dedupe --move-to/--trash/--undo and tag (runs and manual
 edits) take one index-wide writer lock (store.Store.writer); searches never wait.
+
+Each command is one or a few calls on `library.Library`, the Python API, so
+what the command line does a script can do the same way.
 """
 
 from __future__ import annotations
@@ -28,13 +31,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from . import __version__
-from . import config, dedupe, indexer, moves, search, sidecars, tags
+from . import config, dedupe, indexer, sidecars, tags
 from .encoder import DEFAULT_MODEL, DEVICES, MODEL_ENV
 from .errors import EXIT_BAD_INPUT, EXIT_INDEX, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NOTHING, ClipsearchError
+from .library import Library
 from .output import (Format, show_export_report, show_groups, show_hits, show_image_tags, show_index_report,
                      show_info, show_move_report, show_plan, show_settings, show_tag_counts, show_tag_report,
                      show_undo_report, shown, stderr)
-from .store import DB_ENV, default_db_path, normalise_path, Store
+from .store import DB_ENV, Store, default_db_path
 
 __all__ = ["app", "main", "EXIT_BAD_INPUT", "EXIT_INDEX", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_NOTHING"]
 _debug = False  # set by the global --debug flag
@@ -224,38 +228,21 @@ def index_command(
     options = indexer.IndexOptions(batch_size, workers, tuple(exclude), follow_symlinks, max_megapixels, max_file_size)
     with _errors():
         bar = _progress_bar(quiet)
-        with Store.open(db) as store, bar or nullcontext():
-            report = indexer.index_folders(folders, store, model, device, options, _RichProgress(bar))
+        with Library(db, model, device) as lib, bar or nullcontext():
+            report = lib.index(*folders, options=options, progress=_RichProgress(bar))
         show_index_report(report, Format.json if json_ else Format.table)
 
 
-def _encoder_factory(store: Store, model: str | None, device: str | None):
-    model_id = indexer.resolve_model(store, model)
-
-    def load():
-        from .encoder import Encoder
-
-        return Encoder.load(model_id, device)
-
-    return load
+def _notify(message: str) -> None:
+    stderr.print(escape(message))
 
 
-def _run_query(search_function, query, top, folder, threshold, db, model, device, fmt: Format,
-               after: str | None, before: str | None, camera: str | None, precision: str = "auto",
-               preview_rows: int | None = None, **extra) -> None:
-    """find and similar: open the index, rank, print; exit 1 when nothing was found."""
-    from .queryencoder import QueryEncoder
-
-    with _errors(), Store.open(db, create=False) as store:
-        filters = search.Filters.parse(after, before, camera)
-        encoder = QueryEncoder(store, indexer.resolve_model(store, model), device, precision,
-                               notify=lambda message: stderr.print(escape(message)))
-        hits = search_function(query, store, lambda: encoder, top, str(folder) if folder else None, threshold,
-                               filters=filters, **extra)
-        if preview_rows and fmt is Format.table and hits:
-            _show_previews(hits, preview_rows)
-        else:
-            show_hits(hits, fmt)
+def _show_query_hits(hits, fmt: Format, preview_rows: int | None) -> None:
+    """find and similar: print the hits (as thumbnails with --preview); exit 1 when nothing was found."""
+    if preview_rows and fmt is Format.table and hits:
+        _show_previews(hits, preview_rows)
+    else:
+        show_hits(hits, fmt)
     if not hits:
         raise typer.Exit(EXIT_NOTHING)
 
@@ -305,8 +292,11 @@ def find_command(
     preview_size: int = PreviewSizeOption,
 ) -> None:
     """Find images matching a description (and/or example images), best first."""
-    _run_query(search.find, query, top, folder, threshold, db, model, device, _format(json_, paths),
-               after, before, camera, precision.value, preview_size if show_preview else None, tags=tag)
+    fmt = _format(json_, paths)
+    with _errors(), Library(db, model, device, notify=_notify) as lib:
+        hits = lib.find(query, top=top, folder=folder, threshold=threshold, tags=tag, after=after, before=before,
+                        camera=camera, precision=precision.value)
+        _show_query_hits(hits, fmt, preview_size if show_preview else None)
 
 
 @app.command("similar")
@@ -328,8 +318,11 @@ def similar_command(
     preview_size: int = PreviewSizeOption,
 ) -> None:
     """Find the images most like IMAGE (IMAGE itself is not listed)."""
-    _run_query(search.similar, image, top, folder, threshold, db, model, device, _format(json_, paths),
-               after, before, camera, preview_rows=preview_size if show_preview else None)
+    fmt = _format(json_, paths)
+    with _errors(), Library(db, model, device, notify=_notify) as lib:
+        hits = lib.similar(image, top=top, folder=folder, threshold=threshold, after=after, before=before,
+                           camera=camera)
+        _show_query_hits(hits, fmt, preview_size if show_preview else None)
 
 
 @app.command("dedupe")
@@ -370,40 +363,32 @@ def dedupe_command(
     fmt = _format(json_, paths)
     if move_to and trash:
         raise typer.BadParameter("Use --move-to or --trash, not both.")
-    with _errors(), Store.open(db, create=False) as store:
+    with _errors(), Library(db) as lib:
         if undo:
-            report = moves.undo_moves(undo, store)
+            report = lib.undo_moves(undo)
             show_undo_report(report, fmt)
             if report.skipped:
                 raise typer.Exit(EXIT_NOTHING)
             return
-        scope = str(folder) if folder else None
-        if scope and not folder.is_dir():
-            raise indexer.IndexingError(f"{folder} is not a folder.")
         bar = _progress_bar(quiet)
         with bar or nullcontext():
-            unreadable = indexer.fill_fingerprints(store, scope, progress=_RichProgress(bar))
-        indexer.fill_metadata(store, scope)  # the keep choice reads camera EXIF and dates
-        for path, reason in unreadable:
+            found = lib.dedupe(folder, similar=similar, near_threshold=near_threshold,
+                               similar_threshold=similar_threshold, max_hash_distance=max_hash_distance,
+                               keep=keep, prefer=prefer, progress=_RichProgress(bar))
+        for path, reason in found.not_hashed:
             stderr.print(f"[yellow]not hashed[/] {escape(shown(path))}: {escape(reason)} (only exact copies of it "
                          "are found)")
-        options = dedupe.DedupeOptions(similar, near_threshold, similar_threshold, max_hash_distance, keep=keep,
-                                       prefer=tuple(str(p) for p in prefer))
-        groups = dedupe.find_duplicates(store, scope, options)
-        show_groups(groups, fmt)
-        if not groups:
+        show_groups(found.groups, fmt)
+        if not found.groups:
             raise typer.Exit(EXIT_NOTHING)
         if move_to is None and not trash:
             return
-        plan = moves.plan_moves(groups, str(move_to) if move_to else None, store, scope)
+        plan = lib.plan_moves(found.groups, move_to, folder)
         show_plan(plan)
         if not yes and not typer.confirm("Go ahead?", default=False, err=True):
             stderr.print("Nothing was moved.")
             raise typer.Exit(EXIT_NOTHING)
-        manifest = moves.default_manifest_path(str(move_to) if move_to else None)
-        report = moves.apply_moves(plan, store, manifest)
-        store.refresh_vector_cache()
-        show_move_report(report, fmt)
+        show_move_report(lib.move_duplicates(plan, move_to), fmt)
 
 
 @app.command("tag")
@@ -441,35 +426,30 @@ def tag_command(
     targets = targets or []
     if export is not None and export.lower() != "xmp":
         raise typer.BadParameter(f"Unknown export format '{export}'; the one supported is xmp.")
-    with _errors(), Store.open(db, create=False) as store:
+    with _errors(), Library(db, model, device) as lib:
         if targets and targets[0] in ("add", "remove"):
             if len(targets) < 3:
                 raise typer.BadParameter(f"Usage: clipsearch tag {targets[0]} IMAGE TAG...")
-            change = {"add": targets[2:]} if targets[0] == "add" else {"remove": targets[2:]}
-            show_image_tags(targets[1], tags.edit_tags(store, targets[1], **change), fmt)
+            edit = lib.add_tags if targets[0] == "add" else lib.remove_tags
+            show_image_tags(targets[1], edit(targets[1], *targets[2:]), fmt)
             return
         if not export or vocab is not None or threshold is not None or retag:  # --export alone: only export
-            vocabulary = tags.vocabulary_for(store, vocab)
-            options = tags.TagOptions(threshold, max_tags, retag)
             bar = _progress_bar(quiet)
             with bar or nullcontext():
-                task = bar.add_task("Tagging", total=store.count()) if bar else None
-                report = tags.tag_images(store, _encoder_factory(store, model, device), targets, vocabulary, options,
-                                         on_progress=(lambda n: bar.advance(task, n)) if bar else None)
+                task = bar.add_task("Tagging", total=lib.count()) if bar else None
+                report = lib.tag(*targets, vocab=vocab, threshold=threshold, max_tags=max_tags, retag=retag,
+                                     on_progress=(lambda n: bar.advance(task, n)) if bar else None)
             show_tag_report(report, fmt)
         if export:
-            paths = {}
-            for scope in [normalise_path(t) for t in targets] or [None]:
-                paths.update(store.tags_by_path(scope))
-            show_export_report(sidecars.export_sidecars(paths, sidecar), sidecar, fmt)
+            show_export_report(lib.export_sidecars(*targets, style=sidecar), sidecar, fmt)
 
 
 @app.command("tags")
 def tags_command(folder: Optional[Path] = InOption, db: Optional[Path] = DbOption,
                  library: str | None = LibraryOption, json_: bool = JsonOption) -> None:
     """List the tags in the index with how many images have each."""
-    with _errors(), Store.open(db, create=False) as store:
-        counts = store.tag_counts(normalise_path(folder) if folder else None)
+    with _errors(), Library(db) as lib:
+        counts = lib.tags(folder)
         show_tag_counts(counts, Format.json if json_ else Format.table)
     if not counts:
         raise typer.Exit(EXIT_NOTHING)
@@ -513,26 +493,8 @@ def serve_command(
 def info_command(db: Optional[Path] = DbOption, library: str | None = LibraryOption,
                  json_: bool = JsonOption) -> None:
     """Where the index is, which model built it and how many images it holds."""
-    with _errors(), Store.open(db, create=False) as store:
-        recorded = store.model()
-        date_range = store.date_range()
-        info = {
-            "index": str(store.path),
-            "model": recorded[0] if recorded else None,
-            "dimensions": recorded[1] if recorded else None,
-            "images": store.count(),
-            "folders": [{"path": folder, "images": store.count(folder)} for folder in store.indexed_folders()],
-            "taken_from": date_range[0],
-            "taken_to": date_range[1],
-            "last_index_run": store.get_meta("last_index_run"),
-            "failed_files": store.db["failures"].count,
-            "tagged_images": store.db.execute("SELECT count(DISTINCT image_id) FROM tags "
-                                              "WHERE source != 'rejected'").fetchone()[0],
-            "without_fingerprint": len(store.missing_fingerprints()),
-            "schema_version": store.schema_version(),
-            "size_bytes": sum(p.stat().st_size for p in store.path.parent.glob(store.path.name + "*")),
-        }
-        show_info(info, Format.json if json_ else Format.table)
+    with _errors(), Library(db) as lib:
+        show_info(lib.info(), Format.json if json_ else Format.table)
 
 
 @app.command("config")

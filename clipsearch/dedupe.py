@@ -33,7 +33,8 @@ from . import fingerprint, tuning
 from .errors import BadInputError, check_finite
 from .images import RAW_EXTENSIONS
 from .metadata import FROM_FILE
-from .store import Store, normalise_path
+from .paths import normalise_path
+from .store import Store
 
 # Formats a camera never writes but exports and conversions do: a PNG beside a JPEG is the copy.
 LOSSLESS_EXTENSIONS = frozenset({".png", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tga", ".qoi"})

@@ -22,8 +22,10 @@ import numpy as np
 from . import images, metadata
 from .encoder import Encoder, model_id_from
 from .errors import BadInputError
+from .paths import normalise_path
 from .scan import Changes, FileEntry, compare, walk_images
-from .store import METADATA_COLUMNS, ImageRecord, Store, encode_vector, normalise_path
+from .store import METADATA_COLUMNS, ImageRecord, Store, encode_vector
+from .tagstore import TagStore
 
 # Decoding is the bottleneck on a GPU (a 12 MP JPEG takes ~70 ms of one core even
 # at 1/8 scale), so use every core; on a CPU the model takes what the decoders leave.
@@ -190,7 +192,7 @@ def index_folders(
             raise
         finally:
             report.model_loaded = lazy.encoder is not None and encoder is None
-        store.carry_tags(changes.gone)  # a renamed photo keeps its tags
+        TagStore(store).carry_tags(changes.gone)  # a renamed photo keeps its tags
         report.removed = store.remove(changes.gone)
         for root in roots:
             fill_fingerprints(store, root, options.workers, progress)

@@ -30,7 +30,9 @@ from urllib.parse import unquote
 
 from .dedupe import Group
 from .errors import BadInputError
-from .store import Store, default_db_path, normalise_path
+from .paths import normalise_path
+from .store import Store, default_db_path
+from .tagstore import TagStore
 
 MANIFEST_FORMAT = 1
 
@@ -190,7 +192,7 @@ def apply_moves(moves: list[Move], store: Store, manifest: str | os.PathLike,
             try:
                 _append(handle, {"source": move.source, "target": target, "keep": move.keep, "tier": move.tier,
                                  "sha256": rows[0]["hash"], "row": _encode_row(rows[0]),
-                                 "tags": store.tag_rows(rows[0]["id"])})
+                                 "tags": TagStore(store).tag_rows(rows[0]["id"])})
             except OSError as exc:
                 raise MoveError(f"Cannot write the manifest {path} ({exc.strerror or exc}); stopped before moving "
                                 f"{move.source}. {len(report.moved)} files were moved; to put them back: "
@@ -286,7 +288,7 @@ def _undo_one(record: dict, action: str, folder: str, store: Store, report: Undo
         return
     if os.path.lexists(source):
         if os.path.isfile(source) and _sha256(source) == record["sha256"]:
-            store.restore_rows([_decode_row(record["row"])], [record.get("tags", [])])  # an earlier undo
+            TagStore(store).restore([_decode_row(record["row"])], [record.get("tags", [])])  # an earlier undo
             report.restored.append(source)
         else:
             report.skipped.append((source, "another file is there now; left both alone"))
@@ -302,7 +304,7 @@ def _undo_one(record: dict, action: str, folder: str, store: Store, report: Undo
     move_file(current, source)
     if trash_info:
         Path(trash_info).unlink(missing_ok=True)
-    store.restore_rows([_decode_row(record["row"])], [record.get("tags", [])])
+    TagStore(store).restore([_decode_row(record["row"])], [record.get("tags", [])])
     report.restored.append(source)
 
 

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from .images import supported_extensions
-from .store import StoredFile, normalise_path
+from .paths import normalise_path
+from .store import StoredFile
 
 # Folders that hold no photos of the user's, or copies a photo manager keeps.
 DEFAULT_EXCLUDES = (

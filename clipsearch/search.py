@@ -18,7 +18,9 @@ import numpy as np
 
 from . import images, metadata
 from .errors import BadInputError, NothingFoundError, check_finite
-from .store import Store, StoreError, Vectors, normalise_path
+from .paths import normalise_path
+from .store import Store, StoreError, Vectors
+from .tagstore import TagStore
 
 _WEIGHT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(.+)$", re.S)
 _OPERATOR = re.compile(r"\s+([+-])\s+")
@@ -265,7 +267,7 @@ def find(
     check_finite(threshold, "--threshold")
     vectors = _load_vectors(store, folder)
     if tags:
-        tagged = store.images_with_tags(tags, normalise_path(folder) if folder else None)
+        tagged = TagStore(store).images_with_tags(tags, normalise_path(folder) if folder else None)
         if filters:
             allowed = store.ids_matching(filters.after, filters.before, filters.camera)
             tagged = {image_id: score for image_id, score in tagged.items() if image_id in allowed}

@@ -36,7 +36,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from . import dedupe, images, indexer, moves, search, thumbnails
-from .store import Store, normalise_path
+from .paths import normalise_path
+from .store import Store
+from .tagstore import TagStore
 
 PAGE_SIZE = 48
 SIMILAR_ON_PHOTO_PAGE = 18
@@ -148,7 +150,7 @@ def create_app(db_path: str | os.PathLike, get_encoder: Callable) -> Starlette:
                          "page": page}
         if not (query or tags or like or upload):  # the start page: what there is to search
             return web.page(request, "search.html", cards=None, count=store.count(),
-                            tag_counts=store.tag_counts()[:40], **context)
+                            tag_counts=TagStore(store).tag_counts()[:40], **context)
         top = page * PAGE_SIZE
         try:
             if like:
@@ -169,7 +171,7 @@ def create_app(db_path: str | os.PathLike, get_encoder: Callable) -> Starlette:
         row = web.indexed_file(request.query_params.get("path"))
         store = web.store()
         similar = web.cards(search.similar(row["path"], store, web.get_encoder, SIMILAR_ON_PHOTO_PAGE))
-        photo_tags = store.tags_of([row["id"]]).get(row["id"], [])
+        photo_tags = TagStore(store).tags_of([row["id"]]).get(row["id"], [])
         return web.page(request, "photo.html", photo=row, name=os.path.basename(row["path"]), cards=similar,
                         photo_tags=photo_tags)
 

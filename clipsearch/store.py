@@ -9,10 +9,9 @@ Writers (index, dedupe moves and undo, tagging) also take one index-wide lock
 (`Store.writer`, a lock file beside the database), so two of them never
 interleave: a second writer waits briefly, then gets `IndexBusyError`.
 
-Paths are bytes on POSIX; a name that is not valid UTF-8 arrives as a str
-with surrogate escapes (PEP 383). Such a path is bound as its exact bytes and
-stored as TEXT through `CAST(? AS TEXT)`, and read back with the same escapes,
-so nothing is lost and valid UTF-8 paths are stored exactly as before.
+Paths are stored exactly, bytes that are not UTF-8 included (paths.py). The
+tag tables are created here with the rest of the schema, but read and written
+by tagstore.py; the query cache file is vectorcache.py's.
 """
 
 from __future__ import annotations
@@ -30,7 +29,28 @@ import sqlite_utils
 
 from . import vectorcache
 from .errors import ClipsearchError, IndexBusyError, IndexUnusableError, NothingFoundError
+from .paths import decode_text, folder_range, is_utf8, normalise_path, scope_sql, sql_text
 from .vectorcache import Vectors
+
+# Re-exported for code written before paths.py existed.
+__all__ = [
+    "DB_ENV",
+    "SCHEMA_VERSION",
+    "ImageRecord",
+    "MissingIndexError",
+    "ModelMismatchError",
+    "NewerSchemaError",
+    "Store",
+    "StoreError",
+    "StoredFile",
+    "Vectors",
+    "decode_vectors",
+    "default_db_path",
+    "encode_vector",
+    "folder_range",
+    "normalise_path",
+    "storage_error",
+]
 
 SCHEMA_VERSION = 5
 DB_ENV = "CLIPSEARCH_DB"
@@ -56,23 +76,6 @@ class ModelMismatchError(StoreError):
 
 class MissingIndexError(StoreError):
     exit_code = NothingFoundError.exit_code
-
-
-def _text(value: str) -> str | bytes:
-    """A path as SQLite can take it: itself, or its exact bytes when it is not valid UTF-8.
-
-    Used with `CAST(? AS TEXT)` in the SQL, which stores those bytes as TEXT unchanged.
-    """
-    try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "surrogateescape")
-
-
-def _decode_text(data: bytes) -> str:
-    """Text read from the index; bytes that are not UTF-8 come back as the surrogate escapes they went in as."""
-    return data.decode("utf-8", "surrogateescape")
 
 
 def storage_error(exc: sqlite3.Error, path: Path) -> ClipsearchError | None:
@@ -102,21 +105,6 @@ def default_db_path() -> Path:
         return Path(os.environ[DB_ENV]).expanduser()
     data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(data_home) / "clipsearch" / "index.db"
-
-
-def normalise_path(path: str | os.PathLike) -> str:
-    """Absolute, with `..` and duplicate slashes removed, symlinks kept as the user sees them."""
-    return os.path.normpath(os.path.abspath(os.path.expanduser(os.fspath(path))))
-
-
-def folder_range(folder: str) -> tuple[str, str]:
-    """Bounds such that `low <= path < high` selects everything under `folder`.
-
-    Using a range instead of LIKE keeps the path index usable and needs no
-    escaping of `%` or `_` in folder names.
-    """
-    prefix = folder.rstrip(os.sep) + os.sep
-    return prefix, prefix[:-1] + chr(ord(os.sep) + 1)
 
 
 def encode_vector(vector: np.ndarray) -> bytes:
@@ -271,7 +259,7 @@ class Store:
             connection = sqlite3.connect(path, timeout=30)
         except sqlite3.Error as exc:
             raise storage_error(exc, path) or StoreError(f"Cannot open {path}: {exc}") from None
-        connection.text_factory = _decode_text
+        connection.text_factory = decode_text
         store = cls(sqlite_utils.Database(connection), path)
         try:
             store._check_ours()
@@ -306,7 +294,7 @@ class Store:
         self.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[None]:
+    def transaction(self) -> Iterator[None]:
         """One transaction; a locked, read-only or full database becomes a clear error, having written nothing."""
         try:
             with self.db.atomic():
@@ -382,7 +370,7 @@ class Store:
             return
         if version == 0 and not create:
             raise MissingIndexError(f"No index at {self.path}. Build one first: clipsearch index DIR")
-        with self._transaction():
+        with self.transaction():
             if not self.db["schema_version"].exists():
                 self.db["schema_version"].create({"version": int})
             for target in range(version + 1, SCHEMA_VERSION + 1):
@@ -396,7 +384,7 @@ class Store:
         return row[0] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
-        with self._transaction():
+        with self.transaction():
             self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
 
     # -- model --------------------------------------------------------------
@@ -419,7 +407,7 @@ class Store:
 
     def set_model(self, model_id: str, dim: int) -> None:
         self.check_model(model_id)
-        with self._transaction():
+        with self.transaction():
             self.db["meta"].upsert_all(
                 [{"key": "model", "value": model_id}, {"key": "dim", "value": str(dim)}], pk="key"
             )
@@ -427,24 +415,18 @@ class Store:
     # -- files --------------------------------------------------------------
 
     def paths(self, folder: str | None = None) -> list[str]:
-        where, params = self._scope(folder)
+        where, params = scope_sql(folder)
         return [row[0] for row in self.db.execute(f"SELECT path FROM images {where} ORDER BY path", params)]
 
     def count(self, folder: str | None = None) -> int:
-        where, params = self._scope(folder)
+        where, params = scope_sql(folder)
         return self.db.execute(f"SELECT count(*) FROM images {where}", params).fetchone()[0]
-
-    def _scope(self, folder: str | None) -> tuple[str, list]:
-        if folder is None:
-            return "", []
-        low, high = folder_range(folder)
-        return "WHERE path >= CAST(? AS TEXT) AND path < CAST(? AS TEXT)", [_text(low), _text(high)]
 
     def files_under(self, folders: Iterable[str]) -> dict[str, StoredFile]:
         """Indexed files under any of `folders`: path -> id, size, mtime."""
         found = {}
         for folder in folders:
-            where, params = self._scope(folder)
+            where, params = scope_sql(folder)
             for id_, path, size, mtime_ns in self.db.execute(
                 f"SELECT id, path, size, mtime_ns FROM images {where}", params
             ):
@@ -455,12 +437,16 @@ class Store:
         """Files that failed before: path -> (size, mtime_ns, reason)."""
         found = {}
         for folder in folders:
-            where, params = self._scope(folder)
+            where, params = scope_sql(folder)
             for path, size, mtime_ns, reason in self.db.execute(
                 f"SELECT path, size, mtime_ns, reason FROM failures {where}", params
             ):
                 found[path] = (size, mtime_ns, reason)
         return found
+
+    def failure_count(self) -> int:
+        """How many files could not be read (they are retried when they change)."""
+        return self.db["failures"].count
 
     def known_hashes(self) -> set[str]:
         return {row[0] for row in self.db.execute("SELECT DISTINCT hash FROM images")}
@@ -485,34 +471,34 @@ class Store:
             for row in self.db.query(
                 f"SELECT hash, vector, width, height, phash, colourfulness, {', '.join(METADATA_COLUMNS)} FROM images "
                 "WHERE path = CAST(? AS TEXT)",
-                [_text(path)],
+                [sql_text(path)],
             ):
                 found[row.pop("hash")] = row
         return found
 
     def missing_fingerprints(self, folder: str | None = None) -> list[tuple[int, str]]:
         """(id, path) of images indexed before fingerprints existed."""
-        where, params = self._scope(folder)
+        where, params = scope_sql(folder)
         where = f"{where} AND phash IS NULL" if where else "WHERE phash IS NULL"
         return [(row[0], row[1]) for row in self.db.execute(f"SELECT id, path FROM images {where}", params)]
 
     def set_fingerprints(self, rows: list[tuple[int, bytes, float]]) -> None:
         """Store (id, phash, colourfulness) for existing images, in one transaction."""
-        with self._transaction():
+        with self.transaction():
             self.db.conn.executemany(
                 "UPDATE images SET phash = ?, colourfulness = ? WHERE id = ?", [(p, c, i) for i, p, c in rows]
             )
 
     def missing_metadata(self, folder: str | None = None) -> list[tuple[int, str, int]]:
         """(id, path, mtime_ns) of images indexed before photo metadata existed."""
-        where, params = self._scope(folder)
+        where, params = scope_sql(folder)
         where = f"{where} AND taken_source IS NULL" if where else "WHERE taken_source IS NULL"
         return [tuple(row) for row in self.db.execute(f"SELECT id, path, mtime_ns FROM images {where}", params)]
 
     def set_metadata(self, rows: list[tuple[int, dict]]) -> None:
         """Store (id, {column: value}) photo metadata for existing images, in one transaction."""
         assignments = ", ".join(f"{name} = ?" for name in METADATA_COLUMNS)
-        with self._transaction():
+        with self.transaction():
             self.db.conn.executemany(
                 f"UPDATE images SET {assignments} WHERE id = ?",
                 [[values.get(name) for name in METADATA_COLUMNS] + [image_id] for image_id, values in rows],
@@ -521,7 +507,7 @@ class Store:
     def ids_matching(self, after: str | None = None, before: str | None = None, camera: str | None = None,
                      folder: str | None = None) -> set[int]:
         """Ids of images taken at or after `after` and before `before` (ISO text), by a camera containing `camera`."""
-        where, params = self._scope(folder)
+        where, params = scope_sql(folder)
         conditions = [where.removeprefix("WHERE ")] if where else []
         if after:
             conditions.append("taken >= ?")
@@ -544,7 +530,7 @@ class Store:
 
     def date_range(self, folder: str | None = None) -> tuple[str | None, str | None]:
         """Earliest and latest date taken of the images (under `folder`)."""
-        where, params = self._scope(folder)
+        where, params = scope_sql(folder)
         return tuple(self.db.execute(f"SELECT min(taken), max(taken) FROM images {where}", params).fetchone())
 
     def record_run(self, folders: Iterable[str]) -> None:
@@ -552,9 +538,9 @@ class Store:
         import json
 
         known = set(self.indexed_folders()) | set(folders)
-        with self._transaction():
+        with self.transaction():
             self.db["meta"].upsert_all([{"key": "folders", "value": json.dumps(sorted(known))},
-                                        {"key": "last_index_run", "value": _now()}], pk="key")
+                                        {"key": "last_index_run", "value": now()}], pk="key")
 
     def indexed_folders(self) -> list[str]:
         import json
@@ -564,19 +550,19 @@ class Store:
 
     def write(self, records: list[ImageRecord], failures: list[tuple[str, int, int, str]] = ()) -> None:
         """Store a batch of images (replacing rows of the same path) and failures, in one transaction."""
-        rows = [{**record.__dict__, "indexed_at": _now()} for record in records]
-        with self._transaction():
+        rows = [{**record.__dict__, "indexed_at": now()} for record in records]
+        with self.transaction():
             if rows:
                 self._upsert_images(rows)
                 self.db.conn.executemany("DELETE FROM failures WHERE path = CAST(? AS TEXT)",
-                                         [[_text(r["path"])] for r in rows])
+                                         [[sql_text(r["path"])] for r in rows])
             self._bump_generation()
             if failures:
                 self.db.conn.executemany("DELETE FROM images WHERE path = CAST(? AS TEXT)",
-                                         [[_text(f[0])] for f in failures])
+                                         [[sql_text(f[0])] for f in failures])
                 self.db.conn.executemany(
                     "INSERT OR REPLACE INTO failures (path, size, mtime_ns, reason) VALUES (CAST(? AS TEXT), ?, ?, ?)",
-                    [(_text(p), s, m, r) for p, s, m, r in failures])
+                    [(sql_text(p), s, m, r) for p, s, m, r in failures])
 
     def _upsert_images(self, rows: list[dict]) -> None:
         """Insert rows, or update the row of the same path in place (keeping its id, so its tags stay)."""
@@ -585,14 +571,14 @@ class Store:
         updates = ", ".join(f"{c} = excluded.{c}" for c in IMAGE_COLUMNS[1:])
         self.db.conn.executemany(
             f"INSERT INTO images ({columns}) VALUES ({values}) ON CONFLICT(path) DO UPDATE SET {updates}",
-            [[_text(row["path"])] + [row.get(c) for c in IMAGE_COLUMNS[1:]] for row in rows])
+            [[sql_text(row["path"])] + [row.get(c) for c in IMAGE_COLUMNS[1:]] for row in rows])
 
     def remove(self, paths: Iterable[str]) -> int:
         """Forget these files (images and failures); returns how many images left the index."""
-        paths = [[_text(p)] for p in paths]
+        paths = [[sql_text(p)] for p in paths]
         if not paths:
             return 0
-        with self._transaction():
+        with self.transaction():
             before = self.db.execute("SELECT total_changes()").fetchone()[0]
             self.db.conn.executemany("DELETE FROM images WHERE path = CAST(? AS TEXT)", paths)
             removed = self.db.execute("SELECT total_changes()").fetchone()[0] - before
@@ -613,7 +599,7 @@ class Store:
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
         )
 
-    def _identity(self) -> str:
+    def identity(self) -> str:
         """This index and its current state: what a vector cache must be tagged with to be used."""
         values = dict(self.db.execute("SELECT key, value FROM meta WHERE key IN ('index_id', 'generation')"))
         return f"{values.get('index_id', '')}:{values.get('generation', '0')}"
@@ -630,9 +616,9 @@ class Store:
         """
         recorded = self.model()
         dim = recorded[1] if recorded else 0
-        where, params = self._scope(folder)
-        with self._transaction():  # one snapshot for the change token and the rows
-            identity = self._identity()
+        where, params = scope_sql(folder)
+        with self.transaction():  # one snapshot for the change token and the rows
+            identity = self.identity()
             if folder is None:
                 cached = vectorcache.read(self.cache_path, identity, dim)
                 if cached is not None:
@@ -654,7 +640,7 @@ class Store:
     def remembered_queries(self, model: str, precision: str, texts: list[str]) -> dict[str, np.ndarray]:
         """Vectors of texts this index has embedded before with this model and precision: text -> unit vector."""
         found: dict[str, np.ndarray] = {}
-        texts = [text for text in texts if _is_utf8(text)]  # a query made of undecodable bytes is not remembered
+        texts = [text for text in texts if is_utf8(text)]  # a query made of undecodable bytes is not remembered
         for start in range(0, len(texts), 500):
             chunk = texts[start:start + 500]
             for text, blob in self.db.execute(
@@ -676,8 +662,8 @@ class Store:
                 self.db.conn.executemany(
                     "INSERT OR REPLACE INTO query_vectors (model, precision, text, vector, asked_at) "
                     "VALUES (?, ?, ?, ?, ?)",
-                    [(model, precision, text, np.asarray(v, dtype="<f4").tobytes(), _now())
-                     for text, v in vectors.items() if _is_utf8(text)],
+                    [(model, precision, text, np.asarray(v, dtype="<f4").tobytes(), now())
+                     for text, v in vectors.items() if is_utf8(text)],
                 )
                 self.db.execute(
                     "DELETE FROM query_vectors WHERE rowid NOT IN "
@@ -691,18 +677,18 @@ class Store:
 
     def vector_for_path(self, path: str) -> np.ndarray | None:
         recorded = self.model()
-        row = self.db.execute("SELECT vector FROM images WHERE path = CAST(? AS TEXT)", [_text(path)]).fetchone()
+        row = self.db.execute("SELECT vector FROM images WHERE path = CAST(? AS TEXT)", [sql_text(path)]).fetchone()
         if row is None or recorded is None:
             return None
         return decode_vectors([row[0]], recorded[1])[0]
 
     def id_for_path(self, path: str) -> int | None:
-        row = self.db.execute("SELECT id FROM images WHERE path = CAST(? AS TEXT)", [_text(path)]).fetchone()
+        row = self.db.execute("SELECT id FROM images WHERE path = CAST(? AS TEXT)", [sql_text(path)]).fetchone()
         return row[0] if row else None
 
     def file_table(self, folder: str | None = None) -> dict[str, list]:
         """Facts of every image (or those under `folder`) as columns, ordered by id like `vectors()`."""
-        where, params = self._scope(folder)
+        where, params = scope_sql(folder)
         names = ["id", "path", "size", "mtime_ns", "hash", "width", "height", "phash", "colourfulness",
                  *METADATA_COLUMNS]
         rows = self.db.execute(f"SELECT {', '.join(names)} FROM images {where} ORDER BY id", params).fetchall()
@@ -712,154 +698,17 @@ class Store:
         """Whole rows (vector included) of these paths, to keep in a dedupe manifest."""
         found = []
         for path in paths:
-            found.extend(self.db.query("SELECT * FROM images WHERE path = CAST(? AS TEXT)", [_text(path)]))
+            found.extend(self.db.query("SELECT * FROM images WHERE path = CAST(? AS TEXT)", [sql_text(path)]))
         return found
 
-    def carry_tags(self, gone_paths: Iterable[str]) -> None:
-        """Before these files leave the index, give their tags to indexed files with the same content.
+    def restore_rows(self, rows: list[dict]) -> None:
+        """Put back rows that `rows_for_paths` returned (ids may have been reused: SQLite picks).
 
-        A renamed or moved photo is a new row (same hash, reused vector), so
-        without this its manual tags would be lost; auto tags and the tagging
-        record go along too when the new row has not been tagged yet.
+        Their tags go back with `tagstore.TagStore.restore`, in the same transaction when wanted.
         """
-        carry = (
-            "FROM images gone JOIN {table} t ON t.image_id = gone.id "
-            "JOIN images kept ON kept.hash = gone.hash AND kept.id != gone.id WHERE gone.path = CAST(? AS TEXT)"
-        )
-        with self._transaction():
-            for path in map(_text, gone_paths):
-                self.db.execute(
-                    "INSERT OR REPLACE INTO tags (image_id, tag, score, source, model, vocabulary, tagged_at) "
-                    "SELECT kept.id, t.tag, t.score, t.source, t.model, t.vocabulary, t.tagged_at "
-                    + carry.format(table="tags") + " AND t.source != 'auto'", [path])
-                self.db.execute(
-                    "INSERT OR IGNORE INTO tags (image_id, tag, score, source, model, vocabulary, tagged_at) "
-                    "SELECT kept.id, t.tag, t.score, t.source, t.model, t.vocabulary, t.tagged_at "
-                    + carry.format(table="tags")
-                    + " AND t.source = 'auto' AND kept.id NOT IN (SELECT image_id FROM tag_runs)", [path])
-                self.db.execute(
-                    "INSERT OR IGNORE INTO tag_runs (image_id, model, vocabulary, settings, tagged_at) "
-                    "SELECT kept.id, t.model, t.vocabulary, t.settings, t.tagged_at " + carry.format(table="tag_runs"),
-                    [path])
-
-    def tag_rows(self, image_id: int) -> list[dict]:
-        """An image's tag rows as stored (manual and rejected ones included), to keep in a dedupe manifest."""
-        return list(self.db.query(
-            "SELECT tag, score, source, model, vocabulary, tagged_at FROM tags WHERE image_id = ?", [image_id]))
-
-    def restore_rows(self, rows: list[dict], tag_rows: list[list[dict]] | None = None) -> None:
-        """Put back rows that `rows_for_paths` returned, and their tags (ids may have been reused: SQLite picks)."""
-        with self._transaction():
+        with self.transaction():
             self._upsert_images(rows)
-            for row, tags in zip(rows, tag_rows or []):
-                image_id = self.id_for_path(row["path"])
-                self.db["tags"].upsert_all([{**tag, "image_id": image_id} for tag in tags], pk=("image_id", "tag"))
             self._bump_generation()
-
-    # -- tags ---------------------------------------------------------------
-
-    def untagged(self, run_key: tuple[str, str, str], folder: str | None = None) -> list[int]:
-        """Ids of images not yet tagged with this (model, vocabulary version, settings)."""
-        where, params = self._scope(folder)
-        where = (where + " AND" if where else "WHERE") + (
-            " NOT EXISTS (SELECT 1 FROM tag_runs r WHERE r.image_id = images.id AND r.model = ? "
-            "AND r.vocabulary = ? AND r.settings = ?)"
-        )
-        return [row[0] for row in self.db.execute(f"SELECT id FROM images {where} ORDER BY id", params + list(run_key))]
-
-    def tag_vectors(self, model: str, vocabulary: str, tags: list[str]) -> np.ndarray | None:
-        """Cached unit vectors of `tags` (in that order) for this model and vocabulary version, if all are there."""
-        found = {tag: blob for tag, blob in self.db.execute(
-            "SELECT tag, vector FROM tag_vectors WHERE model = ? AND vocabulary = ?", [model, vocabulary])}
-        if any(tag not in found for tag in tags):
-            return None
-        return np.stack([np.frombuffer(found[tag], dtype="<f4") for tag in tags]).astype(np.float32)
-
-    def save_tag_vectors(self, model: str, vocabulary: str, tags: list[str], vectors: np.ndarray) -> None:
-        with self._transaction():
-            self.db.conn.executemany(
-                "INSERT OR REPLACE INTO tag_vectors (model, vocabulary, tag, vector) VALUES (?, ?, ?, ?)",
-                [(model, vocabulary, tag, np.asarray(v, dtype="<f4").tobytes()) for tag, v in zip(tags, vectors)],
-            )
-
-    def write_auto_tags(self, results: dict[int, list[tuple[str, float]]], run_key: tuple[str, str, str]) -> None:
-        """Replace the auto tags of these images, leaving manual and rejected tags alone; one transaction."""
-        model, vocabulary, settings = run_key
-        now = _now()
-        ids = [[image_id] for image_id in results]
-        with self._transaction():
-            self.db.conn.executemany("DELETE FROM tags WHERE image_id = ? AND source = 'auto'", ids)
-            self.db.conn.executemany(
-                "INSERT OR IGNORE INTO tags (image_id, tag, score, source, model, vocabulary, tagged_at) "
-                "VALUES (?, ?, ?, 'auto', ?, ?, ?)",
-                [(image_id, tag, score, model, vocabulary, now) for image_id, tags in results.items()
-                 for tag, score in tags],
-            )
-            self.db.conn.executemany(
-                "INSERT OR REPLACE INTO tag_runs (image_id, model, vocabulary, settings, tagged_at) "
-                "VALUES (?, ?, ?, ?, ?)", [(image_id, model, vocabulary, settings, now) for image_id in results]
-            )
-
-    def set_manual_tags(self, image_id: int, add: Iterable[str] = (), remove: Iterable[str] = ()) -> None:
-        """Add manual tags; remove tags (an auto tag removed stays away: it is marked rejected)."""
-        now = _now()
-        with self._transaction():
-            self.db.conn.executemany(
-                "INSERT OR REPLACE INTO tags (image_id, tag, score, source, tagged_at) "
-                "VALUES (?, ?, NULL, 'manual', ?)",
-                [(image_id, tag, now) for tag in add],
-            )
-            self.db.conn.executemany(
-                "INSERT OR REPLACE INTO tags (image_id, tag, score, source, tagged_at) "
-                "VALUES (?, ?, NULL, 'rejected', ?)", [(image_id, tag, now) for tag in remove],
-            )
-
-    def tags_of(self, ids: Iterable[int]) -> dict[int, list[dict]]:
-        """Visible tags (auto and manual) of these images, best first."""
-        found: dict[int, list[dict]] = {}
-        ids = [int(i) for i in ids]
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            for row in self.db.query(
-                f"SELECT image_id, tag, score, source FROM tags WHERE source != 'rejected' AND image_id IN "
-                f"({','.join('?' * len(chunk))}) ORDER BY source = 'auto', score DESC, tag", chunk
-            ):
-                found.setdefault(row["image_id"], []).append(row)
-        return found
-
-    def tags_by_path(self, folder: str | None = None) -> dict[str, list[str]]:
-        """Visible tags of every tagged image (under `folder`): path -> tags, best first."""
-        where, params = self._scope(folder)
-        found: dict[str, list[str]] = {}
-        for path, tag in self.db.execute(
-            f"SELECT images.path, tags.tag FROM tags JOIN images ON images.id = tags.image_id {where} "
-            f"{'AND' if where else 'WHERE'} tags.source != 'rejected' "
-            f"ORDER BY images.path, tags.source = 'auto', tags.score DESC, tags.tag", params
-        ):
-            found.setdefault(path, []).append(tag)
-        return found
-
-    def tag_counts(self, folder: str | None = None) -> list[dict]:
-        """Each visible tag with how many images have it (auto, manual), most used first."""
-        where, params = self._scope(folder)
-        join = f"JOIN images ON images.id = tags.image_id {where}" if where else ""
-        return list(self.db.query(
-            f"SELECT tag, count(*) AS images, sum(source = 'auto') AS auto, sum(source = 'manual') AS manual "
-            f"FROM tags {join} {'AND' if where else 'WHERE'} source != 'rejected' GROUP BY tag "
-            f"ORDER BY images DESC, tag", params
-        ))
-
-    def images_with_tags(self, tags: Iterable[str], folder: str | None = None) -> dict[int, float]:
-        """Images having every one of `tags`: id -> ranking score (manual tags count as 1.0; the lowest wins)."""
-        tags = list(dict.fromkeys(tags))
-        where, params = self._scope(folder)
-        scope = f"AND image_id IN (SELECT id FROM images {where})" if where else ""
-        rows = self.db.execute(
-            f"SELECT image_id, min(CASE WHEN source = 'manual' THEN 1.0 ELSE score END), count(*) FROM tags "
-            f"WHERE source != 'rejected' AND tag IN ({','.join('?' * len(tags))}) {scope} GROUP BY image_id",
-            tags + params,
-        )
-        return {image_id: score for image_id, score, count in rows if count == len(tags)}
 
     def image_rows(self, ids: list[int]) -> dict[int, dict]:
         """File facts (no vector) of the given image ids, for output."""
@@ -894,15 +743,8 @@ def _try_lock(fd: int) -> bool:
         return False
 
 
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _now() -> str:
+def now() -> str:
+    """The time rows are stamped with: UTC, to the second."""
     from datetime import datetime, timezone
 
     return datetime.now(timezone.utc).isoformat(timespec="seconds")

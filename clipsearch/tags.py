@@ -33,7 +33,9 @@ import numpy as np
 
 from . import tuning
 from .errors import BadInputError, check_finite
-from .store import Store, normalise_path
+from .paths import normalise_path
+from .store import Store
+from .tagstore import TagStore
 
 DEFAULT_MAX_TAGS = 10
 TEMPLATES = ("a photo of {}", "a picture of {}", "{}")
@@ -119,8 +121,7 @@ def _check_replacing(store: Store, vocabulary: Vocabulary, model_id: str, retag:
     previous = remembered_vocabulary(store)
     if retag or previous is None or previous.source == vocabulary.source:
         return
-    count = store.db.execute("SELECT count(*) FROM tag_runs WHERE model = ? AND vocabulary != ?",
-                             [model_id, vocabulary.version]).fetchone()[0]
+    count = TagStore(store).runs_with_other_vocabulary(model_id, vocabulary.version)
     if count:
         raise TagError(f"{count} images are tagged with the vocabulary {previous.source}; tagging with "
                        f"{vocabulary.source} would replace their automatic tags (manual tags stay). Pass --retag to "
@@ -197,6 +198,7 @@ def _tag_images(store: Store, get_encoder: Callable, folders: list[str] | None, 
     run_key = (model_id, vocabulary.version, f"threshold={threshold:g};max={options.max_tags}")
     report = TagReport(vocabulary.source, vocabulary.version, len(vocabulary.prompts), threshold, options.max_tags)
 
+    tag_store = TagStore(store)
     scopes = [normalise_path(f) for f in folders] if folders else [None]
     for scope in scopes:
         if scope is not None and not os.path.isdir(scope) and store.count(scope) == 0:
@@ -204,7 +206,7 @@ def _tag_images(store: Store, get_encoder: Callable, folders: list[str] | None, 
     wanted: list[int] = []
     for scope in scopes:
         in_scope = store.count(scope)
-        todo = store.untagged(("", "", ""), scope) if options.retag else store.untagged(run_key, scope)
+        todo = tag_store.untagged(("", "", ""), scope) if options.retag else tag_store.untagged(run_key, scope)
         report.skipped += in_scope - len(todo)
         wanted.extend(todo)
     wanted = sorted(set(wanted))
@@ -216,20 +218,20 @@ def _tag_images(store: Store, get_encoder: Callable, folders: list[str] | None, 
         return report
 
     names = vocabulary.tags
-    vectors = store.tag_vectors(model_id, vocabulary.version, names)
+    vectors = tag_store.tag_vectors(model_id, vocabulary.version, names)
     if vectors is None:  # first run with this vocabulary and model: embed its prompts once
         encoder = get_encoder()
         if encoder.model_id != model_id:
             raise TagError(f"Tagging needs the index's model {model_id}, not {encoder.model_id}.")
         vectors = tag_vectors(vocabulary, encoder.embed_texts)
-        store.save_tag_vectors(model_id, vocabulary.version, names, vectors)
+        tag_store.save_tag_vectors(model_id, vocabulary.version, names, vectors)
     stored = store.vectors()
     position = {int(image_id): row for row, image_id in enumerate(stored.ids)}
     for start in range(0, len(wanted), batch):
         ids = [i for i in wanted[start:start + batch] if i in position]
         scores = np.asarray(stored.matrix[[position[i] for i in ids]]) @ vectors.T
         chosen = choose_tags(scores, names, threshold, options.max_tags)
-        store.write_auto_tags(dict(zip(ids, chosen)), run_key)
+        tag_store.write_auto_tags(dict(zip(ids, chosen)), run_key)
         report.tagged += len(ids)
         for tags in chosen:
             report.assigned += len(tags)
@@ -251,6 +253,7 @@ def edit_tags(store: Store, image: str | os.PathLike, add: list[str] = (), remov
     clean = [" ".join(t.split()) for t in (*add, *remove)]
     if any(not t for t in clean):
         raise TagError("A tag cannot be empty.")
+    tag_store = TagStore(store)
     with store.writer():
-        store.set_manual_tags(image_id, [" ".join(t.split()) for t in add], [" ".join(t.split()) for t in remove])
-    return store.tags_of([image_id]).get(image_id, [])
+        tag_store.set_manual_tags(image_id, [" ".join(t.split()) for t in add], [" ".join(t.split()) for t in remove])
+    return tag_store.tags_of([image_id]).get(image_id, [])

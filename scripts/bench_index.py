@@ -23,10 +23,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clipsearch import images, scenes
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # clipsearch_dev: not installed
+
+from clipsearch import images
 from clipsearch.encoder import Encoder
 from clipsearch.indexer import IndexOptions, index_folders
 from clipsearch.store import Store
+from clipsearch_dev import scenes
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".bench"

@@ -14,15 +14,19 @@ import argparse
 import io
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from clipsearch import images, metadata, scenes
-from clipsearch.search import Filters, _filtered, top_k
-from clipsearch.store import ImageRecord, Store, encode_vector
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from clipsearch import images, metadata  # noqa: E402
+from clipsearch.search import Filters, _filtered, top_k  # noqa: E402
+from clipsearch.store import ImageRecord, Store, encode_vector  # noqa: E402
+from clipsearch_dev import scenes  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent.parent / ".bench"
 CAMERAS = [("Canon", "Canon EOS R5"), ("NIKON CORPORATION", "NIKON Z 6"), ("Apple", "iPhone 15"),

@@ -28,6 +28,7 @@ from bench_index import CACHE, vit_b32_model  # noqa: E402
 from clipsearch import tags  # noqa: E402
 from clipsearch.encoder import Encoder  # noqa: E402
 from clipsearch.store import ImageRecord, Store, encode_vector  # noqa: E402
+from clipsearch.tagstore import TagStore
 
 
 def main() -> None:
@@ -54,7 +55,7 @@ def main() -> None:
         first = tags.tag_images(store, lambda: encoder, None, vocabulary)  # embeds the prompts, caches them
         # Random weights give random scores: pick the threshold that gives ~3 tags a photo, so storing costs
         # what it would with a real model.
-        scores = vectors @ store.tag_vectors(encoder.model_id, vocabulary.version, vocabulary.tags).T
+        scores = vectors @ TagStore(store).tag_vectors(encoder.model_id, vocabulary.version, vocabulary.tags).T
         threshold = float(np.quantile(scores, 1 - 3 / len(vocabulary.tags)))
         runs = []
         for _ in range(args.runs):

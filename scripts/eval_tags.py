@@ -20,10 +20,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clipsearch import scenes, tags  # noqa: E402
+from clipsearch import tags  # noqa: E402
 from clipsearch.encoder import Encoder  # noqa: E402
 from clipsearch.indexer import index_folders  # noqa: E402
 from clipsearch.store import Store  # noqa: E402
+from clipsearch.tagstore import TagStore
+from clipsearch_dev import scenes
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -56,7 +58,7 @@ def main() -> None:
         with Store.open(Path(workdir) / "index.db") as store:
             index_folders([Path(workdir) / "scenes"], store, encoder=encoder)
             report = tags.tag_images(store, lambda: encoder, None, vocabulary, tags.TagOptions(args.threshold))
-            assigned = {path: set(found) for path, found in store.tags_by_path().items()}
+            assigned = {path: set(found) for path, found in TagStore(store).tags_by_path().items()}
             assigned = {path: assigned.get(path, set()) for path in truth}
             print(f"{args.scenes} scenes, {len(vocabulary.tags)} tags, threshold {report.threshold:g}, "
                   f"model {args.model}")

@@ -8,8 +8,11 @@ and DIR-vocabulary.txt: tags the demo's model knows, for `clipsearch tag`.
 """
 
 import sys
+from pathlib import Path
 
-from clipsearch import scenes
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # clipsearch_dev: not installed
+
+from clipsearch_dev import scenes
 
 
 def main() -> None:

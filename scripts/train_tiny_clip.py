@@ -23,6 +23,7 @@ import io
 import itertools
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -32,7 +33,10 @@ from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPTokenizer
 
-from clipsearch import images, scenes
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # clipsearch_dev: not installed
+
+from clipsearch import images
+from clipsearch_dev import scenes
 
 SEED = 1234
 IMAGE_SIZE = 64

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from clipsearch import scenes
 from clipsearch.cli import app
 from clipsearch.encoder import Encoder
 from clipsearch.indexer import IndexOptions, index_folders
 from clipsearch.store import Store
+from clipsearch_dev import scenes
 
 # Set before transformers is first imported (it reads this once): tests never reach the Hub.
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -5,8 +5,8 @@ import subprocess
 import sys
 import time
 
-from clipsearch import scenes
 from clipsearch.store import SCHEMA_VERSION, Store
+from clipsearch_dev import scenes
 
 from .conftest import REPO, TINY_MODEL
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipsearch import scenes
 from clipsearch.dedupe import DedupeOptions, KeepPolicy, find_duplicates, neighbour_pairs
 from clipsearch.indexer import IndexOptions, fill_fingerprints, index_folders
 from clipsearch.store import Store
+from clipsearch_dev import scenes
 
 from .conftest import TINY_MODEL
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipsearch import images, scenes
+from clipsearch import images
+from clipsearch_dev import scenes
 
 PREP = images.Preprocess(shortest_edge=64, crop_height=64, crop_width=64)
 
@@ -121,11 +122,9 @@ def test_pixel_limit_guards_against_huge_images():
 
 
 def test_raw_file_is_read_through_its_embedded_preview(tmp_path):
-    from clipsearch import scenes
-
     picture = scenes.draw(scenes.random_scene(__import__("random").Random(2), 640, 480))
     raw = tmp_path / "IMG_0001.NEF"
-    raw.write_bytes(scenes._fake_raw(picture))
+    raw.write_bytes(scenes.fake_raw(picture))
     decoded = images.decode_file(raw, images.Preprocess())
     assert (decoded.width, decoded.height) == (640, 480)
     assert ".nef" in images.supported_extensions()

@@ -35,7 +35,7 @@ def test_first_run_indexes_everything_second_run_does_no_model_work(small_librar
     assert paths_in(db) == on_disk(small_library)
     with Store.open(db) as store:
         assert store.model() == (TINY_MODEL, 64)
-        assert vectorcache.read(store.cache_path, store._identity(), 64) is not None, "index leaves a fresh query cache"
+        assert vectorcache.read(store.cache_path, store.identity(), 64) is not None, "index leaves a fresh query cache"
 
     second = run(small_library, db)
     assert second.unchanged == 12
@@ -71,7 +71,7 @@ def test_touch_rename_copy_modify_delete(small_library, tmp_path):
     report = run(small_library, db)
     assert report.reused == 1  # files[4] now holds files[5]'s bytes: reused, and counted so
     (small_library / "copies" / "copy.jpg").write_bytes(b"")  # an indexed file that became broken
-    from clipsearch import scenes
+    from clipsearch_dev import scenes
 
     scenes.draw(scenes.random_scene(__import__("random").Random(99), 200, 150)).save(files[6])
     set_mtime(files[6], 180)
@@ -151,7 +151,7 @@ def test_other_model_is_refused(small_library, tmp_path):
 
 
 def test_several_folders_and_only_those_are_pruned(tmp_path):
-    from clipsearch import scenes
+    from clipsearch_dev import scenes
 
     scenes.write_library(tmp_path / "a", 3, seed=1)
     scenes.write_library(tmp_path / "b", 3, seed=2)

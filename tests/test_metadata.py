@@ -8,9 +8,10 @@ import pytest
 from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 
-from clipsearch import indexer, metadata, scenes
+from clipsearch import indexer, metadata
 from clipsearch.indexer import IndexOptions, index_folders
 from clipsearch.store import MIGRATIONS, SCHEMA_VERSION, Store
+from clipsearch_dev import scenes
 
 from .conftest import TINY_MODEL
 

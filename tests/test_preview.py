@@ -8,9 +8,10 @@ import os
 
 from PIL import Image
 
-from clipsearch import preview, scenes, thumbnails
+from clipsearch import preview, thumbnails
 from clipsearch.preview import Protocol
 from clipsearch.search import Hit
+from clipsearch_dev import scenes
 
 
 def test_kitty_sequence_byte_for_byte():

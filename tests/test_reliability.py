@@ -17,8 +17,9 @@ from rich.console import Console
 
 from clipsearch import errors, images, moves, output, scan, search, sidecars, tags
 from clipsearch.indexer import index_folders
-from clipsearch.scenes import tag_vocabulary
 from clipsearch.store import ImageRecord, Store, StoreError
+from clipsearch.tagstore import TagStore
+from clipsearch_dev.scenes import tag_vocabulary
 
 from .conftest import TINY_MODEL
 
@@ -176,7 +177,7 @@ def test_case7_export_exports_what_is_stored_and_runs_remember_their_vocabulary(
     _index(cli, small_library, db)
     assert cli("tag", "--db", db, "--vocab", vocab).exit_code == 0
     with Store.open(db) as store:
-        stored = store.tags_by_path()
+        stored = TagStore(store).tags_by_path()
     assert stored
 
     export = cli("tag", "--db", db, "--export", "xmp")
@@ -186,14 +187,14 @@ def test_case7_export_exports_what_is_stored_and_runs_remember_their_vocabulary(
     again = json.loads(cli("tag", "--db", db, "--json").stdout)  # no --vocab: the remembered one, nothing to do
     assert again["vocabulary"] == str(vocab) and again["tagged"] == 0
     with Store.open(db) as store:
-        assert store.tags_by_path() == stored
+        assert TagStore(store).tags_by_path() == stored
 
     other = tmp_path / "other.txt"
     other.write_text("dog\ncat\n")
     refused = cli("tag", "--db", db, "--vocab", other)
     assert refused.exit_code == errors.EXIT_BAD_INPUT and "--retag" in refused.stderr
     with Store.open(db) as store:
-        assert store.tags_by_path() == stored
+        assert TagStore(store).tags_by_path() == stored
 
 
 def test_case8_writers_take_one_lock_and_a_second_writer_is_told_the_index_is_busy(cli, small_library, tmp_path,

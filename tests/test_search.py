@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from clipsearch import scenes, search
+from clipsearch import search
 from clipsearch.search import QueryError, Term, parse_query, top_k
+from clipsearch_dev import scenes
 
 QUERIES = [("red", "circle"), ("blue", "square"), ("yellow", "star"), ("green", "triangle"),
            ("purple", "cross"), ("orange", "circle"), ("white", "star"), ("black", "square")]

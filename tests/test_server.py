@@ -12,9 +12,11 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from clipsearch import scenes, server
+from clipsearch import server
 from clipsearch.indexer import IndexOptions, index_folders
 from clipsearch.store import Store
+from clipsearch.tagstore import TagStore
+from clipsearch_dev import scenes
 
 
 def make_client(db_path, encoder) -> TestClient:
@@ -66,7 +68,7 @@ def test_folder_and_tag_filters(tmp_path, encoder):
     with Store.open(db) as store:
         index_folders([first, second], store, encoder=encoder, options=IndexOptions(batch_size=16))
         tagged = sorted(store.paths(str(second)))[3]
-        store.set_manual_tags(store.id_for_path(tagged), add=["favourite"])
+        TagStore(store).set_manual_tags(store.id_for_path(tagged), add=["favourite"])
     client = make_client(db, encoder)
     inside = result_paths(client.get("/", params={"q": "a circle", "in": str(first)}).text)
     assert len(inside) == 8 and all(p.startswith(str(first) + os.sep) for p in inside)
@@ -78,7 +80,7 @@ def test_folder_and_tag_filters(tmp_path, encoder):
 
 def test_photo_page_shows_it_large_with_similar_photos_and_tags(client, store, scene_library):
     path = str(scene_library[0][0])
-    store.set_manual_tags(store.id_for_path(path), add=["holiday"])
+    TagStore(store).set_manual_tags(store.id_for_path(path), add=["holiday"])
     page = client.get("/photo", params={"path": path})
     assert page.status_code == 200
     assert "size=1600" in page.text and 'href="/?tag=holiday"' in page.text

@@ -9,8 +9,10 @@ import subprocess
 
 import pytest
 
-from clipsearch import scenes, tags
+from clipsearch import tags
 from clipsearch.store import Store
+from clipsearch.tagstore import TagStore
+from clipsearch_dev import scenes
 
 from .conftest import TINY_MODEL
 
@@ -23,7 +25,7 @@ def scene_vocab(tmp_path):
 
 
 def _tags_by_path(store):
-    return {path: set(found) for path, found in store.tags_by_path().items()}
+    return {path: set(found) for path, found in TagStore(store).tags_by_path().items()}
 
 
 def test_built_in_vocabulary_and_user_files():
@@ -178,7 +180,7 @@ def test_xmp_sidecars_are_readable_and_merged(cli, small_library, tmp_path, enco
     assert "11 written, 1 merged" in result.stderr
 
     with Store.open(db) as store:
-        expected = store.tags_by_path()
+        expected = TagStore(store).tags_by_path()
     for photo in photos:
         sidecar = photo.with_name(photo.name + ".xmp")
         read = _exiftool(sidecar)

@@ -252,7 +252,7 @@ def _burst_frame(scene: Scene, rng: random.Random, frame: int) -> Image.Image:
     return Image.fromarray(array.clip(0, 255).astype(np.uint8))
 
 
-def _fake_raw(preview: Image.Image) -> bytes:
+def fake_raw(preview: Image.Image) -> bytes:
     """A TIFF-structured file with a JPEG preview inside, laid out like a camera RAW."""
     header, jpeg = io.BytesIO(), io.BytesIO()
     preview.resize((160, 120)).save(header, "TIFF")
@@ -322,7 +322,7 @@ def write_duplicate_library(folder: str | os.PathLike, families: int = 12, unrel
     for number in range(raw_pairs):
         picture = draw(new_scene())
         stem = folder / "camera" / f"IMG_{number + 1:04d}"
-        stem.with_suffix(".CR2").write_bytes(_fake_raw(picture))
+        stem.with_suffix(".CR2").write_bytes(fake_raw(picture))
         picture.save(stem.with_suffix(".JPG"), quality=quality, exif=_camera_exif())
         files.append(LibraryFile(stem.with_suffix(".CR2"), -1, "raw"))
         files.append(LibraryFile(stem.with_suffix(".JPG"), -1, "raw-jpeg"))

@@ -1,0 +1,253 @@
+"""The Python API: one object for one index, the way sqlite-utils' `Database` and llm's `Collection` are.
+
+Every command of the CLI is one call here, so a script needs one import, not
+six: `Library().find("a red car")`. The index is opened on first use (created
+only by `index`), and a model is loaded only by an operation that needs one:
+text queries go through `queryencoder.QueryEncoder` (remembered vectors, then
+the torch-free ONNX text tower), tagging and indexing through the torch model.
+Like the rest of the library it prints nothing; `notify` receives the few
+one-line notices a person should see (a one-time export, a fallback).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from . import indexer, moves, search
+from .dedupe import DedupeOptions, Group, KeepPolicy, find_duplicates
+from .paths import normalise_path
+from .store import Store
+from .tags import DEFAULT_MAX_TAGS, TagOptions, TagReport, edit_tags, tag_images, vocabulary_for
+from .tagstore import TagStore
+
+if TYPE_CHECKING:
+    from .encoder import Encoder
+    from .queryencoder import QueryEncoder
+    from .sidecars import ExportReport, SidecarStyle
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass
+class Duplicates:
+    """What `Library.dedupe` found: the groups, best tier first, and files it could not fingerprint."""
+
+    groups: list[Group]
+    not_hashed: list[tuple[str, str]]  # (path, reason): only exact copies of these are found
+
+
+class Library:
+    """A photo library's index: index folders, then search, deduplicate and tag them.
+
+    `db` is the index file (default: $CLIPSEARCH_DB, else ~/.local/share/clipsearch/index.db);
+    `model` a Hugging Face id or local folder (default: the index's own model);
+    `device` cuda, mps or cpu (default: the fastest available). Close it, or use `with`.
+    """
+
+    def __init__(self, db: PathLike | None = None, model: str | None = None, device: str | None = None,
+                 notify: Callable[[str], None] | None = None):
+        self.db, self.model, self.device = db, model, device
+        self.notify: Callable[[str], None] = notify or (lambda message: None)
+        self._store: Store | None = None
+        self._encoder: Encoder | None = None
+        self._query_encoders: dict[str, QueryEncoder] = {}
+
+    # -- the index file -------------------------------------------------------
+
+    def _open(self, create: bool) -> Store:
+        if self._store is None:
+            self._store = Store.open(self.db, create=create)
+        return self._store
+
+    @property
+    def store(self) -> Store:
+        """The open index (opened now if needed); it must exist already: `index` creates it."""
+        return self._open(create=False)
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        self._query_encoders.clear()
+
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.close()
+
+    def count(self, folder: PathLike | None = None) -> int:
+        """How many images are indexed (under `folder`)."""
+        return self.store.count(normalise_path(folder) if folder else None)
+
+    # -- indexing -------------------------------------------------------------
+
+    def index(self, *folders: PathLike, options: indexer.IndexOptions | None = None,
+              progress: indexer.Progress | None = None) -> indexer.IndexReport:
+        """Bring the index up to date with `folders` (created if missing): new, changed and deleted files."""
+        store = self._open(create=True)
+        report = indexer.index_folders(folders, store, self.model, self.device, options, progress,
+                                       encoder=self._encoder)
+        self._query_encoders.clear()  # an index's first run records its model
+        return report
+
+    # -- searching ------------------------------------------------------------
+
+    def query_encoder(self, precision: str = "auto") -> QueryEncoder:
+        """What find and similar embed queries with (models load on first need, not here)."""
+        from .queryencoder import QueryEncoder
+
+        if precision not in self._query_encoders:
+            model_id = indexer.resolve_model(self.store, self.model)
+            self._query_encoders[precision] = QueryEncoder(self.store, model_id, self.device, precision,
+                                                           notify=self.notify)
+        return self._query_encoders[precision]
+
+    def find(self, query: Sequence[str] | str | None = None, *, top: int = 10, folder: PathLike | None = None,
+             threshold: float | None = None, tags: Sequence[str] = (), after: str | None = None,
+             before: str | None = None, camera: str | None = None, precision: str = "auto") -> list[search.Hit]:
+        """Images best matching `query` ("dog + snow", or a list of terms), and/or having all `tags`; best first.
+
+        `after`/`before` are dates ("2024", "2024-06", "2024-06-15": from the start / to the end of that
+        period) and `camera` text in the camera's make or model (any case)."""
+        filters = search.Filters.parse(after, before, camera)
+        encoder = self.query_encoder(precision)
+        return search.find(query, self.store, lambda: encoder, top, _text(folder), threshold, tags=tags,
+                           filters=filters)
+
+    def similar(self, image: PathLike, *, top: int = 10, folder: PathLike | None = None,
+                threshold: float | None = None, after: str | None = None, before: str | None = None,
+                camera: str | None = None) -> list[search.Hit]:
+        """Images most like `image` (indexed or not), which itself is not listed; filters as in `find`."""
+        filters = search.Filters.parse(after, before, camera)
+        encoder = self.query_encoder()
+        return search.similar(image, self.store, lambda: encoder, top, _text(folder), threshold, filters=filters)
+
+    # -- duplicates -----------------------------------------------------------
+
+    def dedupe(self, folder: PathLike | None = None, *, similar: bool = False, near_threshold: float | None = None,
+               similar_threshold: float | None = None, max_hash_distance: int = 56,
+               keep: KeepPolicy = KeepPolicy.best, prefer: Sequence[PathLike] = (),
+               progress: indexer.Progress | None = None) -> Duplicates:
+        """Exact copies and near-identical versions (and, with `similar`, bursts); nothing is moved.
+
+        Images indexed before fingerprints or photo metadata existed get them first (the files are read,
+        not the model): the keep choice reads camera EXIF and dates.
+        """
+        store, scope = self.store, _text(folder)
+        if folder is not None and not Path(folder).is_dir():
+            raise indexer.IndexingError(f"{folder} is not a folder.")
+        not_hashed = indexer.fill_fingerprints(store, scope, progress=progress)
+        indexer.fill_metadata(store, scope)
+        options = DedupeOptions(similar, near_threshold, similar_threshold, max_hash_distance, keep=keep,
+                                prefer=tuple(os.fspath(p) for p in prefer))
+        return Duplicates(find_duplicates(store, scope, options), not_hashed)
+
+    def plan_moves(self, groups: list[Group], to: PathLike | None = None,
+                   folder: PathLike | None = None) -> list[moves.Move]:
+        """What moving the extra files of `groups` to `to` (None: the system trash) would do; checks, moves nothing.
+
+        Files keep their folders relative to `folder` (or to the folder a group's members share).
+        """
+        return moves.plan_moves(groups, _folder(to), self.store, _text(folder))
+
+    def move_duplicates(self, plan: list[moves.Move], to: PathLike | None = None) -> moves.MoveReport:
+        """Carry out `plan`, writing a manifest first (in `to`, or the data folder for the trash) to undo it."""
+        manifest = moves.default_manifest_path(_folder(to))
+        report = moves.apply_moves(plan, self.store, manifest)
+        self.store.refresh_vector_cache()
+        return report
+
+    def undo_moves(self, manifest: PathLike) -> moves.UndoReport:
+        """Put back every file a `move_duplicates` run moved, and its index row and tags."""
+        return moves.undo_moves(os.path.expanduser(os.fspath(manifest)), self.store)
+
+    # -- tags -----------------------------------------------------------------
+
+    def tag(self, *folders: PathLike, vocab: PathLike | None = None, threshold: float | None = None,
+            max_tags: int = DEFAULT_MAX_TAGS, retag: bool = False,
+            on_progress: Callable[[int], None] | None = None) -> TagReport:
+        """Zero-shot tags for the indexed images (under `folders`) from `vocab` (default: the index's last
+        vocabulary, else the built-in one); only images not yet tagged with these settings are scored."""
+        vocabulary = vocabulary_for(self.store, vocab)
+        options = TagOptions(threshold, max_tags, retag)
+        return tag_images(self.store, self._encoder_factory(), [os.fspath(f) for f in folders], vocabulary,
+                               options, on_progress=on_progress)
+
+    def tags(self, folder: PathLike | None = None) -> list[dict[str, Any]]:
+        """Each tag with how many images have it (`images`, `auto`, `manual`), most used first."""
+        return TagStore(self.store).tag_counts(normalise_path(folder) if folder else None)
+
+    def add_tags(self, image: PathLike, *names: str) -> list[dict[str, Any]]:
+        """Give one indexed image manual tags; returns its tags afterwards."""
+        return edit_tags(self.store, image, add=list(names))
+
+    def remove_tags(self, image: PathLike, *names: str) -> list[dict[str, Any]]:
+        """Take tags off one image (a removed auto tag stays away); returns its tags afterwards."""
+        return edit_tags(self.store, image, remove=list(names))
+
+    def tags_by_path(self, *folders: PathLike) -> dict[str, list[str]]:
+        """Every tagged image (under `folders`) with its tags, best first."""
+        found: dict[str, list[str]] = {}
+        scopes: list[str | None] = [normalise_path(f) for f in folders] or [None]
+        for scope in scopes:
+            found.update(TagStore(self.store).tags_by_path(scope))
+        return found
+
+    def export_sidecars(self, *folders: PathLike, style: SidecarStyle | None = None) -> ExportReport:
+        """Write the stored tags into XMP sidecars beside the photos (under `folders`), merging existing ones."""
+        from . import sidecars
+
+        return sidecars.export_sidecars(self.tags_by_path(*folders), style or sidecars.SidecarStyle.digikam)
+
+    def _encoder_factory(self) -> Callable[[], Encoder]:
+        """The torch model, loaded on the first call (the model is checked against the index now)."""
+        model_id = indexer.resolve_model(self.store, self.model)
+
+        def load() -> Encoder:
+            if self._encoder is None or self._encoder.model_id != model_id:
+                from .encoder import Encoder
+
+                self._encoder = Encoder.load(model_id, self.device)
+            return self._encoder
+
+        return load
+
+    # -- about the index ------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        """Where the index is, which model built it, the folders and dates it covers, and how many images,
+        failures and tags it holds."""
+        store = self.store
+        recorded = store.model()
+        taken_from, taken_to = store.date_range()
+        return {
+            "index": str(store.path),
+            "model": recorded[0] if recorded else None,
+            "dimensions": recorded[1] if recorded else None,
+            "images": store.count(),
+            "folders": [{"path": folder, "images": store.count(folder)} for folder in store.indexed_folders()],
+            "taken_from": taken_from,
+            "taken_to": taken_to,
+            "last_index_run": store.get_meta("last_index_run"),
+            "failed_files": store.failure_count(),
+            "tagged_images": TagStore(store).tagged_count(),
+            "without_fingerprint": len(store.missing_fingerprints()),
+            "schema_version": store.schema_version(),
+            "size_bytes": sum(p.stat().st_size for p in store.path.parent.glob(store.path.name + "*")),
+        }
+
+
+def _text(path: PathLike | None) -> str | None:
+    return os.fspath(path) if path is not None else None
+
+
+def _folder(path: PathLike | None) -> str | None:
+    """A folder given in Python, where no shell has expanded `~` (a manifest in ./~ would be lost)."""
+    return os.path.expanduser(os.fspath(path)) if path is not None else None

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from enum import Enum
 
 import numpy as np
 
@@ -33,6 +32,7 @@ from . import fingerprint, tuning
 from .errors import BadInputError, check_finite
 from .images import RAW_EXTENSIONS
 from .metadata import FROM_FILE
+from .options import KeepPolicy
 from .paths import normalise_path
 from .store import Store
 
@@ -48,14 +48,6 @@ PROBES = 8
 
 class DedupeError(BadInputError):
     """Dedupe cannot run as asked; the message says why."""
-
-
-class KeepPolicy(str, Enum):
-    best = "best"  # camera EXIF, original format, most pixels, oldest taken, shortest path
-    oldest = "oldest"
-    newest = "newest"
-    largest = "largest"  # largest file
-    shortest_path = "shortest-path"
 
 
 @dataclass

@@ -15,13 +15,7 @@ import numpy as np
 
 from .errors import BadInputError
 from .images import Preprocess
-
-# LAION's ViT-B/32: the same cost as OpenAI's (one 224px pass, 512-d vectors) but
-# better at retrieval: 66.6% vs 63% ImageNet zero-shot, and 68.8% vs 59.4%
-# text-to-image recall on Crossmodal-3600 in immich's measurements.
-DEFAULT_MODEL = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
-MODEL_ENV = "CLIPSEARCH_MODEL"
-DEVICES = ("cuda", "mps", "cpu")
+from .options import DEFAULT_MODEL, DEVICES, MODEL_ENV
 
 
 class ModelError(BadInputError):

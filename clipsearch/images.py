@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from . import fingerprint, metadata
+from .options import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_MEGAPIXELS
 
 try:  # HEIC/HEIF from phones; Pillow itself reads AVIF.
     import pillow_heif
@@ -42,10 +43,6 @@ RAW_EXTENSIONS = frozenset({
     ".3fr", ".arw", ".cr2", ".cr3", ".crw", ".dcr", ".dng", ".erf", ".iiq", ".k25", ".kdc", ".mef", ".mos",
     ".mrw", ".nef", ".nrw", ".orf", ".pef", ".raf", ".raw", ".rw2", ".rwl", ".sr2", ".srf", ".srw", ".x3f",
 })
-
-DEFAULT_MAX_MEGAPIXELS = 250.0
-# Larger files are skipped unread: a 250 MP 16-bit TIFF is ~1.5 GB, a RAW or a JPEG far less.
-DEFAULT_MAX_FILE_MB = 2048.0
 
 
 @functools.cache

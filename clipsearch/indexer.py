@@ -22,14 +22,11 @@ import numpy as np
 from . import images, metadata
 from .encoder import Encoder, model_id_from
 from .errors import BadInputError
+from .options import DEFAULT_WORKERS
 from .paths import normalise_path
 from .scan import Changes, FileEntry, compare, walk_images
 from .store import METADATA_COLUMNS, ImageRecord, Store, encode_vector
 from .tagstore import TagStore
-
-# Decoding is the bottleneck on a GPU (a 12 MP JPEG takes ~70 ms of one core even
-# at 1/8 scale), so use every core; on a CPU the model takes what the decoders leave.
-DEFAULT_WORKERS = min(16, os.cpu_count() or 2)
 
 
 class IndexingError(BadInputError):

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from enum import Enum
+
+from .options import SidecarStyle
 
 SUBJECT = "Xmp.dc.subject"
 EMPTY_PACKET = (
@@ -25,11 +26,6 @@ EMPTY_PACKET = (
     "</x:xmpmeta>\n"
     '<?xpacket end="w"?>\n'
 )
-
-
-class SidecarStyle(str, Enum):
-    digikam = "digikam"  # IMG_0001.jpg.xmp (digiKam, darktable)
-    lightroom = "lightroom"  # IMG_0001.xmp (Lightroom, Capture One)
 
 
 class SidecarError(Exception):

@@ -29,6 +29,7 @@ import sqlite_utils
 
 from . import vectorcache
 from .errors import ClipsearchError, IndexBusyError, IndexUnusableError, NothingFoundError
+from .options import DB_ENV
 from .paths import decode_text, folder_range, is_utf8, normalise_path, scope_sql, sql_text
 from .vectorcache import Vectors
 
@@ -53,7 +54,6 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 5
-DB_ENV = "CLIPSEARCH_DB"
 VECTOR_DTYPE = np.dtype("<f2")
 LOCK_WAIT_ENV = "CLIPSEARCH_LOCK_WAIT"
 DEFAULT_LOCK_WAIT = 10.0  # seconds a second writer waits for the first before giving up

@@ -33,11 +33,11 @@ import numpy as np
 
 from . import tuning
 from .errors import BadInputError, check_finite
+from .options import DEFAULT_MAX_TAGS
 from .paths import normalise_path
 from .store import Store
 from .tagstore import TagStore
 
-DEFAULT_MAX_TAGS = 10
 TEMPLATES = ("a photo of {}", "a picture of {}", "{}")
 BUILT_IN = "built-in"
 VOCABULARY_KEY = "tag_vocabulary"  # meta key: the last run's vocabulary, {"source", "text"}

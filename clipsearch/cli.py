@@ -35,8 +35,20 @@ from typer.exceptions import TyperException
 
 from . import __version__
 from .errors import EXIT_BAD_INPUT, EXIT_INDEX, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NOTHING, ClipsearchError
-from .options import (DB_ENV, DEFAULT_MAX_FILE_MB, DEFAULT_MAX_MEGAPIXELS, DEFAULT_MAX_TAGS, DEFAULT_MODEL,
-                      DEFAULT_WORKERS, DEVICES, LIBRARY_ENV, MODEL_ENV, KeepPolicy, SidecarStyle, TextPrecision)
+from .options import (
+    DB_ENV,
+    DEFAULT_MAX_FILE_MB,
+    DEFAULT_MAX_MEGAPIXELS,
+    DEFAULT_MAX_TAGS,
+    DEFAULT_MODEL,
+    DEFAULT_WORKERS,
+    DEVICES,
+    LIBRARY_ENV,
+    MODEL_ENV,
+    KeepPolicy,
+    SidecarStyle,
+    TextPrecision,
+)
 from .output import Format, shown, stderr
 
 if TYPE_CHECKING:
@@ -57,14 +69,14 @@ def _readable_help_types() -> None:
 
         default_metavar = types.ParamType.get_metavar
 
-        def argument_metavar(self, param, ctx):  # type: ignore[no-untyped-def]
+        def argument_metavar(self, param, ctx):
             value = default_metavar(self, param, ctx)
             return "" if value is None and isinstance(param, core.TyperArgument) else value
 
         types.ParamType.get_metavar = argument_metavar  # type: ignore[method-assign]
         return
     option_type = core.TyperOption.display_type_rich
-    core.TyperArgument.display_type_rich = lambda self, ctx: None
+    core.TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[attr-defined]
     core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else option_type(self, ctx)
 
 
@@ -146,7 +158,7 @@ def _errors() -> Iterator[None]:
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except (typer.Exit, typer.Abort, TyperException):  # usage errors and exits: typer reports them
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (anything else is a bug: reported, with exit 70)
         if _debug:
             import traceback
 

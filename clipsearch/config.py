@@ -95,8 +95,9 @@ def load(path: Path | None = None) -> Config:
                   {name: _checked(table, path, f"[library.{name}] ") for name, table in libraries.items()})
 
 
-def _checked(table: dict, path: Path, where: str) -> dict[str, Any]:
-    checked = {}
+def _checked(table: dict[str, Any], path: Path, where: str) -> dict[str, Any]:
+    checked: dict[str, Any] = {}
+    value: Any
     for name, value in table.items():
         if name not in SETTINGS:
             raise ConfigError(f"{path}: {where}unknown setting '{name}'. Known: {', '.join(SETTINGS)}.")
@@ -109,14 +110,15 @@ def _checked(table: dict, path: Path, where: str) -> dict[str, Any]:
             checked[name] = [os.path.expanduser(item) if holds_paths else item for item in value]
         elif not isinstance(value, kind) or isinstance(value, bool):
             raise ConfigError(f"{path}: {where}{name} must be a {kind.__name__}, not {value!r}.")
-        elif kind is int and value < 1:
+        elif isinstance(value, int) and value < 1:
             raise ConfigError(f"{path}: {where}{name} must be at least 1, not {value}.")
         else:
-            checked[name] = os.path.expanduser(value) if holds_paths else value
+            checked[name] = os.path.expanduser(str(value)) if holds_paths else value
     return checked
 
 
-def explain(given: dict[str, tuple[Any, str | None]], library: str | None = None) -> tuple[list[tuple[str, Any, str]], Config]:
+def explain(given: dict[str, tuple[Any, str | None]],
+            library: str | None = None) -> tuple[list[tuple[str, Any, str]], Config]:
     """Each setting's effective value and where it comes from: flag > environment > config file > default.
 
     `given` holds the command line's values and how it got each: "COMMANDLINE", "ENVIRONMENT" (click's

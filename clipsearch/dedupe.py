@@ -138,7 +138,7 @@ def neighbour_pairs(matrix: np.ndarray, threshold: float, neighbours: int = 16,
     cols = np.concatenate([f[1] for f in found])
     sims = np.concatenate([f[2] for f in found])
     low, high = np.minimum(rows, cols), np.maximum(rows, cols)
-    keys, first = np.unique(low * n + high, return_index=True)  # the same pair may be found twice
+    _keys, first = np.unique(low * n + high, return_index=True)  # the same pair may be found twice
     return low[first], high[first], sims[first]
 
 
@@ -301,6 +301,7 @@ def find_duplicates(store: Store, folder: str | None = None, options: DedupeOpti
     """
     recorded = store.model()
     options = (options or DedupeOptions()).resolved(recorded[0] if recorded else None)
+    assert options.near_threshold is not None and options.similar_threshold is not None  # resolved
     folder = normalise_path(folder) if folder else None
     table = store.file_table(folder)
     vectors = store.vectors(folder)

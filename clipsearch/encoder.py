@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -100,11 +101,11 @@ class Encoder:
     device: str
     dim: int
     preprocess: Preprocess
-    _model: object
-    _tokenizer: object
-    _mean: object  # torch tensors on the device, shape 1x3x1x1
-    _std: object
-    _dtype: object
+    _model: Any  # a transformers CLIP-like model: typed loosely, any checkpoint with the two towers works
+    _tokenizer: Any
+    _mean: Any  # torch tensors on the device, shape 1x3x1x1
+    _std: Any
+    _dtype: Any  # torch.dtype (torch is imported only with a model)
     _pad_to_max: bool
 
     @classmethod

@@ -254,7 +254,8 @@ def _process(to_index: list[FileEntry], previously_indexed: set[str], store: Sto
                     break
                 result = in_flight.popleft().result()
                 if isinstance(result, _Failed):
-                    pending_failures.append((result.entry.path, result.entry.size, result.entry.mtime_ns, result.reason))
+                    entry = result.entry
+                    pending_failures.append((entry.path, entry.size, entry.mtime_ns, result.reason))
                     report.skipped.append((result.entry.path, result.reason))
                     progress.skipped(result.entry.path, result.reason)
                     progress.advance()

@@ -128,7 +128,7 @@ def show_hits(hits: Sequence[Hit], fmt: Format) -> None:
         return
     rows = [(str(rank), f"{hit.score:.3f}", f"{hit.width}x{hit.height}" if hit.width else "", _taken(hit))
             for rank, hit in enumerate(hits, 1)]
-    used = sum(max(len(str(row[i])) for row in rows + [("#", "score", "pixels", "taken")]) for i in range(4))
+    used = sum(max(len(str(row[i])) for row in [*rows, ("#", "score", "pixels", "taken")]) for i in range(4))
     room = max(20, stdout.width - used - 3 * 4)
     table = Table(show_edge=False, header_style="bold")
     table.add_column("#", justify="right", style="dim", no_wrap=True)

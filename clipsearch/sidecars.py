@@ -99,7 +99,7 @@ def export_sidecars(tags_by_path: dict[str, list[str]], style: SidecarStyle = Si
         except SidecarError as exc:
             report.failed.append((sidecar, str(exc)))
             continue
-        except Exception as exc:  # exiv2 raises RuntimeError with its own message
+        except Exception as exc:  # noqa: BLE001  (exiv2 raises RuntimeError with its own message)
             report.failed.append((sidecar, f"{exc} (left as it was)"))
             continue
         setattr(report, outcome, getattr(report, outcome) + 1)

@@ -32,8 +32,8 @@ def build(path: Path, count: int, dim: int) -> None:
             vectors = rng.normal(size=(5000, dim)).astype(np.float32)
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
             store.write([
-                ImageRecord(f"/photos/{(start + i) // 1000:04d}/IMG_{start + i:07d}.jpg", 3_000_000, 1, f"{start + i:064x}",
-                            4000, 3000, encode_vector(v))
+                ImageRecord(f"/photos/{(start + i) // 1000:04d}/IMG_{start + i:07d}.jpg", 3_000_000, 1,
+                            f"{start + i:064x}", 4000, 3000, encode_vector(v))
                 for i, v in enumerate(vectors)
             ])
 

@@ -43,7 +43,7 @@ demo: install
 	@$(BIN)/clipsearch find --tag red --tag star --db $(DEMO_DB) --top 3
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/ruff check . && $(BIN)/mypy && $(BIN)/python -m pytest -q
 
 bench: install
 	$(BIN)/python scripts/bench_index.py

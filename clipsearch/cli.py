@@ -1,4 +1,13 @@
-"""The `clipsearch` command: arguments, exit codes and progress, over the library calls.
+"""The `clipsearch` command: arguments, exit codes and output, over the library calls.
+
+Each command parses its arguments, makes one call on `library.Library` (the
+Python API, so what the command line does a script can do the same way) and
+shows the result (output.py). Nothing here runs SQL or orchestrates a job.
+
+Start-up: at import this module loads only typer, rich and stdlib-only modules
+(options.py for option defaults and choices, errors.py for exit codes), so
+`clipsearch --help` does not import numpy, SQLite helpers, Pillow or torch.
+Each command imports what it needs when it runs.
 
 Exit codes (errors.py; every library error carries its own, mapped in `_errors`):
 0 done; 1 nothing to search or nothing found (no index, empty index or folder,
@@ -9,39 +18,46 @@ read-only, disk full); 4 index busy (another clipsearch holds the writer lock
 for longer than $CLIPSEARCH_LOCK_WAIT seconds); 70 internal error, a bug
 (the traceback with --debug); 130 interrupted.
 
-Locking: index, dedupe --move-to/--trash/--undo and tag (runs and manual
+Locking: index, dedupe --move-to/--trash/--undo and tagging (runs and manual
 edits) take one index-wide writer lock (store.Store.writer); searches never wait.
-
-Each command is one or a few calls on `library.Library`, the Python API, so
-what the command line does a script can do the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
-from enum import Enum
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
-from typer.exceptions import TyperException
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn, TimeRemainingColumn
-from rich.text import Text
+from typer.exceptions import TyperException
 
 from . import __version__
-from . import config, dedupe, indexer, sidecars, tags
-from .encoder import DEFAULT_MODEL, DEVICES, MODEL_ENV
 from .errors import EXIT_BAD_INPUT, EXIT_INDEX, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NOTHING, ClipsearchError
-from .library import Library
-from .output import (Format, show_export_report, show_groups, show_hits, show_image_tags, show_index_report,
-                     show_info, show_move_report, show_plan, show_settings, show_tag_counts, show_tag_report,
-                     show_undo_report, shown, stderr)
-from .store import DB_ENV, Store, default_db_path
+from .options import (
+    DB_ENV,
+    DEFAULT_MAX_FILE_MB,
+    DEFAULT_MAX_MEGAPIXELS,
+    DEFAULT_MAX_TAGS,
+    DEFAULT_MODEL,
+    DEFAULT_WORKERS,
+    DEVICES,
+    LIBRARY_ENV,
+    MODEL_ENV,
+    KeepPolicy,
+    SidecarStyle,
+    TextPrecision,
+)
+from .output import Format, shown, stderr
 
-__all__ = ["app", "main", "EXIT_BAD_INPUT", "EXIT_INDEX", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_NOTHING"]
+if TYPE_CHECKING:
+    from .library import Library
+    from .search import Hit
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_INDEX", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_NOTHING", "app", "main"]
 _debug = False  # set by the global --debug flag
+
 
 def _readable_help_types() -> None:
     """Recent typer prints Python types beside each parameter (`<list[Path]>`, `<bool>`); the metavars
@@ -53,14 +69,14 @@ def _readable_help_types() -> None:
 
         default_metavar = types.ParamType.get_metavar
 
-        def argument_metavar(self, param, ctx):  # type: ignore[no-untyped-def]
+        def argument_metavar(self, param, ctx):
             value = default_metavar(self, param, ctx)
             return "" if value is None and isinstance(param, core.TyperArgument) else value
 
         types.ParamType.get_metavar = argument_metavar  # type: ignore[method-assign]
         return
     option_type = core.TyperOption.display_type_rich
-    core.TyperArgument.display_type_rich = lambda self, ctx: None
+    core.TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[attr-defined]
     core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else option_type(self, ctx)
 
 
@@ -74,11 +90,14 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+
 # Defaults that are not plain values are given as text through show_default: typer prints them as
 # "[default: ...]" itself (written into the help text, rich markup would swallow the brackets).
 def _apply_config(ctx: typer.Context, value: str | None) -> str | None:
     """Eager, so it runs before the other options are read: the config file's settings (and those of
     library `value`) become this command's defaults, below flags and environment variables."""
+    from . import config
+
     with _errors():
         settings = config.load().settings(value)
     ctx.meta["clipsearch.library"] = value
@@ -87,14 +106,14 @@ def _apply_config(ctx: typer.Context, value: str | None) -> str | None:
     return value
 
 
-LibraryOption = typer.Option(None, "--library", "-L", envvar=config.LIBRARY_ENV, metavar="NAME", is_eager=True,
+LibraryOption = typer.Option(None, "--library", "-L", envvar=LIBRARY_ENV, metavar="NAME", is_eager=True,
                              callback=_apply_config, expose_value=False, show_default="none",
-                             help="Use the settings of [library.NAME] in the config file (clipsearch config).")
+                             help="Use the settings of \\[library.NAME] in the config file (clipsearch config).")
 DbOption = typer.Option(None, "--db", envvar=DB_ENV, help="Index file.", metavar="FILE",
                         show_default="~/.local/share/clipsearch/index.db")
 ModelOption = typer.Option(None, "--model", "-m", envvar=MODEL_ENV, metavar="MODEL",
                            help="Hugging Face model id or local folder.",
-                           show_default="the index's model, else laion/CLIP-ViT-B-32-laion2B-s34B-b79K")
+                           show_default=f"the index's model, else {DEFAULT_MODEL}")
 DeviceOption = typer.Option(None, "--device", metavar="DEVICE", help=f"One of {', '.join(DEVICES)}.",
                             show_default="the fastest available")
 TopOption = typer.Option(10, "--top", "-t", min=1, metavar="N", help="How many results.")
@@ -112,14 +131,14 @@ CameraOption = typer.Option(None, "--camera", metavar="TEXT", show_default=False
 JsonOption = typer.Option(False, "--json", help="Print JSON for programs.")
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 PathsOption = typer.Option(False, "--paths", "-p", help="Print bare paths, one a line, for pipes.")
+PreviewOption = typer.Option(False, "--preview", help="Show thumbnails (kitty, WezTerm, Ghostty, iTerm2, sixel).")
+PreviewSizeOption = typer.Option(6, "--preview-size", min=1, max=60, metavar="ROWS",
+                                 help="Thumbnail height in terminal rows.")
+SidecarOption = typer.Option(SidecarStyle.digikam, "--sidecar",
+                             help="Sidecar names: digikam (IMG.jpg.xmp, also darktable) or lightroom (IMG.xmp).")
 
 
-class TextPrecision(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-
-
-def _format(json_: bool, paths: bool) -> Format:
+def _format(json_: bool, paths: bool = False) -> Format:
     if json_ and paths:
         raise typer.BadParameter("--json and --paths cannot be used together.")
     return Format.json if json_ else Format.paths if paths else Format.table
@@ -139,7 +158,7 @@ def _errors() -> Iterator[None]:
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except (typer.Exit, typer.Abort, TyperException):  # usage errors and exits: typer reports them
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001  (anything else is a bug: reported, with exit 70)
         if _debug:
             import traceback
 
@@ -150,73 +169,37 @@ def _errors() -> Iterator[None]:
         raise typer.Exit(EXIT_INTERNAL) from None
 
 
-class _RateColumn(ProgressColumn):
-    def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:.1f} img/s" if speed else "", style="cyan")
+@contextmanager
+def _library(db: Path | None, model: str | None = None, device: str | None = None) -> Iterator[Library]:
+    """The index as the Python API sees it, with errors mapped to exit codes and notices on stderr."""
+    from .library import Library
+
+    with _errors(), Library(db, model, device, notify=lambda message: stderr.print(escape(message))) as library:
+        yield library
 
 
-class _RichProgress(indexer.Progress):
-    """Draws the index job's progress on stderr and prints each skipped file above the bar."""
-
-    def __init__(self, bar: Progress | None):
-        self.bar = bar
-        self.task = None
-
-    def scanned(self, changes) -> None:
-        message = (f"Found {changes.seen} images: {len(changes.to_index)} to index, {changes.unchanged} unchanged, "
-                   f"{len(changes.gone)} gone.")
-        stderr.print(message)
-        if self.bar is not None and changes.to_index:
-            self.task = self.bar.add_task("Indexing", total=len(changes.to_index))
-
-    def advance(self, count: int = 1) -> None:
-        if self.bar is not None and self.task is not None:
-            self.bar.advance(self.task, count)
-
-    def skipped(self, path: str, reason: str) -> None:
-        stderr.print(f"[yellow]skipped[/] {escape(shown(path))}: {escape(shown(reason))}")
-
-    def model_loading(self, model_id: str) -> None:
-        if self.bar is not None and self.task is not None:
-            self.bar.update(self.task, description="loading model")
-        else:
-            stderr.print(f"Loading model {escape(model_id)}...")
-
-    def model_loaded(self) -> None:
-        if self.bar is not None and self.task is not None:
-            self.bar.update(self.task, description="Indexing")
-
-    def fingerprinting(self, count: int) -> None:
-        stderr.print(f"Computing perceptual hashes of {count} images indexed before dedupe existed (once)...")
-        if self.bar is not None:
-            self.task = self.bar.add_task("Hashing", total=count)
-
-
-def _progress_bar(quiet: bool) -> Progress | None:
-    if quiet or not stderr.is_terminal:
-        return None
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    _RateColumn(), TimeRemainingColumn(), console=stderr, transient=True)
+def _deprecated(old: str, new: str) -> None:
+    stderr.print(f"[yellow]deprecated:[/] `{old}` will go in the next version; use `{new}`.", highlight=False)
 
 
 @app.command("index")
 def index_command(
-    folders: list[Path] = typer.Argument(..., help="Folders to index (recursively).", show_default=False, metavar="FOLDER"),
+    folders: list[Path] = typer.Argument(..., help="Folders to index (recursively).", show_default=False,
+                                         metavar="FOLDER"),
     exclude: list[str] = typer.Option([], "--exclude", "-x", metavar="GLOB", show_default="none",
                                       help="Glob of file/folder names or paths to skip, added to the defaults "
                                            "(hidden files, @eaDir, node_modules...). Repeatable."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, metavar="N", help="Images per model call."),
-    workers: int = typer.Option(indexer.DEFAULT_WORKERS, "--workers", min=1, metavar="N", help="Decoding threads."),
+    workers: int = typer.Option(DEFAULT_WORKERS, "--workers", min=1, metavar="N", help="Decoding threads."),
     follow_symlinks: bool = typer.Option(False, "--follow-symlinks", help="Descend into symlinked folders."),
-    max_megapixels: float = typer.Option(250.0, "--max-megapixels", metavar="MP",
+    max_megapixels: float = typer.Option(DEFAULT_MAX_MEGAPIXELS, "--max-megapixels", metavar="MP",
                                          help="Skip images larger than this."),
-    max_file_size: float = typer.Option(indexer.images.DEFAULT_MAX_FILE_MB, "--max-file-size", min=0.001,
+    max_file_size: float = typer.Option(DEFAULT_MAX_FILE_MB, "--max-file-size", min=0.001,
                                         metavar="MB", help="Skip files larger than this many MB, unread."),
-    db: Optional[Path] = DbOption,
+    db: Path | None = DbOption,
     library: str | None = LibraryOption,
-    model: Optional[str] = ModelOption,
-    device: Optional[str] = DeviceOption,
+    model: str | None = ModelOption,
+    device: str | None = DeviceOption,
     json_: bool = JsonOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -225,20 +208,21 @@ def index_command(
     Unchanged files are skipped without reading them; renamed and copied files reuse their vector.
     Safe to interrupt: the next run continues where this one stopped.
     """
-    options = indexer.IndexOptions(batch_size, workers, tuple(exclude), follow_symlinks, max_megapixels, max_file_size)
-    with _errors():
-        bar = _progress_bar(quiet)
-        with Library(db, model, device) as lib, bar or nullcontext():
-            report = lib.index(*folders, options=options, progress=_RichProgress(bar))
-        show_index_report(report, Format.json if json_ else Format.table)
+    from .indexer import IndexOptions
+    from .output import show_index_report
+    from .progress import progress_shown
+
+    options = IndexOptions(batch_size, workers, tuple(exclude), follow_symlinks, max_megapixels, max_file_size)
+    with _library(db, model, device) as lib:
+        with progress_shown(quiet) as progress:
+            report = lib.index(*folders, options=options, progress=progress)
+        show_index_report(report, _format(json_))
 
 
-def _notify(message: str) -> None:
-    stderr.print(escape(message))
-
-
-def _show_query_hits(hits, fmt: Format, preview_rows: int | None) -> None:
+def _show_query_hits(hits: Sequence[Hit], fmt: Format, preview_rows: int | None) -> None:
     """find and similar: print the hits (as thumbnails with --preview); exit 1 when nothing was found."""
+    from .output import show_hits
+
     if preview_rows and fmt is Format.table and hits:
         _show_previews(hits, preview_rows)
     else:
@@ -247,15 +231,11 @@ def _show_query_hits(hits, fmt: Format, preview_rows: int | None) -> None:
         raise typer.Exit(EXIT_NOTHING)
 
 
-PreviewOption = typer.Option(False, "--preview", help="Show thumbnails (kitty, WezTerm, Ghostty, iTerm2, sixel).")
-PreviewSizeOption = typer.Option(6, "--preview-size", min=1, max=60, metavar="ROWS",
-                                   help="Thumbnail height in terminal rows.")
-
-
-def _show_previews(hits, rows: int) -> None:
+def _show_previews(hits: Sequence[Hit], rows: int) -> None:
     import sys
 
     from . import preview
+    from .output import show_hits
 
     protocol = preview.detect() if sys.stdout.isatty() else preview.Protocol.none
     if protocol is preview.Protocol.none:
@@ -268,24 +248,25 @@ def _show_previews(hits, rows: int) -> None:
 
 @app.command("find")
 def find_command(
-    query: Optional[list[str]] = typer.Argument(None, help='Words, image paths, "+", "-" and "N:" weights, e.g. '
-                                                '"a dog" + "on a beach", "2:sunset" - "people", ./cat.jpg + "in snow".',
-                                                show_default=False, metavar="QUERY"),
-    tag: list[str] = typer.Option([], "--tag", "-T", metavar="TAG", show_default="none", help="Only images with this tag (repeatable: all of them). "
+    query: list[str] | None = typer.Argument(None, help='Words, image paths, "+", "-" and "N:" weights, e.g. '
+                                             '"a dog" + "on a beach", "2:sunset" - "people", ./cat.jpg + "in snow".',
+                                             show_default=False, metavar="QUERY"),
+    tag: list[str] = typer.Option([], "--tag", "-T", metavar="TAG", show_default="none",
+                                  help="Only images with this tag (repeatable: all of them). "
                                   "Without a query: the images with the tag, best first."),
     top: int = TopOption,
-    folder: Optional[Path] = InOption,
-    threshold: Optional[float] = ThresholdOption,
+    folder: Path | None = InOption,
+    threshold: float | None = ThresholdOption,
     after: str | None = AfterOption,
     before: str | None = BeforeOption,
     camera: str | None = CameraOption,
-    db: Optional[Path] = DbOption,
+    db: Path | None = DbOption,
     library: str | None = LibraryOption,
-    model: Optional[str] = ModelOption,
-    device: Optional[str] = DeviceOption,
+    model: str | None = ModelOption,
+    device: str | None = DeviceOption,
     precision: TextPrecision = typer.Option(TextPrecision.auto, "--precision",
-                                  help="Text encoder: auto uses int8 when it agrees with the model (cosine >= "
-                                       "0.999), fp32 never quantises."),
+                                            help="Text encoder: auto uses int8 when it agrees with the model "
+                                                 "(cosine >= 0.999), fp32 never quantises."),
     json_: bool = JsonOption,
     paths: bool = PathsOption,
     show_preview: bool = PreviewOption,
@@ -293,7 +274,7 @@ def find_command(
 ) -> None:
     """Find images matching a description (and/or example images), best first."""
     fmt = _format(json_, paths)
-    with _errors(), Library(db, model, device, notify=_notify) as lib:
+    with _library(db, model, device) as lib:
         hits = lib.find(query, top=top, folder=folder, threshold=threshold, tags=tag, after=after, before=before,
                         camera=camera, precision=precision.value)
         _show_query_hits(hits, fmt, preview_size if show_preview else None)
@@ -303,15 +284,15 @@ def find_command(
 def similar_command(
     image: Path = typer.Argument(..., help="An image file, indexed or not.", show_default=False, metavar="IMAGE"),
     top: int = TopOption,
-    folder: Optional[Path] = InOption,
-    threshold: Optional[float] = ThresholdOption,
+    folder: Path | None = InOption,
+    threshold: float | None = ThresholdOption,
     after: str | None = AfterOption,
     before: str | None = BeforeOption,
     camera: str | None = CameraOption,
-    db: Optional[Path] = DbOption,
+    db: Path | None = DbOption,
     library: str | None = LibraryOption,
-    model: Optional[str] = ModelOption,
-    device: Optional[str] = DeviceOption,
+    model: str | None = ModelOption,
+    device: str | None = DeviceOption,
     json_: bool = JsonOption,
     paths: bool = PathsOption,
     show_preview: bool = PreviewOption,
@@ -319,7 +300,7 @@ def similar_command(
 ) -> None:
     """Find the images most like IMAGE (IMAGE itself is not listed)."""
     fmt = _format(json_, paths)
-    with _errors(), Library(db, model, device, notify=_notify) as lib:
+    with _library(db, model, device) as lib:
         hits = lib.similar(image, top=top, folder=folder, threshold=threshold, after=after, before=before,
                            camera=camera)
         _show_query_hits(hits, fmt, preview_size if show_preview else None)
@@ -327,29 +308,29 @@ def similar_command(
 
 @app.command("dedupe")
 def dedupe_command(
-    folder: Optional[Path] = InOption,
+    folder: Path | None = InOption,
     similar: bool = typer.Option(False, "--similar", help="Also group bursts and near-shots of one scene."),
-    near_threshold: Optional[float] = typer.Option(
+    near_threshold: float | None = typer.Option(
         None, "--near-threshold", metavar="COSINE", show_default="0.93 for ViT-B/32; the model's own otherwise",
         help="Cosine above which two images are near-identical candidates (the hash decides)."),
     max_hash_distance: int = typer.Option(56, "--max-hash-distance", min=0, max=256, metavar="BITS",
                                           help="Near-identical: at most this many of the 256 hash bits differ."),
-    similar_threshold: Optional[float] = typer.Option(
+    similar_threshold: float | None = typer.Option(
         None, "--similar-threshold", metavar="COSINE", show_default="0.90 for ViT-B/32; the model's own otherwise",
         help="Cosine above which images are similar shots."),
-    keep: dedupe.KeepPolicy = typer.Option(dedupe.KeepPolicy.best, "--keep",
-                                           help="Which file of a group to keep. best: the one with camera EXIF, "
-                                                "then the original format over a lossless re-encode (PNG, TIFF), "
-                                                "then most pixels, then taken first, then shortest path."),
+    keep: KeepPolicy = typer.Option(KeepPolicy.best, "--keep",
+                                    help="Which file of a group to keep. best: the one with camera EXIF, "
+                                         "then the original format over a lossless re-encode (PNG, TIFF), "
+                                         "then most pixels, then taken first, then shortest path."),
     prefer: list[Path] = typer.Option([], "--prefer", metavar="FOLDER", show_default="none",
                                       help="Keep files in this folder first. Repeatable."),
-    move_to: Optional[Path] = typer.Option(None, "--move-to", metavar="FOLDER", help="Move the extra files here, "
-                                           "keeping their folders (asks first).", show_default="report only"),
+    move_to: Path | None = typer.Option(None, "--move-to", metavar="FOLDER", help="Move the extra files here, "
+                                        "keeping their folders (asks first).", show_default="report only"),
     trash: bool = typer.Option(False, "--trash", help="Send the extra files to the system trash (asks first)."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before moving."),
-    undo: Optional[Path] = typer.Option(None, "--undo", help="Put back everything a --move-to or --trash run "
-                                        "moved, from its manifest.", show_default=False, metavar="MANIFEST"),
-    db: Optional[Path] = DbOption,
+    undo: Path | None = typer.Option(None, "--undo", help="Put back everything a --move-to or --trash run "
+                                     "moved, from its manifest.", show_default=False, metavar="MANIFEST"),
+    db: Path | None = DbOption,
     library: str | None = LibraryOption,
     json_: bool = JsonOption,
     paths: bool = typer.Option(False, "--paths", "-p", help="Print only the files that could go, one a line."),
@@ -360,99 +341,187 @@ def dedupe_command(
     Only reports, unless --move-to or --trash is given; even then nothing is deleted, and
     --undo MANIFEST puts everything back.
     """
+    from .output import show_groups, show_not_hashed
+    from .progress import progress_shown
+
     fmt = _format(json_, paths)
     if move_to and trash:
         raise typer.BadParameter("Use --move-to or --trash, not both.")
-    with _errors(), Library(db) as lib:
+    with _library(db) as lib:
         if undo:
-            report = lib.undo_moves(undo)
-            show_undo_report(report, fmt)
-            if report.skipped:
-                raise typer.Exit(EXIT_NOTHING)
-            return
-        bar = _progress_bar(quiet)
-        with bar or nullcontext():
+            return _undo_moves(lib, undo, fmt)
+        with progress_shown(quiet) as progress:
             found = lib.dedupe(folder, similar=similar, near_threshold=near_threshold,
                                similar_threshold=similar_threshold, max_hash_distance=max_hash_distance,
-                               keep=keep, prefer=prefer, progress=_RichProgress(bar))
-        for path, reason in found.not_hashed:
-            stderr.print(f"[yellow]not hashed[/] {escape(shown(path))}: {escape(reason)} (only exact copies of it "
-                         "are found)")
+                               keep=keep, prefer=prefer, progress=progress)
+        show_not_hashed(found.not_hashed)
         show_groups(found.groups, fmt)
         if not found.groups:
             raise typer.Exit(EXIT_NOTHING)
-        if move_to is None and not trash:
-            return
-        plan = lib.plan_moves(found.groups, move_to, folder)
-        show_plan(plan)
-        if not yes and not typer.confirm("Go ahead?", default=False, err=True):
-            stderr.print("Nothing was moved.")
-            raise typer.Exit(EXIT_NOTHING)
-        show_move_report(lib.move_duplicates(plan, move_to), fmt)
+        if move_to is not None or trash:
+            _move_duplicates(lib, found.groups, move_to, folder, yes, fmt)
+
+
+def _move_duplicates(lib: Library, groups: list[Any], to: Path | None, folder: Path | None, yes: bool,
+                     fmt: Format) -> None:
+    """Show the plan, ask (unless --yes), then move; nothing moves without a yes."""
+    from .output import show_move_report, show_plan
+
+    plan = lib.plan_moves(groups, to, folder)
+    show_plan(plan)
+    if not yes and not typer.confirm("Go ahead?", default=False, err=True):
+        stderr.print("Nothing was moved.")
+        raise typer.Exit(EXIT_NOTHING)
+    show_move_report(lib.move_duplicates(plan, to), fmt)
+
+
+def _undo_moves(lib: Library, manifest: Path, fmt: Format) -> None:
+    from .output import show_undo_report
+
+    report = lib.undo_moves(manifest)
+    show_undo_report(report, fmt)
+    if report.skipped:
+        raise typer.Exit(EXIT_NOTHING)
+
+
+def _old_tag_edit(targets: list[str]) -> str | None:
+    """"add" or "remove" when `tag add IMAGE TAG...` (the old spelling) is meant: a verb, an image that is
+    not a folder, and at least one tag. Otherwise every target is a folder, so a folder named `add` can be
+    tagged with `clipsearch tag add`."""
+    if len(targets) >= 3 and targets[0] in ("add", "remove") and not Path(targets[1]).is_dir():
+        return targets[0]
+    return None
 
 
 @app.command("tag")
 def tag_command(
-    targets: Optional[list[str]] = typer.Argument(
-        None, metavar="[DIR]... | add IMAGE TAG... | remove IMAGE TAG...", show_default=False,
-        help="Folders to tag (default: the whole index); or add / remove manual tags of one image."),
-    vocab: Optional[Path] = typer.Option(None, "--vocab", metavar="FILE", show_default="the built-in 279 tags",
-                                         help="Your own vocabulary: one tag per line, or "
-                                         "'tag: prompt one | prompt two'."),
-    threshold: Optional[float] = typer.Option(
+    folders: list[str] | None = typer.Argument(None, metavar="[DIR]...", show_default=False,
+                                               help="Folders to tag (default: the whole index)."),
+    vocab: Path | None = typer.Option(None, "--vocab", metavar="FILE", show_default="the built-in 279 tags",
+                                      help="Your own vocabulary: one tag per line, or "
+                                      "'tag: prompt one | prompt two'."),
+    threshold: float | None = typer.Option(
         None, "--threshold", metavar="COSINE", show_default="0.28 for ViT-B/32; the model's own otherwise",
         help="Keep a tag when its cosine with the image reaches this."),
-    max_tags: int = typer.Option(tags.DEFAULT_MAX_TAGS, "--max-tags", min=1, metavar="N",
+    max_tags: int = typer.Option(DEFAULT_MAX_TAGS, "--max-tags", min=1, metavar="N",
                                  help="At most this many tags per image."),
     retag: bool = typer.Option(False, "--retag", help="Tag again images already tagged with these settings."),
-    export: Optional[str] = typer.Option(None, "--export", metavar="FORMAT", show_default="none",
-                                         help="Also write the tags to sidecar files: xmp."),
-    sidecar: sidecars.SidecarStyle = typer.Option(sidecars.SidecarStyle.digikam, "--sidecar",
-                                                  help="Sidecar names: digikam (IMG.jpg.xmp, also darktable) or "
-                                                       "lightroom (IMG.xmp)."),
-    db: Optional[Path] = DbOption,
+    export: str | None = typer.Option(None, "--export", metavar="FORMAT", show_default="none",
+                                      help="Deprecated, use `clipsearch tags export`: also write the tags to "
+                                           "sidecar files: xmp."),
+    sidecar: SidecarStyle = SidecarOption,
+    db: Path | None = DbOption,
     library: str | None = LibraryOption,
-    model: Optional[str] = ModelOption,
-    device: Optional[str] = DeviceOption,
+    model: str | None = ModelOption,
+    device: str | None = DeviceOption,
     json_: bool = JsonOption,
     quiet: bool = QuietOption,
 ) -> None:
-    """Tag indexed images from a vocabulary (zero-shot), or add / remove tags by hand.
+    """Tag indexed images from a vocabulary (zero-shot); edit tags by hand with `clipsearch tags`.
 
     Incremental: only images not yet tagged with this model, vocabulary and threshold are scored.
     Manual tags are never changed by automatic tagging.
     """
-    fmt = Format.json if json_ else Format.table
-    targets = targets or []
-    if export is not None and export.lower() != "xmp":
-        raise typer.BadParameter(f"Unknown export format '{export}'; the one supported is xmp.")
-    with _errors(), Library(db, model, device) as lib:
-        if targets and targets[0] in ("add", "remove"):
-            if len(targets) < 3:
-                raise typer.BadParameter(f"Usage: clipsearch tag {targets[0]} IMAGE TAG...")
-            edit = lib.add_tags if targets[0] == "add" else lib.remove_tags
-            show_image_tags(targets[1], edit(targets[1], *targets[2:]), fmt)
-            return
+    from .output import show_export_report, show_tag_report
+    from .progress import progress_shown
+
+    targets, fmt = folders or [], _format(json_)
+    if edit := _old_tag_edit(targets):
+        _deprecated(f"clipsearch tag {edit} IMAGE TAG...", f"clipsearch tags {edit} IMAGE TAG...")
+        return _edit_tags(edit, Path(targets[1]), targets[2:], db, json_)
+    if export is not None:
+        _deprecated("clipsearch tag --export xmp", "clipsearch tags export")
+        if export.lower() != "xmp":
+            raise typer.BadParameter(f"Unknown export format '{export}'; the one supported is xmp.")
+    with _library(db, model, device) as lib:
         if not export or vocab is not None or threshold is not None or retag:  # --export alone: only export
-            bar = _progress_bar(quiet)
-            with bar or nullcontext():
-                task = bar.add_task("Tagging", total=lib.count()) if bar else None
+            with progress_shown(quiet) as progress:
                 report = lib.tag(*targets, vocab=vocab, threshold=threshold, max_tags=max_tags, retag=retag,
-                                     on_progress=(lambda n: bar.advance(task, n)) if bar else None)
+                                 on_progress=progress.counter("Tagging", lib.count()))
             show_tag_report(report, fmt)
         if export:
             show_export_report(lib.export_sidecars(*targets, style=sidecar), sidecar, fmt)
 
 
-@app.command("tags")
-def tags_command(folder: Optional[Path] = InOption, db: Optional[Path] = DbOption,
-                 library: str | None = LibraryOption, json_: bool = JsonOption) -> None:
+tags_app = typer.Typer(help="List the tags, add and remove them by hand, export them to XMP sidecars.",
+                       rich_markup_mode="rich")
+app.add_typer(tags_app, name="tags")
+
+
+@tags_app.callback(invoke_without_command=True)
+def tags_group(ctx: typer.Context, folder: Path | None = InOption, db: Path | None = DbOption,
+               library: str | None = LibraryOption, json_: bool = JsonOption) -> None:
+    """List the tags (alone, as `tags list`), add and remove them by hand, export them to XMP sidecars."""
+    if ctx.invoked_subcommand is None:
+        return _list_tags(folder, db, json_)
+    # Options before the subcommand would be silently ignored by it: say where they go instead.
+    given = [p.opts[0] for p in ctx.command.params
+             if getattr(ctx.get_parameter_source(p.name or ""), "name", None) == "COMMANDLINE"]
+    if given:
+        raise typer.BadParameter(f"Put {', '.join(given)} after the subcommand: clipsearch tags "
+                                 f"{ctx.invoked_subcommand} ... {' '.join(given)}")
+
+
+@tags_app.command("list")
+def tags_list_command(folder: Path | None = InOption, db: Path | None = DbOption,
+                      library: str | None = LibraryOption, json_: bool = JsonOption) -> None:
     """List the tags in the index with how many images have each."""
-    with _errors(), Library(db) as lib:
+    _list_tags(folder, db, json_)
+
+
+def _list_tags(folder: Path | None, db: Path | None, json_: bool) -> None:
+    from .output import show_tag_counts
+
+    with _library(db) as lib:
         counts = lib.tags(folder)
-        show_tag_counts(counts, Format.json if json_ else Format.table)
+        show_tag_counts(counts, _format(json_))
     if not counts:
         raise typer.Exit(EXIT_NOTHING)
+
+
+ImageArgument = typer.Argument(..., metavar="IMAGE", show_default=False, help="An indexed image.")
+TagsArgument = typer.Argument(..., metavar="TAG...", show_default=False, help="Tags (quote one with spaces).")
+
+
+@tags_app.command("add")
+def tags_add_command(image: Path = ImageArgument, names: list[str] = TagsArgument, db: Path | None = DbOption,
+                     library: str | None = LibraryOption, json_: bool = JsonOption) -> None:
+    """Give one indexed image tags by hand; automatic tagging never changes them."""
+    _edit_tags("add", image, names, db, json_)
+
+
+@tags_app.command("remove")
+def tags_remove_command(image: Path = ImageArgument, names: list[str] = TagsArgument, db: Path | None = DbOption,
+                        library: str | None = LibraryOption, json_: bool = JsonOption) -> None:
+    """Take tags off one image; a removed automatic tag does not come back on the next run."""
+    _edit_tags("remove", image, names, db, json_)
+
+
+def _edit_tags(verb: str, image: Path, names: list[str], db: Path | None, json_: bool) -> None:
+    from .output import show_image_tags
+
+    with _library(db) as lib:
+        edit = lib.add_tags if verb == "add" else lib.remove_tags
+        show_image_tags(str(image), edit(image, *names), _format(json_))
+
+
+@tags_app.command("export")
+def tags_export_command(
+    folders: list[Path] | None = typer.Argument(None, metavar="[DIR]...", show_default=False,
+                                                help="Only images under these folders (default: the whole index)."),
+    sidecar: SidecarStyle = SidecarOption,
+    db: Path | None = DbOption,
+    library: str | None = LibraryOption,
+    json_: bool = JsonOption,
+) -> None:
+    """Write the stored tags into XMP sidecars beside the photos (digiKam, darktable, Lightroom read them).
+
+    Existing sidecars are merged: their other keywords and fields stay.
+    """
+    from .output import show_export_report
+
+    with _library(db) as lib:
+        show_export_report(lib.export_sidecars(*(folders or []), style=sidecar), sidecar, _format(json_))
 
 
 @app.command("serve")
@@ -461,40 +530,34 @@ def serve_command(
                              "address lets others on the network see your photos."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
     open_browser: bool = typer.Option(False, "--open", help="Open the page in the web browser."),
-    db: Optional[Path] = DbOption,
-    model: Optional[str] = ModelOption,
-    device: Optional[str] = DeviceOption,
+    db: Path | None = DbOption,
+    library: str | None = LibraryOption,
+    model: str | None = ModelOption,
+    device: str | None = DeviceOption,
 ) -> None:
     """A local web app: search with thumbnails, photo pages with similar photos, duplicate review."""
     from . import server
-    from .encoder import Encoder
+    from .output import show_serving
 
-    with _errors():
-        with Store.open(db, create=False) as store:
-            model_id = indexer.resolve_model(store, model)
-            count, db_path = store.count(), store.path
-        stderr.print(f"Loading model {escape(model_id)}...")
-        encoder = Encoder.load(model_id, device)
-        encoder.embed_texts(["a photo"])  # warm up, so the first search is as fast as the next
-    if host not in server.LOCAL_HOSTS:
-        stderr.print(f"[yellow]warning:[/] listening on {escape(host)}: anyone who can reach this machine can see "
-                     "your photos and move files in the duplicate review. Use --host 127.0.0.1 to keep it private.")
-    url = f"http://{'localhost' if host in server.LOCAL_HOSTS else host}:{port}/"
-    stderr.print(f"Serving {count} photos from {escape(str(db_path))} at [bold]{url}[/] (Ctrl-C to stop).")
+    with _library(db, model, device) as lib:
+        web_app, count, db_path = lib.web_app(), lib.count(), lib.store.path
+    url = show_serving(host, port, count, db_path, local=host in server.LOCAL_HOSTS)
     if open_browser:
         import threading
         import webbrowser
 
         threading.Timer(1.0, webbrowser.open, [url]).start()
-    server.run(server.create_app(db_path, lambda: encoder), host, port)
+    server.run(web_app, host, port)
 
 
 @app.command("info")
-def info_command(db: Optional[Path] = DbOption, library: str | None = LibraryOption,
+def info_command(db: Path | None = DbOption, library: str | None = LibraryOption,
                  json_: bool = JsonOption) -> None:
     """Where the index is, which model built it and how many images it holds."""
-    with _errors(), Library(db) as lib:
-        show_info(lib.info(), Format.json if json_ else Format.table)
+    from .output import show_info
+
+    with _library(db) as lib:
+        show_info(lib.info(), _format(json_))
 
 
 @app.command("config")
@@ -512,26 +575,15 @@ def config_command(
     The config file is ~/.config/clipsearch/config.toml ($XDG_CONFIG_HOME, or $CLIPSEARCH_CONFIG); it may
     set db, model, device, top, exclude and prefer, and [library.NAME] tables selected with --library NAME.
     """
+    from . import config
+    from .output import show_settings
+
+    values = {"db": str(db) if db else None, "model": model, "device": device, "top": top}
+    # By name: typer may bring its own copy of click's ParameterSource.
+    given = {name: (value, getattr(ctx.get_parameter_source(name), "name", None)) for name, value in values.items()}
     with _errors():
-        loaded = config.load()
-        from_file = loaded.settings(ctx.meta.get("clipsearch.library"))
-        given = {"db": str(db) if db else None, "model": model, "device": device, "top": top}
-        envvars = {"db": DB_ENV, "model": MODEL_ENV}
-        builtin = {"db": str(default_db_path()), "model": f"the index's model, else {DEFAULT_MODEL}",
-                   "device": "the fastest available", "top": 10, "exclude": [], "prefer": []}
-        rows = []
-        for name in config.SETTINGS:
-            # By name: typer may bring its own copy of click's ParameterSource.
-            source = getattr(ctx.get_parameter_source(name), "name", None) if name in given else None
-            if source == "COMMANDLINE":
-                rows.append((name, given[name], "flag"))
-            elif source == "ENVIRONMENT":
-                rows.append((name, given[name], f"environment {envvars[name]}"))
-            elif name in from_file:
-                rows.append((name, *from_file[name]))
-            else:
-                rows.append((name, builtin[name], "built-in default"))
-        show_settings(rows, loaded, Format.json if json_ else Format.table)
+        rows, loaded = config.explain(given, ctx.meta.get("clipsearch.library"))
+        show_settings(rows, loaded, _format(json_))
 
 
 def _version(value: bool) -> None:

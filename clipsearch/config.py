@@ -32,7 +32,6 @@ else:  # pragma: no cover - Python 3.10 uses the backport (a dependency there on
     import tomli as tomllib
 
 CONFIG_ENV = "CLIPSEARCH_CONFIG"
-LIBRARY_ENV = "CLIPSEARCH_LIBRARY"
 
 # Setting -> (type, whether it holds paths). Lists hold strings.
 SETTINGS: dict[str, tuple[type, bool]] = {
@@ -96,8 +95,9 @@ def load(path: Path | None = None) -> Config:
                   {name: _checked(table, path, f"[library.{name}] ") for name, table in libraries.items()})
 
 
-def _checked(table: dict, path: Path, where: str) -> dict[str, Any]:
-    checked = {}
+def _checked(table: dict[str, Any], path: Path, where: str) -> dict[str, Any]:
+    checked: dict[str, Any] = {}
+    value: Any
     for name, value in table.items():
         if name not in SETTINGS:
             raise ConfigError(f"{path}: {where}unknown setting '{name}'. Known: {', '.join(SETTINGS)}.")
@@ -110,8 +110,38 @@ def _checked(table: dict, path: Path, where: str) -> dict[str, Any]:
             checked[name] = [os.path.expanduser(item) if holds_paths else item for item in value]
         elif not isinstance(value, kind) or isinstance(value, bool):
             raise ConfigError(f"{path}: {where}{name} must be a {kind.__name__}, not {value!r}.")
-        elif kind is int and value < 1:
+        elif isinstance(value, int) and value < 1:
             raise ConfigError(f"{path}: {where}{name} must be at least 1, not {value}.")
         else:
-            checked[name] = os.path.expanduser(value) if holds_paths else value
+            checked[name] = os.path.expanduser(str(value)) if holds_paths else value
     return checked
+
+
+def explain(given: dict[str, tuple[Any, str | None]],
+            library: str | None = None) -> tuple[list[tuple[str, Any, str]], Config]:
+    """Each setting's effective value and where it comes from: flag > environment > config file > default.
+
+    `given` holds the command line's values and how it got each: "COMMANDLINE", "ENVIRONMENT" (click's
+    parameter sources, by name) or None; `library` selects a [library.NAME] table. Returns the rows
+    (setting, value, source) and the config file read.
+    """
+    from .options import DB_ENV, DEFAULT_MODEL, MODEL_ENV
+    from .store import default_db_path
+
+    loaded = load()
+    from_file = loaded.settings(library)
+    envvars = {"db": DB_ENV, "model": MODEL_ENV}
+    builtin = {"db": str(default_db_path()), "model": f"the index's model, else {DEFAULT_MODEL}",
+               "device": "the fastest available", "top": 10, "exclude": [], "prefer": []}
+    rows: list[tuple[str, Any, str]] = []
+    for name in SETTINGS:
+        value, source = given.get(name, (None, None))
+        if source == "COMMANDLINE":
+            rows.append((name, value, "flag"))
+        elif source == "ENVIRONMENT":
+            rows.append((name, value, f"environment {envvars[name]}"))
+        elif name in from_file:
+            rows.append((name, *from_file[name]))
+        else:
+            rows.append((name, builtin[name], "built-in default"))
+    return rows, loaded

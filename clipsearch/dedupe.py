@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from enum import Enum
 
 import numpy as np
 
@@ -33,6 +32,7 @@ from . import fingerprint, tuning
 from .errors import BadInputError, check_finite
 from .images import RAW_EXTENSIONS
 from .metadata import FROM_FILE
+from .options import KeepPolicy
 from .paths import normalise_path
 from .store import Store
 
@@ -48,14 +48,6 @@ PROBES = 8
 
 class DedupeError(BadInputError):
     """Dedupe cannot run as asked; the message says why."""
-
-
-class KeepPolicy(str, Enum):
-    best = "best"  # camera EXIF, original format, most pixels, oldest taken, shortest path
-    oldest = "oldest"
-    newest = "newest"
-    largest = "largest"  # largest file
-    shortest_path = "shortest-path"
 
 
 @dataclass
@@ -146,7 +138,7 @@ def neighbour_pairs(matrix: np.ndarray, threshold: float, neighbours: int = 16,
     cols = np.concatenate([f[1] for f in found])
     sims = np.concatenate([f[2] for f in found])
     low, high = np.minimum(rows, cols), np.maximum(rows, cols)
-    keys, first = np.unique(low * n + high, return_index=True)  # the same pair may be found twice
+    _keys, first = np.unique(low * n + high, return_index=True)  # the same pair may be found twice
     return low[first], high[first], sims[first]
 
 
@@ -309,6 +301,7 @@ def find_duplicates(store: Store, folder: str | None = None, options: DedupeOpti
     """
     recorded = store.model()
     options = (options or DedupeOptions()).resolved(recorded[0] if recorded else None)
+    assert options.near_threshold is not None and options.similar_threshold is not None  # resolved
     folder = normalise_path(folder) if folder else None
     table = store.file_table(folder)
     vectors = store.vectors(folder)

@@ -10,18 +10,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .errors import BadInputError
 from .images import Preprocess
-
-# LAION's ViT-B/32: the same cost as OpenAI's (one 224px pass, 512-d vectors) but
-# better at retrieval: 66.6% vs 63% ImageNet zero-shot, and 68.8% vs 59.4%
-# text-to-image recall on Crossmodal-3600 in immich's measurements.
-DEFAULT_MODEL = "laion/CLIP-ViT-B-32-laion2B-s34B-b79K"
-MODEL_ENV = "CLIPSEARCH_MODEL"
-DEVICES = ("cuda", "mps", "cpu")
+from .options import DEFAULT_MODEL, DEVICES, MODEL_ENV
 
 
 class ModelError(BadInputError):
@@ -106,11 +101,11 @@ class Encoder:
     device: str
     dim: int
     preprocess: Preprocess
-    _model: object
-    _tokenizer: object
-    _mean: object  # torch tensors on the device, shape 1x3x1x1
-    _std: object
-    _dtype: object
+    _model: Any  # a transformers CLIP-like model: typed loosely, any checkpoint with the two towers works
+    _tokenizer: Any
+    _mean: Any  # torch tensors on the device, shape 1x3x1x1
+    _std: Any
+    _dtype: Any  # torch.dtype (torch is imported only with a model)
     _pad_to_max: bool
 
     @classmethod

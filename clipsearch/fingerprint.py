@@ -54,7 +54,7 @@ def colourfulness(image: Image.Image) -> float:
 
 def hamming(a: np.ndarray | bytes, b: np.ndarray | bytes) -> np.ndarray:
     """Bits that differ between hashes: two hashes (bytes), or row by row of two hash_matrix arrays."""
-    if isinstance(a, bytes):
+    if isinstance(a, bytes) and isinstance(b, bytes):
         a, b = hash_matrix([a]), hash_matrix([b])
         return np.bitwise_count(np.bitwise_xor(a, b)).sum(axis=-1)[0]
     return np.bitwise_count(np.bitwise_xor(a, b)).sum(axis=-1)

@@ -18,13 +18,14 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from . import fingerprint, metadata
+from .options import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_MEGAPIXELS
 
 try:  # HEIC/HEIF from phones; Pillow itself reads AVIF.
     import pillow_heif
 
     pillow_heif.register_heif_opener()
 except ImportError:  # pragma: no cover - optional at runtime
-    pillow_heif = None
+    pillow_heif = None  # type: ignore[assignment]
 
 # We enforce our own, clearer pixel limit (see `decode`).
 Image.MAX_IMAGE_PIXELS = None
@@ -42,10 +43,6 @@ RAW_EXTENSIONS = frozenset({
     ".3fr", ".arw", ".cr2", ".cr3", ".crw", ".dcr", ".dng", ".erf", ".iiq", ".k25", ".kdc", ".mef", ".mos",
     ".mrw", ".nef", ".nrw", ".orf", ".pef", ".raf", ".raw", ".rw2", ".rwl", ".sr2", ".srf", ".srw", ".x3f",
 })
-
-DEFAULT_MAX_MEGAPIXELS = 250.0
-# Larger files are skipped unread: a 250 MP 16-bit TIFF is ~1.5 GB, a RAW or a JPEG far less.
-DEFAULT_MAX_FILE_MB = 2048.0
 
 
 @functools.cache
@@ -177,7 +174,7 @@ def _open(
     `orientation` overrides the file's own EXIF orientation (for RAW previews).
     """
     try:
-        image = Image.open(io.BytesIO(data))
+        image: Image.Image = Image.open(io.BytesIO(data))
         width, height = image.size
         if width * height > max_megapixels * 1_000_000:
             raise ImageError(
@@ -219,7 +216,7 @@ _TRANSPOSE = {
 def _orientation(image: Image.Image) -> int:
     try:
         return int(image.getexif().get(0x0112, 1))
-    except Exception:  # broken EXIF blocks are common and harmless here
+    except Exception:  # noqa: BLE001  (broken EXIF blocks are common and harmless here)
         return 1
 
 
@@ -241,7 +238,7 @@ def raw_preview(data: bytes) -> tuple[bytes, int, metadata.PhotoMetadata]:
         try:
             with Image.open(io.BytesIO(view[match.start():])) as candidate:
                 area = candidate.width * candidate.height
-        except Exception:
+        except Exception:  # noqa: BLE001  (a false JPEG marker inside the RAW: try the next one)
             continue
         if area > best_area:
             best, best_area = match.start(), area
@@ -256,7 +253,7 @@ def _raw_exif(data: bytes) -> tuple[int, metadata.PhotoMetadata]:
         with Image.open(io.BytesIO(data)) as raw:
             exif = raw.getexif()
             return int(exif.get(0x0112, 1)), metadata.from_exif(exif)
-    except Exception:
+    except Exception:  # noqa: BLE001  (no readable EXIF: upright, no metadata)
         return 1, metadata.PhotoMetadata()
 
 
@@ -287,5 +284,6 @@ def decode(data: bytes, prep: Preprocess, max_megapixels: float = DEFAULT_MAX_ME
                         fingerprint.perceptual_hash(image), fingerprint.colourfulness(image), raw_metadata or found)
 
 
-def decode_file(path: str | os.PathLike, prep: Preprocess, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> DecodedImage:
+def decode_file(path: str | os.PathLike, prep: Preprocess,
+                max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> DecodedImage:
     return decode(read_bytes(os.fspath(path)), prep, max_megapixels, os.fspath(path))

@@ -22,14 +22,11 @@ import numpy as np
 from . import images, metadata
 from .encoder import Encoder, model_id_from
 from .errors import BadInputError
+from .options import DEFAULT_WORKERS
 from .paths import normalise_path
 from .scan import Changes, FileEntry, compare, walk_images
 from .store import METADATA_COLUMNS, ImageRecord, Store, encode_vector
 from .tagstore import TagStore
-
-# Decoding is the bottleneck on a GPU (a 12 MP JPEG takes ~70 ms of one core even
-# at 1/8 scale), so use every core; on a CPU the model takes what the decoders leave.
-DEFAULT_WORKERS = min(16, os.cpu_count() or 2)
 
 
 class IndexingError(BadInputError):
@@ -257,7 +254,8 @@ def _process(to_index: list[FileEntry], previously_indexed: set[str], store: Sto
                     break
                 result = in_flight.popleft().result()
                 if isinstance(result, _Failed):
-                    pending_failures.append((result.entry.path, result.entry.size, result.entry.mtime_ns, result.reason))
+                    entry = result.entry
+                    pending_failures.append((entry.path, entry.size, entry.mtime_ns, result.reason))
                     report.skipped.append((result.entry.path, result.reason))
                     progress.skipped(result.entry.path, result.reason)
                     progress.advance()

@@ -26,6 +26,8 @@ from .tags import DEFAULT_MAX_TAGS, TagOptions, TagReport, edit_tags, tag_images
 from .tagstore import TagStore
 
 if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
     from .encoder import Encoder
     from .queryencoder import QueryEncoder
     from .sidecars import ExportReport, SidecarStyle
@@ -218,6 +220,19 @@ class Library:
             return self._encoder
 
         return load
+
+    # -- the web app ----------------------------------------------------------
+
+    def web_app(self) -> Starlette:
+        """The `serve` web app over this index, with the model loaded and warmed up (so the first search
+        is as fast as the next). Run it with `server.run(app, host, port)`; it opens its own connections."""
+        from . import server
+
+        model_id = indexer.resolve_model(self.store, self.model)
+        self.notify(f"Loading model {model_id}...")
+        encoder = self._encoder_factory()()
+        encoder.embed_texts(["a photo"])
+        return server.create_app(self.store.path, lambda: encoder)
 
     # -- about the index ------------------------------------------------------
 

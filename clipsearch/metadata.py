@@ -108,7 +108,8 @@ def _date(value) -> str | None:
     if not match:
         return None
     try:
-        return datetime(*(int(part) for part in match.groups())).isoformat(timespec="seconds")
+        year, month, day, hour, minute, second = (int(part) for part in match.groups())
+        return datetime(year, month, day, hour, minute, second).isoformat(timespec="seconds")
     except ValueError:
         return None
 
@@ -161,7 +162,8 @@ def period(text: str) -> tuple[str, str]:
     match = _PERIOD.match(text.strip())
     if not match:
         raise ValueError(f"'{text}' is not a date; use 2024, 2024-06, 2024-06-15 or 2024-06-15T10:30")
-    year, month, day, hour, minute, second = (int(g) if g else None for g in match.groups())
+    year = int(match.group(1))
+    month, day, hour, minute, second = (int(g) if g else None for g in match.groups()[1:])
     try:
         start = datetime(year, month or 1, day or 1, hour or 0, minute or 0, second or 0)
     except ValueError as exc:

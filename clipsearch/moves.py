@@ -17,6 +17,7 @@ hash, and the recorded row must be a sane row of that file.
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import hashlib
 import json
@@ -157,10 +158,8 @@ def move_file(source: str, target: str) -> None:
         shutil.copystat(source, partial)
         os.rename(partial, target)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(partial)
-        except OSError:
-            pass
         raise
     _fsync_folder(os.path.dirname(target))
     os.unlink(source)
@@ -185,10 +184,11 @@ def apply_moves(moves: list[Move], store: Store, manifest: str | os.PathLike,
                 report.skipped.append((move.source, reason))
                 continue
             if store.id_for_path(move.keep) is None:
-                reason = f"the copy to keep ({move.keep}) is no longer in the index; run clipsearch index, then dedupe again"
+                reason = (f"the copy to keep ({move.keep}) is no longer in the index; run clipsearch index, "
+                          "then dedupe again")
                 report.skipped.append((move.source, reason))
                 continue
-            target = None if trash else _free_name(move.target)
+            target = None if trash or move.target is None else _free_name(move.target)
             try:
                 _append(handle, {"source": move.source, "target": target, "keep": move.keep, "tier": move.tier,
                                  "sha256": rows[0]["hash"], "row": _encode_row(rows[0]),
@@ -201,7 +201,7 @@ def apply_moves(moves: list[Move], store: Store, manifest: str | os.PathLike,
                 if trash:
                     send2trash(move.source)
                 else:
-                    move_file(move.source, target)
+                    move_file(move.source, target)  # type: ignore[arg-type]  # set unless trash
             except OSError as exc:
                 report.skipped.append((move.source, f"could not move: {exc.strerror or exc}"))
                 continue
@@ -327,7 +327,7 @@ def _trash_folders(original: str) -> list[tuple[Path, Path]]:
         from send2trash import plat_other  # where send2trash itself puts files (it reads $XDG_DATA_HOME once)
 
         folders.append((Path(plat_other.HOMETRASH), Path(plat_other.HOMETRASH).parent))
-    except Exception:  # pragma: no cover - other platforms
+    except Exception:  # noqa: BLE001  # pragma: no cover - other platforms
         pass
     mount = Path(original).parent
     while not os.path.ismount(mount) and mount != mount.parent:
@@ -339,7 +339,7 @@ def _trash_folders(original: str) -> list[tuple[Path, Path]]:
 
 def _find_in_trash(original: str, sha256: str) -> tuple[str | None, str | None]:
     """The newest trashed copy of `original` whose bytes match."""
-    candidates = []
+    candidates: list[tuple[str, str, str | None]] = []
     for trash, top in _trash_folders(original):
         info_folder = trash / "info"
         if info_folder.is_dir():
@@ -351,7 +351,7 @@ def _find_in_trash(original: str, sha256: str) -> tuple[str | None, str | None]:
     macos_trash = Path.home() / ".Trash"
     if macos_trash.is_dir():
         candidates += [("", str(p), None) for p in macos_trash.glob(Path(original).stem + "*" + Path(original).suffix)]
-    for _, path, info in sorted(candidates, reverse=True):
+    for _, path, info_file in sorted(candidates, reverse=True):
         if os.path.isfile(path) and _sha256(path) == sha256:
-            return path, info
+            return path, info_file
     return None, None

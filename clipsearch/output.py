@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.markup import escape
@@ -21,12 +22,15 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from .dedupe import Group
-from .indexer import IndexReport
-from .moves import Move, MoveReport, UndoReport
-from .search import Hit
-from .sidecars import ExportReport
-from .tags import TagReport
+if TYPE_CHECKING:  # only for annotations: the CLI imports this module for --help too
+    from .config import Config
+    from .dedupe import Group
+    from .indexer import IndexReport
+    from .moves import Move, MoveReport, UndoReport
+    from .options import SidecarStyle
+    from .search import Hit
+    from .sidecars import ExportReport
+    from .tags import TagReport
 
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
@@ -124,7 +128,7 @@ def show_hits(hits: Sequence[Hit], fmt: Format) -> None:
         return
     rows = [(str(rank), f"{hit.score:.3f}", f"{hit.width}x{hit.height}" if hit.width else "", _taken(hit))
             for rank, hit in enumerate(hits, 1)]
-    used = sum(max(len(str(row[i])) for row in rows + [("#", "score", "pixels", "taken")]) for i in range(4))
+    used = sum(max(len(str(row[i])) for row in [*rows, ("#", "score", "pixels", "taken")]) for i in range(4))
     room = max(20, stdout.width - used - 3 * 4)
     table = Table(show_edge=False, header_style="bold")
     table.add_column("#", justify="right", style="dim", no_wrap=True)
@@ -291,7 +295,7 @@ def show_image_tags(image: str, image_tags: Sequence[dict], fmt: Format) -> None
     stdout.print(f"{escape(shown(image))}: {escape(', '.join(described)) or 'no tags'}")
 
 
-def show_export_report(report: ExportReport, style, fmt: Format) -> None:
+def show_export_report(report: ExportReport, style: SidecarStyle, fmt: Format) -> None:
     if fmt is Format.json:
         sys.stderr.write(json.dumps({"sidecars": report.__dict__ | {"style": style.value}}) + "\n")
         return
@@ -301,7 +305,7 @@ def show_export_report(report: ExportReport, style, fmt: Format) -> None:
                  f"{report.unchanged} already up to date. The photos themselves were not touched.")
 
 
-def show_settings(rows: Sequence[tuple[str, object, str]], loaded, fmt: Format) -> None:
+def show_settings(rows: Sequence[tuple[str, object, str]], loaded: Config, fmt: Format) -> None:
     """`clipsearch config`: each setting, its value and where it came from."""
     if fmt is Format.json:
         settings = {name: {"value": value, "source": source} for name, value, source in rows}
@@ -320,3 +324,20 @@ def show_settings(rows: Sequence[tuple[str, object, str]], loaded, fmt: Format) 
         shown = ", ".join(value) if isinstance(value, list) else str(value)
         table.add_row(name, escape(shown or "(none)"), escape(source))
     stdout.print(table)
+
+
+def show_not_hashed(not_hashed: Sequence[tuple[str, str]]) -> None:
+    """dedupe: files that could not be fingerprinted (only exact copies of them are found)."""
+    for path, reason in not_hashed:
+        stderr.print(f"[yellow]not hashed[/] {escape(shown(path))}: {escape(reason)} (only exact copies of it "
+                     "are found)")
+
+
+def show_serving(host: str, port: int, count: int, db_path: Path, local: bool) -> str:
+    """serve: where the web app is (and a warning when others on the network can reach it); returns its URL."""
+    if not local:
+        stderr.print(f"[yellow]warning:[/] listening on {escape(host)}: anyone who can reach this machine can see "
+                     "your photos and move files in the duplicate review. Use --host 127.0.0.1 to keep it private.")
+    url = f"http://{'localhost' if local else host}:{port}/"
+    stderr.print(f"Serving {count} photos from {escape(str(db_path))} at [bold]{url}[/] (Ctrl-C to stop).")
+    return url

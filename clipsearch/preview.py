@@ -31,7 +31,8 @@ CELL_HEIGHT_PX = 20  # a typical terminal cell; sixel images are not scaled by t
 KITTY_CHUNK = 4096  # the graphics protocol's largest payload per escape sequence
 
 NOTICE = ("Previews need a terminal that shows images (kitty, WezTerm, Ghostty, iTerm2, or one with sixel "
-          f"such as foot or Windows Terminal); showing the list only. Set {PREVIEW_ENV}=kitty|iterm|sixel to force one.")
+          f"such as foot or Windows Terminal); showing the list only. Set {PREVIEW_ENV}=kitty|iterm|sixel to "
+          "force one.")
 
 
 class Protocol(str, Enum):
@@ -50,7 +51,8 @@ def detect(environ: Mapping[str, str] = os.environ, ask_terminal: Callable[[], b
     # Inside tmux or screen these variables are inherited from the outer terminal, which does not see our output.
     multiplexed = "TMUX" in environ or term.startswith(("screen", "tmux"))
     if not multiplexed:
-        if term in ("xterm-kitty", "xterm-ghostty") or "KITTY_WINDOW_ID" in environ or program in ("WezTerm", "ghostty"):
+        kitty_like = term in ("xterm-kitty", "xterm-ghostty") or program in ("WezTerm", "ghostty")
+        if kitty_like or "KITTY_WINDOW_ID" in environ:
             return Protocol.kitty
         if program == "iTerm.app" or environ.get("LC_TERMINAL") == "iTerm2":
             return Protocol.iterm

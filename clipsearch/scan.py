@@ -79,8 +79,8 @@ def walk_images(
             if (info.st_dev, info.st_ino) in visited:
                 continue
             visited.add((info.st_dev, info.st_ino))
-            with os.scandir(folder) as entries:
-                entries = sorted(entries, key=lambda e: e.name)
+            with os.scandir(folder) as found:
+                entries = sorted(found, key=lambda e: e.name)
         except OSError as exc:
             if unlisted is not None:
                 unlisted.append(folder)

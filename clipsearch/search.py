@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import numpy as np
@@ -169,7 +170,8 @@ def combine(vectors: np.ndarray, weights: Sequence[float]) -> np.ndarray:
     return combined / norm
 
 
-def top_k(matrix: np.ndarray, query: np.ndarray, k: int, exclude: set[int] = frozenset()) -> list[tuple[int, float]]:
+def top_k(matrix: np.ndarray, query: np.ndarray, k: int,
+          exclude: AbstractSet[int] = frozenset()) -> list[tuple[int, float]]:
     """Indices and scores of the k best rows, best first, without sorting every row."""
     scores = matrix @ query.astype(np.float32)
     for row in exclude:
@@ -232,7 +234,7 @@ def embed_terms(terms: list[Term], store: Store, get_encoder: Callable) -> np.nd
             v if v is not None else next(image_vectors if t.is_image else text_vectors)
             for t, v in zip(terms, vectors)
         ]
-    return np.stack(vectors)
+    return np.stack(vectors)  # type: ignore[arg-type]  # every None was filled just above
 
 
 def _embed_files(encoder, paths: list[str]) -> np.ndarray:
@@ -281,7 +283,7 @@ def find(
         vectors = _filtered(store, vectors, filters, folder)
     if not len(vectors):
         return []
-    terms = parse_query([query] if isinstance(query, str) else query)
+    terms = parse_query([query] if isinstance(query, str) else query or [])
     query_vector = combine(embed_terms(terms, store, get_encoder), [t.weight for t in terms])
     return _hits(store, vectors, top_k(vectors.matrix, query_vector, top), threshold)
 
@@ -309,4 +311,5 @@ def similar(
     return _hits(store, vectors, top_k(vectors.matrix, query_vector, top, exclude), threshold)
 
 
-__all__ = ["Filters", "Hit", "QueryError", "EmptyIndexError", "StoreError", "Term", "find", "parse_query", "similar", "top_k"]
+__all__ = ["EmptyIndexError", "Filters", "Hit", "QueryError", "StoreError", "Term", "find", "parse_query", "similar",
+           "top_k"]

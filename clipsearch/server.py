@@ -65,7 +65,8 @@ def _date(mtime_ns: int | None) -> str:
 
 def _url(route: str, **params) -> str:
     """A link with its query string; `in_` stands for the `in` parameter (a Python keyword)."""
-    kept = {("in" if k == "in_" else k): v for k, v in params.items() if v not in (None, "", [], (), 1 if k == "page" else None)}
+    kept = {("in" if k == "in_" else k): v for k, v in params.items()
+            if v not in (None, "", [], (), 1 if k == "page" else None)}
     return route + ("?" + urlencode(kept, doseq=True) if kept else "")
 
 

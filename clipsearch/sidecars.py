@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from enum import Enum
+
+from .options import SidecarStyle
 
 SUBJECT = "Xmp.dc.subject"
 EMPTY_PACKET = (
@@ -25,11 +26,6 @@ EMPTY_PACKET = (
     "</x:xmpmeta>\n"
     '<?xpacket end="w"?>\n'
 )
-
-
-class SidecarStyle(str, Enum):
-    digikam = "digikam"  # IMG_0001.jpg.xmp (digiKam, darktable)
-    lightroom = "lightroom"  # IMG_0001.xmp (Lightroom, Capture One)
 
 
 class SidecarError(Exception):
@@ -103,7 +99,7 @@ def export_sidecars(tags_by_path: dict[str, list[str]], style: SidecarStyle = Si
         except SidecarError as exc:
             report.failed.append((sidecar, str(exc)))
             continue
-        except Exception as exc:  # exiv2 raises RuntimeError with its own message
+        except Exception as exc:  # noqa: BLE001  (exiv2 raises RuntimeError with its own message)
             report.failed.append((sidecar, f"{exc} (left as it was)"))
             continue
         setattr(report, outcome, getattr(report, outcome) + 1)

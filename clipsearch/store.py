@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +29,7 @@ import sqlite_utils
 
 from . import vectorcache
 from .errors import ClipsearchError, IndexBusyError, IndexUnusableError, NothingFoundError
+from .options import DB_ENV
 from .paths import decode_text, folder_range, is_utf8, normalise_path, scope_sql, sql_text
 from .vectorcache import Vectors
 
@@ -53,13 +54,12 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 5
-DB_ENV = "CLIPSEARCH_DB"
 VECTOR_DTYPE = np.dtype("<f2")
 LOCK_WAIT_ENV = "CLIPSEARCH_LOCK_WAIT"
 DEFAULT_LOCK_WAIT = 10.0  # seconds a second writer waits for the first before giving up
 METADATA_COLUMNS = ("taken", "taken_source", "camera_make", "camera_model", "lat", "lon")
 IMAGE_COLUMNS = ("path", "size", "mtime_ns", "hash", "width", "height", "vector", "phash", "colourfulness",
-                 "indexed_at") + METADATA_COLUMNS
+                 "indexed_at", *METADATA_COLUMNS)
 
 
 class StoreError(IndexUnusableError):
@@ -146,8 +146,8 @@ class StoredFile:
 
 
 def _create_v1(db: sqlite_utils.Database) -> None:
-    db["meta"].create({"key": str, "value": str}, pk="key")
-    db["images"].create(
+    db.table("meta").create({"key": str, "value": str}, pk="key")
+    db.table("images").create(
         {
             "id": int, "path": str, "size": int, "mtime_ns": int, "hash": str,
             "width": int, "height": int, "vector": bytes, "indexed_at": str,
@@ -155,16 +155,16 @@ def _create_v1(db: sqlite_utils.Database) -> None:
         pk="id",
         not_null={"path", "size", "mtime_ns", "hash", "vector"},
     )
-    db["images"].create_index(["path"], unique=True)
-    db["images"].create_index(["hash"])
+    db.table("images").create_index(["path"], unique=True)
+    db.table("images").create_index(["hash"])
     # Files that could not be read, so an unchanged broken file is not retried every run.
-    db["failures"].create({"path": str, "size": int, "mtime_ns": int, "reason": str}, pk="path")
+    db.table("failures").create({"path": str, "size": int, "mtime_ns": int, "reason": str}, pk="path")
 
 
 def _add_fingerprints_v2(db: sqlite_utils.Database) -> None:
     """Pixel fingerprints for dedupe; NULL for rows indexed before, filled in by `fill_fingerprints`."""
-    db["images"].add_column("phash", bytes)
-    db["images"].add_column("colourfulness", float)
+    db.table("images").add_column("phash", bytes)
+    db.table("images").add_column("colourfulness", float)
 
 
 def _add_tags_v3(db: sqlite_utils.Database) -> None:
@@ -219,7 +219,7 @@ def _add_photo_metadata_v5(db: sqlite_utils.Database) -> None:
     """
     for name, kind in (("taken", str), ("taken_source", str), ("camera_make", str), ("camera_model", str),
                        ("lat", float), ("lon", float)):
-        db["images"].add_column(name, kind)
+        db.table("images").add_column(name, kind)
     db.execute("CREATE INDEX images_taken ON images (taken)")
     db.execute("CREATE INDEX images_camera ON images (camera_make, camera_model)")
 
@@ -372,10 +372,10 @@ class Store:
             raise MissingIndexError(f"No index at {self.path}. Build one first: clipsearch index DIR")
         with self.transaction():
             if not self.db["schema_version"].exists():
-                self.db["schema_version"].create({"version": int})
+                self.db.table("schema_version").create({"version": int})
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 MIGRATIONS[target](self.db)
-                self.db["schema_version"].insert({"version": target})
+                self.db.table("schema_version").insert({"version": target})
 
     # -- settings -----------------------------------------------------------
 
@@ -408,7 +408,7 @@ class Store:
     def set_model(self, model_id: str, dim: int) -> None:
         self.check_model(model_id)
         with self.transaction():
-            self.db["meta"].upsert_all(
+            self.db.table("meta").upsert_all(
                 [{"key": "model", "value": model_id}, {"key": "dim", "value": str(dim)}], pk="key"
             )
 
@@ -539,7 +539,7 @@ class Store:
 
         known = set(self.indexed_folders()) | set(folders)
         with self.transaction():
-            self.db["meta"].upsert_all([{"key": "folders", "value": json.dumps(sorted(known))},
+            self.db.table("meta").upsert_all([{"key": "folders", "value": json.dumps(sorted(known))},
                                         {"key": "last_index_run", "value": now()}], pk="key")
 
     def indexed_folders(self) -> list[str]:
@@ -548,7 +548,7 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'folders'").fetchone()
         return json.loads(row[0]) if row else []
 
-    def write(self, records: list[ImageRecord], failures: list[tuple[str, int, int, str]] = ()) -> None:
+    def write(self, records: list[ImageRecord], failures: Sequence[tuple[str, int, int, str]] = ()) -> None:
         """Store a batch of images (replacing rows of the same path) and failures, in one transaction."""
         rows = [{**record.__dict__, "indexed_at": now()} for record in records]
         with self.transaction():
@@ -575,15 +575,15 @@ class Store:
 
     def remove(self, paths: Iterable[str]) -> int:
         """Forget these files (images and failures); returns how many images left the index."""
-        paths = [[sql_text(p)] for p in paths]
-        if not paths:
+        rows = [[sql_text(p)] for p in paths]
+        if not rows:
             return 0
         with self.transaction():
             before = self.db.execute("SELECT total_changes()").fetchone()[0]
-            self.db.conn.executemany("DELETE FROM images WHERE path = CAST(? AS TEXT)", paths)
+            self.db.conn.executemany("DELETE FROM images WHERE path = CAST(? AS TEXT)", rows)
             removed = self.db.execute("SELECT total_changes()").fetchone()[0] - before
             self._bump_generation()
-            self.db.conn.executemany("DELETE FROM failures WHERE path = CAST(? AS TEXT)", paths)
+            self.db.conn.executemany("DELETE FROM failures WHERE path = CAST(? AS TEXT)", rows)
         return removed
 
     # -- vectors ------------------------------------------------------------
@@ -696,7 +696,7 @@ class Store:
 
     def rows_for_paths(self, paths: Iterable[str]) -> list[dict]:
         """Whole rows (vector included) of these paths, to keep in a dedupe manifest."""
-        found = []
+        found: list[dict] = []
         for path in paths:
             found.extend(self.db.query("SELECT * FROM images WHERE path = CAST(? AS TEXT)", [sql_text(path)]))
         return found
@@ -735,7 +735,7 @@ def _try_lock(fd: int) -> bool:
         import msvcrt
 
         try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined,unused-ignore]  # Windows only
             return True
         except OSError:
             return False

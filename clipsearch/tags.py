@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -33,11 +33,11 @@ import numpy as np
 
 from . import tuning
 from .errors import BadInputError, check_finite
+from .options import DEFAULT_MAX_TAGS
 from .paths import normalise_path
 from .store import Store
 from .tagstore import TagStore
 
-DEFAULT_MAX_TAGS = 10
 TEMPLATES = ("a photo of {}", "a picture of {}", "{}")
 BUILT_IN = "built-in"
 VOCABULARY_KEY = "tag_vocabulary"  # meta key: the last run's vocabulary, {"source", "text"}
@@ -244,7 +244,8 @@ def _tag_images(store: Store, get_encoder: Callable, folders: list[str] | None, 
     return report
 
 
-def edit_tags(store: Store, image: str | os.PathLike, add: list[str] = (), remove: list[str] = ()) -> list[dict]:
+def edit_tags(store: Store, image: str | os.PathLike, add: Sequence[str] = (),
+              remove: Sequence[str] = ()) -> list[dict]:
     """Manual tags on one indexed image; returns its tags afterwards."""
     path = normalise_path(image)
     image_id = store.id_for_path(path)

@@ -61,7 +61,8 @@ class TagStore:
             " NOT EXISTS (SELECT 1 FROM tag_runs r WHERE r.image_id = images.id AND r.model = ? "
             "AND r.vocabulary = ? AND r.settings = ?)"
         )
-        return [row[0] for row in self.store.db.execute(f"SELECT id FROM images {where} ORDER BY id", params + list(run_key))]
+        rows = self.store.db.execute(f"SELECT id FROM images {where} ORDER BY id", [*params, *run_key])
+        return [row[0] for row in rows]
 
     def tag_vectors(self, model: str, vocabulary: str, tags: list[str]) -> np.ndarray | None:
         """Cached unit vectors of `tags` (in that order) for this model and vocabulary version, if all are there."""

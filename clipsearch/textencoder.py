@@ -81,7 +81,8 @@ def model_folder(model_id: str) -> Path | None:
         return None
     hf_home = os.environ.get("HF_HOME") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface")
-    hub = Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or os.path.join(hf_home, "hub"))
+    hub = Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+               or os.path.join(hf_home, "hub"))
     repo = hub / ("models--" + model_id.replace("/", "--"))
     try:
         commit = (repo / "refs" / "main").read_text().strip()

@@ -39,7 +39,7 @@ def render(data: bytes, max_side: int, path: str = "") -> Image.Image:
     """An upright RGB image whose longer side is at most `max_side`, decoding as little as possible."""
     orientation = None
     if path and images.is_raw(path):
-        data, orientation = images.raw_preview(data)
+        data, orientation, _ = images.raw_preview(data)
     try:
         with Image.open(io.BytesIO(data)) as header:
             width, height = header.size

@@ -133,7 +133,8 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
         return rotated(points)
     if shape == "cross":
         a, b = r, r * 0.33
-        return rotated([(-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b), (b, a), (-b, a), (-b, b), (-a, b), (-a, -b), (-b, -b)])
+        return rotated([(-b, -a), (b, -a), (b, -b), (a, -b), (a, b), (b, b), (b, a), (-b, a), (-b, b), (-a, b),
+                        (-a, -b), (-b, -b)])
     raise ValueError(f"unknown shape {shape!r}")
 
 
@@ -303,7 +304,7 @@ def write_duplicate_library(folder: str | os.PathLike, families: int = 12, unrel
         copy = folder / "copies" / f"{name}.jpg"
         copy.write_bytes(path.read_bytes())
         files.append(LibraryFile(copy, family, "exact"))
-        for kind in NEAR_KINDS[1:] + ("grey",):
+        for kind in (*NEAR_KINDS[1:], "grey"):
             written = _save_variant(original, kind, folder / "exports" / f"{name}-{kind}.jpg", quality)
             files.append(LibraryFile(written, family, kind))
         for frame in (1, 2):

@@ -99,7 +99,8 @@ def decode_rate(paths: list[Path], prep: images.Preprocess, workers: int, draft:
 
 def model_rate(encoder: Encoder, count: int, batch_size: int) -> float:
     prep = encoder.preprocess
-    batch = np.random.default_rng(0).integers(0, 255, (batch_size, prep.crop_height, prep.crop_width, 3), dtype=np.uint8)
+    shape = (batch_size, prep.crop_height, prep.crop_width, 3)
+    batch = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
     encoder.embed_pixels(batch)  # warm-up
     started = time.perf_counter()
     done = 0
@@ -134,7 +135,8 @@ def main() -> None:
     print(f"setup: {len(photos)} JPEGs of {args.megapixels:g} MP ({mean_mb:.1f} MB each), model {Path(model).name}, "
           f"device {encoder.device}, batch {options.batch_size}, {options.workers} decode threads")
 
-    print(f"decode only, full size: {decode_rate(photos[:40], encoder.preprocess, options.workers, False):.1f} images/s")
+    full_size = decode_rate(photos[:40], encoder.preprocess, options.workers, False)
+    print(f"decode only, full size: {full_size:.1f} images/s")
     print(f"decode only, draft mode: {decode_rate(photos, encoder.preprocess, options.workers, True):.1f} images/s")
     print(f"model only: {model_rate(encoder, max(128, args.images), options.batch_size):.1f} images/s")
 

@@ -23,10 +23,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clipsearch import images, metadata  # noqa: E402
-from clipsearch.search import Filters, _filtered, top_k  # noqa: E402
-from clipsearch.store import ImageRecord, Store, encode_vector  # noqa: E402
-from clipsearch_dev import scenes  # noqa: E402
+from clipsearch import images, metadata
+from clipsearch.search import Filters, _filtered, top_k
+from clipsearch.store import ImageRecord, Store, encode_vector
+from clipsearch_dev import scenes
 
 CACHE = Path(__file__).resolve().parent.parent / ".bench"
 CAMERAS = [("Canon", "Canon EOS R5"), ("NIKON CORPORATION", "NIKON Z 6"), ("Apple", "iPhone 15"),

@@ -116,7 +116,8 @@ def main() -> None:
     report("  the same search.find in-process (embed + load + rank + rows)", direct)
     report("  of which: embedding the text (tiny model)", embed)
     report("GET /?q=...&page=3 (results 97-144)", series(lambda i: {"q": QUERIES[i % len(QUERIES)], "page": 3}))
-    report("GET /?q=...&in=one folder of 1000", series(lambda i: {"q": QUERIES[i % len(QUERIES)], "in": "/photos/0042"}))
+    report("GET /?q=...&in=one folder of 1000",
+           series(lambda i: {"q": QUERIES[i % len(QUERIES)], "in": "/photos/0042"}))
     print(f"HTTP + page rendering add {statistics.median(http_times) / statistics.median(direct):.2f}x to the search; "
           f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     uvicorn_server.should_exit = True

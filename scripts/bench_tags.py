@@ -23,11 +23,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_index import CACHE, vit_b32_model  # noqa: E402
+from bench_index import CACHE, vit_b32_model
 
-from clipsearch import tags  # noqa: E402
-from clipsearch.encoder import Encoder  # noqa: E402
-from clipsearch.store import ImageRecord, Store, encode_vector  # noqa: E402
+from clipsearch import tags
+from clipsearch.encoder import Encoder
+from clipsearch.store import ImageRecord, Store, encode_vector
 from clipsearch.tagstore import TagStore
 
 

@@ -32,11 +32,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clipsearch.dedupe import DedupeOptions, find_duplicates  # noqa: E402
-from clipsearch.encoder import Encoder  # noqa: E402
-from clipsearch.indexer import index_folders  # noqa: E402
-from clipsearch.store import Store  # noqa: E402
-from clipsearch_dev import scenes  # noqa: E402
+from clipsearch.dedupe import DedupeOptions, find_duplicates
+from clipsearch.encoder import Encoder
+from clipsearch.indexer import index_folders
+from clipsearch.store import Store
+from clipsearch_dev import scenes
 
 REPO = Path(__file__).resolve().parent.parent
 RENDITIONS = {"original", *scenes.NEAR_KINDS}

@@ -20,10 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clipsearch import tags  # noqa: E402
-from clipsearch.encoder import Encoder  # noqa: E402
-from clipsearch.indexer import index_folders  # noqa: E402
-from clipsearch.store import Store  # noqa: E402
+from clipsearch import tags
+from clipsearch.encoder import Encoder
+from clipsearch.indexer import index_folders
+from clipsearch.store import Store
 from clipsearch.tagstore import TagStore
 from clipsearch_dev import scenes
 

@@ -84,7 +84,7 @@ ATTRIBUTE_KINDS = (
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def caption_code(text: str) -> tuple[int, ...]:
     """What a caption claims, one index per attribute kind; -1 where it says nothing."""
     words = set(text.split())
@@ -137,7 +137,8 @@ def make_model(tokenizer: CLIPTokenizer) -> CLIPModel:
         text_config=dict(
             vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
             num_attention_heads=2, max_position_embeddings=24,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         ),
         vision_config=dict(
             image_size=IMAGE_SIZE, patch_size=16, hidden_size=128, intermediate_size=256,
@@ -160,7 +161,8 @@ def embed_pixels(model: CLIPModel, pixels: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: CLIPModel, tokenizer: CLIPTokenizer, pixels: np.ndarray, drawn: list[scenes.Scene]) -> dict[str, float]:
+def evaluate(model: CLIPModel, tokenizer: CLIPTokenizer, pixels: np.ndarray,
+             drawn: list[scenes.Scene]) -> dict[str, float]:
     """Text-to-image precision@1 for "a <colour> <shape>" queries, over a held-out gallery."""
     model.eval()
     image_vectors = torch.cat([embed_pixels(model, pixels[i:i + 256]) for i in range(0, len(pixels), 256)])

@@ -162,7 +162,7 @@ def test_kill_9_during_index_then_resume(tmp_path):
         survived = store.count()
     assert survived >= stored
 
-    resumed = subprocess.run(command + ["--json"], env=env, capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run([*command, "--json"], env=env, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     report = json.loads(resumed.stdout)
     assert report["unchanged"] == survived

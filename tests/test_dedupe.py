@@ -113,7 +113,7 @@ def test_keep_policy_and_its_alternatives(duplicate_library):
     # The rotated rendition carries the camera's EXIF too: then the earlier file wins.
     assert all(g.reason.startswith("taken first (ties on has camera EXIF") for g in near), near[0].reason
 
-    newest = [g for g in _groups(db_path, keep=KeepPolicy.newest) if g.tier == "near"][0]
+    newest = next(g for g in _groups(db_path, keep=KeepPolicy.newest) if g.tier == "near")
     assert newest.keep.mtime_ns == max(m.mtime_ns for m in newest.members)
 
     preferred = [g for g in _groups(db_path, prefer=(str(folder / "originals"),)) if g.tier == "exact"]
@@ -137,9 +137,9 @@ def test_fingerprints_are_filled_in_for_images_indexed_before_dedupe(writable_li
 
 
 def test_schema_1_index_is_migrated(tmp_path):
-    from clipsearch.store import MIGRATIONS, SCHEMA_VERSION
-
     import sqlite_utils
+
+    from clipsearch.store import MIGRATIONS, SCHEMA_VERSION
 
     db = sqlite_utils.Database(tmp_path / "old.db")
     db["schema_version"].create({"version": int})
@@ -167,7 +167,7 @@ def test_inverted_file_search_finds_the_pairs_exact_search_finds():
 
 
 def test_cli_json_and_paths(duplicate_library, cli):
-    _, files, db_path = duplicate_library
+    _, _files, db_path = duplicate_library
     result = cli("dedupe", "--db", db_path, "--json")
     assert result.exit_code == 0
     groups = json.loads(result.stdout)

@@ -43,7 +43,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     def capture(*args: object, **kwargs: object) -> None:
         printed.append(" ".join(str(a) for a in args))
 
-    exec(compile(python_api_example(), "README.md (Python API)", "exec"), {"print": capture})  # noqa: S102
+    exec(compile(python_api_example(), "README.md (Python API)", "exec"), {"print": capture})
 
     assert printed, "the example prints its results"
     assert (home / "dupes-review").is_dir(), "the example moved duplicates for review"

@@ -33,7 +33,8 @@ def test_sixel_sequence_byte_for_byte():
 
 
 def test_detect_reads_the_terminal_from_its_environment():
-    never = lambda: False  # the terminal would not answer that it has sixel
+    def never():
+        return False  # the terminal would not answer that it has sixel
     assert preview.detect({"TERM": "xterm-kitty"}, never) is Protocol.kitty
     assert preview.detect({"TERM": "xterm-ghostty"}, never) is Protocol.kitty
     assert preview.detect({"TERM": "xterm-256color", "TERM_PROGRAM": "WezTerm"}, never) is Protocol.kitty
@@ -99,3 +100,12 @@ def test_preview_in_a_plain_terminal_prints_a_notice_and_the_normal_list(cli, sc
     assert "\x1b" not in result.stdout
     lines = result.stdout.splitlines()  # the normal list (as lines: the test's stdout is not a terminal)
     assert len(lines) == 3 and all("red-circle" in line.split("\t")[1] for line in lines)
+
+
+def test_a_raw_file_gets_a_thumbnail_from_its_embedded_preview(tmp_path):
+    # raw_preview returns (jpeg, orientation, metadata); render unpacked two and failed on every RAW.
+    picture = scenes.draw(scenes.random_scene(__import__("random").Random(4), 640, 480))
+    raw = tmp_path / "IMG_0001.NEF"
+    raw.write_bytes(scenes.fake_raw(picture))
+    data, _ = thumbnails.thumbnail(str(raw), 100)
+    assert Image.open(io.BytesIO(data)).size == (100, 75)

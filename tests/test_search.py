@@ -26,7 +26,7 @@ def test_parse_query_operators_weights_and_images(tmp_path):
     assert parse_query(["a red t-shirt"]) == [Term("a red t-shirt")], "a hyphen inside words is text"
     assert parse_query(["a", "red", "car"]) == [Term("a red car")], "unquoted words form one term"
     assert parse_query([str(photo), "+", "in snow"]) == [Term(str(photo), 1.0, True), Term("in snow")]
-    with pytest.raises(QueryError, match="no such image: missing.jpg"):
+    with pytest.raises(QueryError, match=r"no such image: missing\.jpg"):
         parse_query(["missing.jpg"])  # an image extension: meant as a file, not silently text
     with pytest.raises(QueryError):
         parse_query(["  "])

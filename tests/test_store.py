@@ -11,8 +11,15 @@ import numpy as np
 import pytest
 
 from clipsearch.store import (
-    SCHEMA_VERSION, ImageRecord, MissingIndexError, ModelMismatchError, NewerSchemaError, Store, StoreError,
-    default_db_path, encode_vector,
+    SCHEMA_VERSION,
+    ImageRecord,
+    MissingIndexError,
+    ModelMismatchError,
+    NewerSchemaError,
+    Store,
+    StoreError,
+    default_db_path,
+    encode_vector,
 )
 
 
@@ -22,7 +29,8 @@ def unit(seed: int, dim: int = 8) -> np.ndarray:
 
 
 def record(path: str, seed: int, content_hash: str | None = None) -> ImageRecord:
-    return ImageRecord(path, 100 + seed, 1_000 + seed, content_hash or f"hash{seed}", 640, 480, encode_vector(unit(seed)))
+    return ImageRecord(path, 100 + seed, 1_000 + seed, content_hash or f"hash{seed}", 640, 480,
+                       encode_vector(unit(seed)))
 
 
 def test_default_location_follows_xdg_and_env(monkeypatch, tmp_path):

@@ -1,0 +1,92 @@
+"""The command line's progress display: a rich bar on stderr over the library's `indexer.Progress`.
+
+The library reports progress through callbacks and prints nothing; this is
+where a person sees it. It lives outside `cli.py` because it subclasses the
+indexer's `Progress` (which imports numpy), and the CLI imports it only in the
+commands that show a bar, so `clipsearch --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from . import indexer
+from .output import shown, stderr
+from .scan import Changes
+
+
+class _RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.1f} img/s" if speed else "", style="cyan")
+
+
+class RichProgress(indexer.Progress):
+    """Draws a job's progress on stderr (no bar when quiet or not a terminal) and prints each skipped file."""
+
+    def __init__(self, bar: Progress | None):
+        self.bar = bar
+        self.task: TaskID | None = None
+
+    def scanned(self, changes: Changes) -> None:
+        stderr.print(f"Found {changes.seen} images: {len(changes.to_index)} to index, {changes.unchanged} "
+                     f"unchanged, {len(changes.gone)} gone.")
+        if self.bar is not None and changes.to_index:
+            self.task = self.bar.add_task("Indexing", total=len(changes.to_index))
+
+    def advance(self, count: int = 1) -> None:
+        if self.bar is not None and self.task is not None:
+            self.bar.advance(self.task, count)
+
+    def skipped(self, path: str, reason: str) -> None:
+        stderr.print(f"[yellow]skipped[/] {escape(shown(path))}: {escape(shown(reason))}")
+
+    def model_loading(self, model_id: str) -> None:
+        if self.bar is not None and self.task is not None:
+            self.bar.update(self.task, description="loading model")
+        else:
+            stderr.print(f"Loading model {escape(model_id)}...")
+
+    def model_loaded(self) -> None:
+        if self.bar is not None and self.task is not None:
+            self.bar.update(self.task, description="Indexing")
+
+    def fingerprinting(self, count: int) -> None:
+        stderr.print(f"Computing perceptual hashes of {count} images indexed before dedupe existed (once)...")
+        if self.bar is not None:
+            self.task = self.bar.add_task("Hashing", total=count)
+
+    def counter(self, description: str, total: int) -> Callable[[int], None] | None:
+        """A bar of its own for a job that only counts (tagging): call the result with each step's size."""
+        if self.bar is None:
+            return None
+        task = self.bar.add_task(description, total=total)
+        bar = self.bar
+        return lambda count: bar.advance(task, count)
+
+
+@contextmanager
+def progress_shown(quiet: bool) -> Iterator[RichProgress]:
+    """A progress reporter for one command; the bar is drawn only on a terminal and without --quiet."""
+    if quiet or not stderr.is_terminal:
+        yield RichProgress(None)
+        return
+    bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   _RateColumn(), TimeRemainingColumn(), console=stderr, transient=True)
+    with bar:
+        yield RichProgress(bar)

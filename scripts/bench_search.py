@@ -76,7 +76,8 @@ def run_find(db: Path, text: str) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, nargs="+", default=[100_000, 1_000_000])
-    parser.add_argument("--model", type=Path, default=BENCH_MODEL if BENCH_MODEL.is_dir() else REPO / "models/tiny-clip")
+    parser.add_argument("--model", type=Path,
+                        default=BENCH_MODEL if BENCH_MODEL.is_dir() else REPO / "models/tiny-clip")
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     model = args.model.resolve()
@@ -88,13 +89,15 @@ def main() -> None:
         started = time.perf_counter()
         build(path, count, model, dim)
         size = sum(p.stat().st_size for p in path.parent.glob(path.name + "*")) / 1e6
-        print(f"{count:>9,} images: index + cache {size:,.0f} MB (built/checked in {time.perf_counter() - started:.1f}s)")
+        print(f"{count:>9,} images: index + cache {size:,.0f} MB "
+              f"(built/checked in {time.perf_counter() - started:.1f}s)")
         run_find(path, "a warm-up query")  # exports the text encoder if needed; warms the page cache
         export = textencoder.export_dir(str(model))
         if count == args.images[0] and export is not None and (export / "settings.json").exists():
             settings = json.loads((export / "settings.json").read_text())
             print(f"text encoder vs torch on {len(textencoder.AGREEMENT_PROMPTS)} prompts: min cosine fp32 "
-                  f"{settings['fp32_min_cosine']:.6f}, int8 {settings['int8_min_cosine']:.6f}; in use: {settings['auto']}")
+                  f"{settings['fp32_min_cosine']:.6f}, int8 {settings['int8_min_cosine']:.6f}; "
+                  f"in use: {settings['auto']}")
 
         cold = [run_find(path, f"a photo of {uuid.uuid4().hex[:8]}") for _ in range(args.runs)]
         repeated = [run_find(path, "a warm-up query") for _ in range(args.runs)]

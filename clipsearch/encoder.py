@@ -16,24 +16,11 @@ import numpy as np
 
 from .errors import BadInputError
 from .images import Preprocess
-from .options import DEFAULT_MODEL, DEVICES, MODEL_ENV
+from .options import DEVICES, model_id_from
 
 
 class ModelError(BadInputError):
     """The model cannot be loaded or used; the message says what to do."""
-
-
-def model_id_from(name: str | None) -> str:
-    """The model the user asked for: argument, else $CLIPSEARCH_MODEL, else the default.
-
-    A local directory is recorded by its absolute path, so the index knows it
-    whichever folder the command is run from.
-    """
-    name = name or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
-    expanded = os.path.expanduser(name)
-    if os.path.isdir(expanded):
-        return os.path.abspath(expanded)
-    return name
 
 
 def pick_device(requested: str | None = None) -> str:

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import images, metadata
-from .encoder import Encoder, model_id_from
+from .encoder import Encoder
 from .errors import BadInputError
-from .options import DEFAULT_WORKERS
+from .options import DEFAULT_WORKERS, resolve_model
 from .paths import normalise_path
 from .scan import Changes, FileEntry, compare, walk_images
 from .store import METADATA_COLUMNS, ImageRecord, Store, encode_vector
@@ -131,16 +131,6 @@ def _prepare(entry: FileEntry, known_hashes: set[str], lazy: _LazyEncoder, optio
         return _Decoded(entry, digest, images.decode(data, lazy.get().preprocess, options.max_megapixels, entry.path))
     except images.ImageError as exc:
         return _Failed(entry, str(exc))
-
-
-def resolve_model(store: Store, model: str | None) -> str:
-    """Explicit --model / $CLIPSEARCH_MODEL, else the model the index was built with, else the default."""
-    recorded = store.model()
-    if model is None and not os.environ.get("CLIPSEARCH_MODEL") and recorded:
-        return recorded[0]
-    model_id = model_id_from(model)
-    store.check_model(model_id)
-    return model_id
 
 
 def index_folders(

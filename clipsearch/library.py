@@ -18,19 +18,21 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from . import indexer, moves, search
-from .dedupe import DedupeOptions, Group, KeepPolicy, find_duplicates
+from . import search
+from .options import DEFAULT_MAX_TAGS, KeepPolicy, resolve_model
 from .paths import normalise_path
 from .store import Store
-from .tags import DEFAULT_MAX_TAGS, TagOptions, TagReport, edit_tags, tag_images, vocabulary_for
 from .tagstore import TagStore
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # each command imports the modules it uses when it runs, so a query loads only its own
     from starlette.applications import Starlette
 
+    from . import indexer, moves
+    from .dedupe import Group
     from .encoder import Encoder
     from .queryencoder import QueryEncoder
     from .sidecars import ExportReport, SidecarStyle
+    from .tags import TagReport
 
 PathLike = str | os.PathLike[str]
 
@@ -93,6 +95,8 @@ class Library:
     def index(self, *folders: PathLike, options: indexer.IndexOptions | None = None,
               progress: indexer.Progress | None = None) -> indexer.IndexReport:
         """Bring the index up to date with `folders` (created if missing): new, changed and deleted files."""
+        from . import indexer
+
         store = self._open(create=True)
         report = indexer.index_folders(folders, store, self.model, self.device, options, progress,
                                        encoder=self._encoder)
@@ -106,7 +110,7 @@ class Library:
         from .queryencoder import QueryEncoder
 
         if precision not in self._query_encoders:
-            model_id = indexer.resolve_model(self.store, self.model)
+            model_id = resolve_model(self.store, self.model)
             self._query_encoders[precision] = QueryEncoder(self.store, model_id, self.device, precision,
                                                            notify=self.notify)
         return self._query_encoders[precision]
@@ -142,6 +146,9 @@ class Library:
         Images indexed before fingerprints or photo metadata existed get them first (the files are read,
         not the model): the keep choice reads camera EXIF and dates.
         """
+        from . import indexer
+        from .dedupe import DedupeOptions, find_duplicates
+
         store, scope = self.store, _text(folder)
         if folder is not None and not Path(folder).is_dir():
             raise indexer.IndexingError(f"{folder} is not a folder.")
@@ -157,10 +164,14 @@ class Library:
 
         Files keep their folders relative to `folder` (or to the folder a group's members share).
         """
+        from . import moves
+
         return moves.plan_moves(groups, _folder(to), self.store, _text(folder))
 
     def move_duplicates(self, plan: list[moves.Move], to: PathLike | None = None) -> moves.MoveReport:
         """Carry out `plan`, writing a manifest first (in `to`, or the data folder for the trash) to undo it."""
+        from . import moves
+
         manifest = moves.default_manifest_path(_folder(to))
         report = moves.apply_moves(plan, self.store, manifest)
         self.store.refresh_vector_cache()
@@ -168,6 +179,8 @@ class Library:
 
     def undo_moves(self, manifest: PathLike) -> moves.UndoReport:
         """Put back every file a `move_duplicates` run moved, and its index row and tags."""
+        from . import moves
+
         return moves.undo_moves(os.path.expanduser(os.fspath(manifest)), self.store)
 
     # -- tags -----------------------------------------------------------------
@@ -177,6 +190,8 @@ class Library:
             on_progress: Callable[[int], None] | None = None) -> TagReport:
         """Zero-shot tags for the indexed images (under `folders`) from `vocab` (default: the index's last
         vocabulary, else the built-in one); only images not yet tagged with these settings are scored."""
+        from .tags import TagOptions, tag_images, vocabulary_for
+
         vocabulary = vocabulary_for(self.store, vocab)
         options = TagOptions(threshold, max_tags, retag)
         return tag_images(self.store, self._encoder_factory(), [os.fspath(f) for f in folders], vocabulary,
@@ -188,10 +203,14 @@ class Library:
 
     def add_tags(self, image: PathLike, *names: str) -> list[dict[str, Any]]:
         """Give one indexed image manual tags; returns its tags afterwards."""
+        from .tags import edit_tags
+
         return edit_tags(self.store, image, add=list(names))
 
     def remove_tags(self, image: PathLike, *names: str) -> list[dict[str, Any]]:
         """Take tags off one image (a removed auto tag stays away); returns its tags afterwards."""
+        from .tags import edit_tags
+
         return edit_tags(self.store, image, remove=list(names))
 
     def tags_by_path(self, *folders: PathLike) -> dict[str, list[str]]:
@@ -210,7 +229,7 @@ class Library:
 
     def _encoder_factory(self) -> Callable[[], Encoder]:
         """The torch model, loaded on the first call (the model is checked against the index now)."""
-        model_id = indexer.resolve_model(self.store, self.model)
+        model_id = resolve_model(self.store, self.model)
 
         def load() -> Encoder:
             if self._encoder is None or self._encoder.model_id != model_id:
@@ -228,7 +247,7 @@ class Library:
         is as fast as the next). Run it with `server.run(app, host, port)`; it opens its own connections."""
         from . import server
 
-        model_id = indexer.resolve_model(self.store, self.model)
+        model_id = resolve_model(self.store, self.model)
         self.notify(f"Loading model {model_id}...")
         encoder = self._encoder_factory()()
         encoder.embed_texts(["a photo"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from enum import Enum
+from typing import Any
 
 # LAION's ViT-B/32: the same cost as OpenAI's (one 224px pass, 512-d vectors) but
 # better at retrieval: 66.6% vs 63% ImageNet zero-shot, and 68.8% vs 59.4%
@@ -53,3 +54,31 @@ class TextPrecision(str, Enum):
 
     auto = "auto"
     fp32 = "fp32"
+
+
+def model_id_from(name: str | None) -> str:
+    """The model the user asked for: argument, else $CLIPSEARCH_MODEL, else the default.
+
+    A local directory is recorded by its absolute path, so the index knows it
+    whichever folder the command is run from.
+    """
+    name = name or os.environ.get(MODEL_ENV) or DEFAULT_MODEL
+    expanded = os.path.expanduser(name)
+    if os.path.isdir(expanded):
+        return os.path.abspath(expanded)
+    return name
+
+
+def resolve_model(store: Any, model: str | None) -> str:
+    """Explicit --model / $CLIPSEARCH_MODEL, else the model the index was built with, else the default.
+
+    Here, not in the indexer, so that a query resolves its model without importing Pillow or the encoder.
+    `store` is a `store.Store` (not imported: this module stays standard-library only).
+    """
+    recorded = store.model()
+    if model is None and not os.environ.get(MODEL_ENV) and recorded:
+        return str(recorded[0])
+    model_id = model_id_from(model)
+    store.check_model(model_id)
+    return model_id
+

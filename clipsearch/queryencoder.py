@@ -13,14 +13,17 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import textencoder
-from .encoder import Encoder
-from .images import Preprocess
 from .store import Store
 from .textencoder import OnnxTextEncoder, TextEncoderUnavailable
+
+if TYPE_CHECKING:  # the torch model and Pillow: imported only when a query needs them
+    from .encoder import Encoder
+    from .images import Preprocess
 
 
 class QueryEncoder:
@@ -63,6 +66,8 @@ class QueryEncoder:
     def image_encoder(self) -> Encoder:
         """The torch model, on the requested device (loaded once)."""
         if self._torch is None:
+            from .encoder import Encoder
+
             self._torch = Encoder.load(self.model_id, self.device)
         return self._torch
 
@@ -90,6 +95,8 @@ class QueryEncoder:
         return self.image_encoder()
 
     def _export(self) -> OnnxTextEncoder:
+        from .encoder import Encoder
+
         self.notify("Preparing the text encoder (once)...")
         cpu = self.image_encoder() if self.image_encoder().device == "cpu" else Encoder.load(self.model_id, "cpu")
         try:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import images, metadata
+from . import metadata
 from .errors import BadInputError, NothingFoundError, check_finite
 from .paths import normalise_path
 from .store import Store, StoreError, Vectors
@@ -93,6 +93,12 @@ class Filters:
         return bool(self.after or self.before or self.camera)
 
 
+def _image_extension(extension: str) -> bool:
+    from . import images  # Pillow's plugin registry: only for text that has an extension at all
+
+    return extension in images.supported_extensions()
+
+
 def _looks_like_image_path(text: str) -> bool:
     """An image file that exists, or text meant as one: it ends in an image extension, starts like a path
     (/, ./, ../, ~/), or names something inside a folder that exists. Then a missing file is an error,
@@ -103,7 +109,7 @@ def _looks_like_image_path(text: str) -> bool:
     if any(c.isspace() for c in text.strip()) and os.sep not in text.strip().split()[0]:
         return False
     extension = os.path.splitext(text)[1].lower()
-    if extension in images.supported_extensions():
+    if extension and _image_extension(extension):
         return True
     separators = (os.sep, "/") if os.altsep is None else (os.sep, os.altsep)
     if text.startswith(("~", ".." + os.sep, "." + os.sep)) or os.path.isabs(text):
@@ -238,6 +244,8 @@ def embed_terms(terms: list[Term], store: Store, get_encoder: Callable) -> np.nd
 
 
 def _embed_files(encoder, paths: list[str]) -> np.ndarray:
+    from . import images  # decoding: only for image terms that are not in the index
+
     pixels = []
     for path in paths:
         try:

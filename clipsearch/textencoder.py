@@ -71,7 +71,7 @@ def cache_root() -> Path:
 def model_folder(model_id: str) -> Path | None:
     """Where the model's files are on this machine, without importing transformers; None if not here.
 
-    `model_id` is a local folder (an absolute path, as `encoder.model_id_from`
+    `model_id` is a local folder (an absolute path, as `options.model_id_from`
     records it) or a Hub id, looked up in the Hugging Face cache's documented
     layout: $HF_HUB_CACHE or $HF_HOME/hub, models--ORG--NAME/refs/main -> snapshots/COMMIT.
     """

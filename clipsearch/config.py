@@ -42,6 +42,7 @@ SETTINGS: dict[str, tuple[type, bool]] = {
     "exclude": (list, False),
     "prefer": (list, True),
 }
+_KINDS = {int: "a whole number", str: "a string", float: "a number"}  # for messages: "top must be a whole number"
 
 
 class ConfigError(BadInputError):
@@ -109,7 +110,7 @@ def _checked(table: dict[str, Any], path: Path, where: str) -> dict[str, Any]:
                 raise ConfigError(f"{path}: {where}{name} must be a list of strings, like {name} = [\"...\"].")
             checked[name] = [os.path.expanduser(item) if holds_paths else item for item in value]
         elif not isinstance(value, kind) or isinstance(value, bool):
-            raise ConfigError(f"{path}: {where}{name} must be a {kind.__name__}, not {value!r}.")
+            raise ConfigError(f"{path}: {where}{name} must be {_KINDS.get(kind, kind.__name__)}, not {value!r}.")
         elif isinstance(value, int) and value < 1:
             raise ConfigError(f"{path}: {where}{name} must be at least 1, not {value}.")
         else:

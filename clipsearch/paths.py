@@ -11,6 +11,7 @@ valid UTF-8 paths are stored exactly as before.
 from __future__ import annotations
 
 import os
+from urllib.parse import quote, unquote
 
 
 def normalise_path(path: str | os.PathLike[str]) -> str:
@@ -51,6 +52,27 @@ def is_utf8(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def readable(text: str) -> str:
+    """Text that can be shown anywhere (HTML, JSON, a header): bytes that are not UTF-8 as `\\xff` escapes."""
+    if is_utf8(text):
+        return text
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def url_quote(path: str) -> str:
+    """A path for a URL or a form field: its exact bytes percent-encoded (`/` kept). `url_unquote` reverses it."""
+    return quote(path.encode("utf-8", "surrogateescape"), safe="/")
+
+
+def url_unquote(text: str) -> str:
+    """The path `url_quote` (or a URL's query string) encoded, bytes that are not UTF-8 as surrogate escapes."""
+    return unquote(text, encoding="utf-8", errors="surrogateescape")
 
 
 def scope_sql(folder: str | None, column: str = "path") -> tuple[str, list[str | bytes]]:

@@ -23,6 +23,7 @@ from .paths import normalise_path
 from .store import Store, StoreError, Vectors
 from .tagstore import TagStore
 
+MAX_WEIGHT = float(np.finfo(np.float32).max)  # the largest weight a float32 vector can be multiplied by
 _WEIGHT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(.+)$", re.S)
 _OPERATOR = re.compile(r"\s+([+-])\s+")
 
@@ -158,8 +159,9 @@ def parse_query(parts: Sequence[str]) -> list[Term]:
             words.append(token)
     finish_term()
     for term in terms:
-        if not np.isfinite(term.weight):
-            raise QueryError(f"The weight of '{term.text[:40]}' is not a usable number; write e.g. 2:{term.text[:40]}")
+        if not abs(term.weight) <= MAX_WEIGHT:  # also NaN; vectors are float32, where 1e39 is already infinite
+            raise QueryError(f"The weight of '{term.text[:40]}' is not a usable number (at most {MAX_WEIGHT:.3g}); "
+                             f"write e.g. 2:{term.text[:40]}")
     if not terms:
         raise QueryError("Empty query. Give some words, an image path, or both: clipsearch find \"a red car\"")
     if all(term.weight <= 0 for term in terms):
@@ -168,17 +170,27 @@ def parse_query(parts: Sequence[str]) -> list[Term]:
 
 
 def combine(vectors: np.ndarray, weights: Sequence[float]) -> np.ndarray:
-    """Weighted sum of unit vectors, normalised to unit length."""
-    combined = (np.asarray(weights, dtype=np.float32)[:, None] * vectors).sum(axis=0)
+    """Weighted sum of unit vectors, normalised to unit length (a float32 vector).
+
+    Summed in float64, so weights up to MAX_WEIGHT neither overflow nor lose the smaller terms.
+    """
+    weights64 = np.asarray(weights, dtype=np.float64)
+    if not np.all(np.abs(weights64) <= MAX_WEIGHT):
+        raise QueryError(f"Query weights must be finite numbers of at most {MAX_WEIGHT:.3g}.")
+    combined = (weights64[:, None] * np.asarray(vectors, dtype=np.float64)).sum(axis=0)
     norm = float(np.linalg.norm(combined))
-    if norm < 1e-6:
+    if not np.isfinite(norm) or norm < 1e-6 * float(np.abs(weights64).max(initial=1.0)):
         raise QueryError("The query's terms cancel each other out; change the weights.")
-    return combined / norm
+    return (combined / norm).astype(np.float32)
 
 
 def top_k(matrix: np.ndarray, query: np.ndarray, k: int,
           exclude: AbstractSet[int] = frozenset()) -> list[tuple[int, float]]:
-    """Indices and scores of the k best rows, best first, without sorting every row."""
+    """Indices and cosine scores of the k best rows, best first, without sorting every row.
+
+    Ranked by the raw dot products; the scores given back are clamped to [-1, 1]:
+    stored vectors are float16, so an exact copy's dot product can come out as 1.0001.
+    """
     scores = matrix @ query.astype(np.float32)
     for row in exclude:
         scores[row] = -np.inf
@@ -187,7 +199,7 @@ def top_k(matrix: np.ndarray, query: np.ndarray, k: int,
         return []
     best = np.argpartition(-scores, k - 1)[:k]
     best = best[np.argsort(-scores[best], kind="stable")]
-    return [(int(i), float(scores[i])) for i in best]
+    return [(int(i), min(1.0, max(-1.0, float(scores[i])))) for i in best]
 
 
 def _load_vectors(store: Store, folder: str | None) -> Vectors:

@@ -12,6 +12,11 @@ It serves only files the index knows: a path must be exactly an indexed path
 and the file there must still have the size and modification time the index
 recorded, so `..` tricks, symlinks swapped in later and anything outside the
 library are 404s. The model is loaded once by the caller and reused.
+
+A file name that is not valid UTF-8 (a surrogate-escaped str, see paths.py)
+travels in links and form fields as its exact bytes, percent-encoded, and is
+read back the same way (`_query`, `_form_path`); pages show it with `\\xff`
+escapes. SQL lives in store.py.
 """
 
 from __future__ import annotations
@@ -24,11 +29,13 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import QueryParams
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
@@ -36,7 +43,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from . import dedupe, images, indexer, moves, search, thumbnails
-from .paths import normalise_path
+from .paths import is_utf8, normalise_path, readable, url_quote, url_unquote
 from .store import Store
 from .tagstore import TagStore
 
@@ -45,6 +52,7 @@ SIMILAR_ON_PHOTO_PAGE = 18
 THUMB_SIZES = (320, 1600)  # grid cells, and the photo page (every browser shows a JPEG; not every one a HEIC)
 MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+PATH_PARAMS = ("path", "like", "in")  # query parameters that are file paths: their exact bytes are kept
 _WEB = Path(__file__).resolve().parent / "web"
 
 
@@ -64,10 +72,39 @@ def _date(mtime_ns: int | None) -> str:
 
 
 def _url(route: str, **params) -> str:
-    """A link with its query string; `in_` stands for the `in` parameter (a Python keyword)."""
+    """A link with its query string; `in_` stands for the `in` parameter (a Python keyword).
+
+    A path that is not valid UTF-8 goes in as its exact bytes, percent-encoded; `_query` reads it back.
+    """
     kept = {("in" if k == "in_" else k): v for k, v in params.items()
             if v not in (None, "", [], (), 1 if k == "page" else None)}
-    return route + ("?" + urlencode(kept, doseq=True) if kept else "")
+    return route + ("?" + urlencode(kept, doseq=True, errors="surrogateescape") if kept else "")
+
+
+def _query(request: Request) -> QueryParams:
+    """The query string's parameters, the paths among them (PATH_PARAMS) decoded to their exact bytes.
+
+    Starlette decodes every parameter as UTF-8 with replacement characters, which
+    would turn a file name that is not valid UTF-8 into another name. Other
+    parameters (the query text, tags) are decoded as Starlette does.
+    """
+    pairs = parse_qsl(request.scope["query_string"].decode("latin-1"), keep_blank_values=True,
+                      errors="surrogateescape")
+    return QueryParams([(key, value if key in PATH_PARAMS or is_utf8(value) else _replaced(value))
+                        for key, value in pairs])
+
+
+def _replaced(text: str) -> str:
+    """Surrogate-escaped text as Starlette would have decoded it: undecodable bytes as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _shown(value):
+    """Every value a template prints: a path that is not valid UTF-8 is shown with `\\xff` escapes
+    (an HTML page is UTF-8; links carry the exact bytes through `url` and `form_value`)."""
+    if isinstance(value, str) and not is_utf8(value):
+        return Markup(readable(value)) if isinstance(value, Markup) else readable(value)
+    return value
 
 
 class WebApp:
@@ -80,8 +117,9 @@ class WebApp:
         self.uploads = Path(tempfile.mkdtemp(prefix="clipsearch-uploads-"))
         self._local = threading.local()
         self.templates = Environment(loader=PackageLoader("clipsearch", "web/templates"),
-                                     autoescape=select_autoescape(["html"]))
+                                     autoescape=select_autoescape(["html"]), finalize=_shown)
         self.templates.filters["human_size"] = _human_size
+        self.templates.filters["form_value"] = url_quote  # a path in a form field; `_form_path` reads it back
         self.templates.filters["date"] = _date
         self.templates.globals["url"] = _url
 
@@ -104,28 +142,20 @@ class WebApp:
         modification time the index recorded: a file swapped for a symlink to
         something else, or changed since indexing, is not served.
         """
-        row = None
-        if path and "\0" not in path:
-            row = self.store().db.execute(
-                "SELECT id, path, size, mtime_ns, width, height FROM images WHERE path = ?", [path]).fetchone()
+        row = self.store().file_row(path) if path and "\0" not in path else None
         if path is None or row is None:
             raise HTTPException(404, "Not in the index.")
         try:
             info = os.stat(path)
         except OSError:
             raise HTTPException(404, "The file is gone; run clipsearch index to update the index.") from None
-        if not os.path.isfile(path) or info.st_size != row[2] or info.st_mtime_ns != row[3]:
+        if not os.path.isfile(path) or info.st_size != row["size"] or info.st_mtime_ns != row["mtime_ns"]:
             raise HTTPException(404, "The file changed since it was indexed; run clipsearch index first.")
-        return dict(zip(("id", "path", "size", "mtime_ns", "width", "height"), row))
+        return row
 
     def cards(self, hits: list[search.Hit]) -> list[dict]:
         """What a grid cell shows: the hit plus its name and date."""
-        dates: dict[str, int] = {}
-        paths = [hit.path for hit in hits]
-        for start in range(0, len(paths), 500):
-            chunk = paths[start:start + 500]
-            dates.update(self.store().db.execute(
-                f"SELECT path, mtime_ns FROM images WHERE path IN ({','.join('?' * len(chunk))})", chunk).fetchall())
+        dates = self.store().mtimes([hit.path for hit in hits])
         return [{"path": hit.path, "name": os.path.basename(hit.path), "score": hit.score, "width": hit.width,
                  "height": hit.height, "size": hit.bytes, "mtime_ns": dates.get(hit.path),
                  "taken": hit.taken} for hit in hits]
@@ -136,7 +166,7 @@ def create_app(db_path: str | os.PathLike, get_encoder: Callable) -> Starlette:
     web = WebApp(db_path, get_encoder)
 
     async def search_page(request: Request) -> Response:
-        params = request.query_params
+        params = _query(request)
         query = params.get("q", "").strip()
         folder = params.get("in", "").strip() or None
         tags = [t.strip() for t in params.getlist("tag") if t.strip()]
@@ -169,7 +199,7 @@ def create_app(db_path: str | os.PathLike, get_encoder: Callable) -> Starlette:
         return web.page(request, template, cards=cards, more=more, **context)
 
     async def photo_page(request: Request) -> Response:
-        row = web.indexed_file(request.query_params.get("path"))
+        row = web.indexed_file(_query(request).get("path"))
         store = web.store()
         similar = web.cards(search.similar(row["path"], store, web.get_encoder, SIMILAR_ON_PHOTO_PAGE))
         photo_tags = TagStore(store).tags_of([row["id"]]).get(row["id"], [])
@@ -177,9 +207,9 @@ def create_app(db_path: str | os.PathLike, get_encoder: Callable) -> Starlette:
                         photo_tags=photo_tags)
 
     async def thumbnail(request: Request) -> Response:
-        row = web.indexed_file(request.query_params.get("path"))
+        row = web.indexed_file(_query(request).get("path"))
         try:
-            size = int(request.query_params.get("size", THUMB_SIZES[0]))
+            size = int(_query(request).get("size", THUMB_SIZES[0]))
         except ValueError:
             size = 0
         if size not in THUMB_SIZES:
@@ -198,8 +228,9 @@ def create_app(db_path: str | os.PathLike, get_encoder: Callable) -> Starlette:
         return Response(data, media_type="image/jpeg", headers=headers)
 
     async def original(request: Request) -> Response:
-        row = web.indexed_file(request.query_params.get("path"))
-        return FileResponse(row["path"], filename=os.path.basename(row["path"]), content_disposition_type="inline")
+        row = web.indexed_file(_query(request).get("path"))
+        return FileResponse(row["path"], filename=readable(os.path.basename(row["path"])),
+                            content_disposition_type="inline")
 
     async def upload_form(request: Request) -> Response:
         async with request.form(max_files=1, max_part_size=MAX_UPLOAD_BYTES) as form:
@@ -224,7 +255,7 @@ def create_app(db_path: str | os.PathLike, get_encoder: Callable) -> Starlette:
         return FileResponse(_upload_path(web, request.path_params["digest"]))
 
     async def dedupe_page(request: Request) -> Response:
-        params = request.query_params
+        params = _query(request)
         folder = params.get("in", "").strip() or None
         with_similar = params.get("similar") == "1"
         store = web.store()
@@ -241,7 +272,7 @@ def create_app(db_path: str | os.PathLike, get_encoder: Callable) -> Starlette:
         form = await request.form()
         _check_token(web, form.get("csrf"))
         destination = str(form.get("destination", "")).strip()
-        folder = str(form.get("in", "")).strip() or None
+        folder = _form_path(str(form.get("in", "")).strip()) or None
         if not destination:
             return web.page(request, "message.html", 400, title="No review folder",
                             message="Give a folder to move the extra files to (outside your library).")
@@ -251,8 +282,8 @@ def create_app(db_path: str | os.PathLike, get_encoder: Callable) -> Starlette:
         for number in range(int(count) if count.isdigit() else 0):
             if not form.get(f"act{number}"):
                 continue
-            members = [str(p) for p in form.getlist(f"member{number}")]
-            keep = str(form.get(f"keep{number}", ""))
+            members = [_form_path(p) for p in form.getlist(f"member{number}")]
+            keep = _form_path(form.get(f"keep{number}", ""))
             if keep not in members:
                 raise HTTPException(400, f"Group {number + 1}: the file to keep is not one of its members.")
             rows = {row["path"]: row for row in (web.indexed_file(p) for p in members)}
@@ -307,6 +338,11 @@ def _upload_path(web: WebApp, digest: str) -> str:
     if not found:
         raise HTTPException(404, "That upload is gone (uploads last until the server stops); upload it again.")
     return str(found[0])
+
+
+def _form_path(value) -> str:
+    """A path from a form field the page filled with `form_value` (its exact bytes, percent-encoded)."""
+    return url_unquote(value) if isinstance(value, str) else ""
 
 
 def _check_token(web: WebApp, token) -> None:

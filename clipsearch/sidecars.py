@@ -6,12 +6,16 @@ for writing. An existing sidecar is read and merged with exiv2 (through
 pyexiv2): its other properties and keywords stay; our tags are added to its
 keyword list, not written over it. A sidecar that is a symlink is never
 followed (it could point anywhere, outside the library): it is skipped with a
-reason. A new sidecar is written to a fresh temporary file, then renamed.
+reason. Every sidecar is written to a fresh temporary file, then renamed over
+the old one. exiv2 only works on the bytes in memory: Python does the file
+work, with the exact bytes of the name (os.fsencode), so a photo whose name is
+not valid UTF-8 gets its sidecar too.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 
 from .options import SidecarStyle
@@ -46,12 +50,28 @@ def sidecar_path(image: str, style: SidecarStyle) -> str:
     return image + ".xmp"
 
 
+def _keywords(xmp) -> list[str]:
+    value = xmp.read_xmp().get(SUBJECT, [])
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _read_sidecar(name: bytes) -> bytes:
+    """The sidecar's bytes, never through a symlink (one swapped in after the check included)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        if os.path.islink(name):
+            raise SidecarError("is a symlink; not followed (replace it with a plain file to export to it)") from None
+        raise SidecarError(f"cannot read it: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
 def read_keywords(sidecar: str) -> list[str]:
     import pyexiv2
 
-    with pyexiv2.Image(sidecar) as xmp:
-        value = xmp.read_xmp().get(SUBJECT, [])
-    return [value] if isinstance(value, str) else list(value)
+    with pyexiv2.ImageData(_read_sidecar(os.fsencode(sidecar))) as xmp:
+        return _keywords(xmp)
 
 
 def write_keywords(sidecar: str, keywords: list[str]) -> str:
@@ -61,29 +81,30 @@ def write_keywords(sidecar: str, keywords: list[str]) -> str:
     """
     import pyexiv2
 
-    if os.path.islink(sidecar):
+    name = os.fsencode(sidecar)  # the exact bytes, also of a name that is not valid UTF-8
+    if os.path.islink(name):
         raise SidecarError("is a symlink; not followed (replace it with a plain file to export to it)")
-    created = not os.path.lexists(sidecar)
-    if created:
-        partial = f"{sidecar}.{os.getpid()}.tmp"
-        with open(partial, "x", encoding="utf-8") as handle:  # "x": never through something already there
-            handle.write(EMPTY_PACKET)
-        target = partial
-    else:
-        target = sidecar
+    created = not os.path.lexists(name)
+    before = EMPTY_PACKET.encode("utf-8") if created else _read_sidecar(name)
+    with pyexiv2.ImageData(before) as xmp:
+        existing = _keywords(xmp)
+        merged = existing + [k for k in keywords if k not in existing]
+        if merged == existing and not created:
+            return "unchanged"
+        xmp.modify_xmp({SUBJECT: merged})
+        after = xmp.get_bytes()
+    mode = 0o666 if created else stat.S_IMODE(os.lstat(name).st_mode)  # a new file: as umask allows
+    partial = name + f".{os.getpid()}.tmp".encode()
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)  # never through something already there
     try:
-        with pyexiv2.Image(target) as xmp:
-            existing = xmp.read_xmp().get(SUBJECT, [])
-            existing = [existing] if isinstance(existing, str) else list(existing)
-            merged = existing + [k for k in keywords if k not in existing]
-            if merged == existing and not created:
-                return "unchanged"
-            xmp.modify_xmp({SUBJECT: merged})
-        if created:
-            os.replace(partial, sidecar)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(after)
+        if not created:
+            os.chmod(partial, mode)  # the old sidecar's permissions, whatever the umask
+        os.replace(partial, name)
     finally:
-        if created and os.path.exists(target) and target != sidecar:
-            os.unlink(target)
+        if os.path.lexists(partial):
+            os.unlink(partial)
     return "written" if created else "merged"
 
 

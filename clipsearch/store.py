@@ -686,6 +686,21 @@ class Store:
         row = self.db.execute("SELECT id FROM images WHERE path = CAST(? AS TEXT)", [sql_text(path)]).fetchone()
         return row[0] if row else None
 
+    def file_row(self, path: str) -> dict | None:
+        """id, path, size, mtime_ns, width and height of the image at exactly `path`, or None."""
+        rows = list(self.db.query("SELECT id, path, size, mtime_ns, width, height FROM images "
+                                  "WHERE path = CAST(? AS TEXT)", [sql_text(path)]))
+        return rows[0] if rows else None
+
+    def mtimes(self, paths: Sequence[str]) -> dict[str, int]:
+        """path -> modification time (ns) recorded for each of these paths that is indexed."""
+        found: dict[str, int] = {}
+        for start in range(0, len(paths), 500):
+            chunk = [sql_text(path) for path in paths[start:start + 500]]
+            marks = ",".join(["CAST(? AS TEXT)"] * len(chunk))
+            found.update(self.db.execute(f"SELECT path, mtime_ns FROM images WHERE path IN ({marks})", chunk))
+        return found
+
     def file_table(self, folder: str | None = None) -> dict[str, list]:
         """Facts of every image (or those under `folder`) as columns, ordered by id like `vectors()`."""
         where, params = scope_sql(folder)

@@ -59,7 +59,8 @@ def test_commands_use_the_config_and_the_selected_library(cli, config_file, smal
 
 
 def test_a_broken_config_file_is_a_clear_error(cli, config_file):
-    for text, message in (('top = "many"', "top must be a int"), ("colour = 1", "unknown setting 'colour'"),
+    for text, message in (('top = "many"', "top must be a whole number, not 'many'"),
+                          ('db = 3', "db must be a string, not 3"), ("colour = 1", "unknown setting 'colour'"),
                           ("top = [", "not valid TOML"), ('exclude = [1]', "list of strings")):
         config_file.write_text(text)
         result = cli("find", "cat")

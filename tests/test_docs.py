@@ -6,11 +6,12 @@ library in a temporary home folder, with the shipped tiny model as $CLIPSEARCH_M
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from pathlib import Path
 
-from clipsearch import Library
+from clipsearch import Library, search
 from clipsearch_dev import scenes
 
 from .conftest import REPO, TINY_MODEL
@@ -52,3 +53,14 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     with Library() as library:  # the example used the default index, which now holds the whole library
         assert library.count() == len(before)
         assert [tag["tag"] for tag in library.tags() if tag["manual"]] == ["garden", "grandma"]
+
+
+def test_readme_names_the_real_hit_fields_and_the_preview_flag(cli):
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    named = re.search(r"# Hit: ([a-z_, ]+)$", python_api_example(), re.MULTILINE).group(1).split(", ")
+    fields = [field.name for field in dataclasses.fields(search.Hit)]
+    assert named and all(name in fields for name in named), (named, fields)
+    (row,) = [line for line in readme.splitlines() if line.startswith("| `-p` previews")]
+    assert "not yet" not in row and "`find --preview`" in row and "`similar --preview`" in row
+    for command in ("find", "similar"):
+        assert "--preview" in cli(command, "--help").stdout

@@ -144,6 +144,23 @@ def test_case5_non_finite_weights_and_thresholds_are_refused(cli, small_library,
     assert cli("dedupe", "--near-threshold", "nan", "--db", db).exit_code == errors.EXIT_BAD_INPUT
 
 
+def test_case5_weights_finite_in_python_but_not_in_float32_are_refused(cli, small_library, tmp_path):
+    db = tmp_path / "index.db"
+    _index(cli, small_library, db)
+    for digits in (41, 310):  # 1e41 is a finite Python float, but infinite as float32; 1e310 is infinite anywhere
+        result = cli("find", "9" * digits + ":red", "--db", db, "--json")
+        assert result.exit_code == errors.EXIT_BAD_INPUT, (digits, result.stdout)
+        assert "weight" in result.stderr and "NaN" not in result.stdout, digits
+    with pytest.raises(search.QueryError, match="weight"):
+        search.parse_query(["9" * 41 + ":red"])
+    # The largest usable weight is summed in float64: it ranks like weight 1, not as all-zero scores.
+    plain = json.loads(cli("find", "a red circle", "--db", db, "--json", "--top", "5").stdout)
+    heavy = cli("find", "1" + "0" * 38 + ":a red circle", "--db", db, "--json", "--top", "5")
+    assert heavy.exit_code == 0
+    assert [(h["path"], pytest.approx(h["score"], abs=1e-4)) for h in json.loads(heavy.stdout)] == \
+        [(h["path"], h["score"]) for h in plain]
+
+
 # -- lost data ---------------------------------------------------------------------
 
 
@@ -211,6 +228,108 @@ def test_case8_writers_take_one_lock_and_a_second_writer_is_told_the_index_is_bu
         assert cli("find", "a red circle", "--db", db).exit_code == 0  # readers never wait
     assert original.exists() and copy.exists()
     assert cli("dedupe", "--move-to", tmp_path / "review", "--yes", "--db", db).exit_code == 0
+
+
+def _group_of(cli, db, *paths: Path) -> dict:
+    """The dedupe group of exactly these files, as `dedupe --json` lists it."""
+    groups = json.loads(cli("dedupe", "--db", db, "--json").stdout)
+    return next(g for g in groups if {m["path"] for m in g["members"]} == {str(p) for p in paths})
+
+
+def test_case8_move_to_refuses_when_the_copy_to_keep_has_vanished(cli, small_library, tmp_path):
+    original, copy = _with_copy(small_library)
+    db = tmp_path / "index.db"
+    _index(cli, small_library, db)
+    group = _group_of(cli, db, original, copy)
+    keep = group["keep"]
+    (other,) = [m["path"] for m in group["members"] if not m["keep"]]
+    os.remove(keep)  # deleted after indexing: the index still lists it as the copy to keep
+
+    result = cli("dedupe", "--move-to", tmp_path / "review", "--yes", "--db", db)
+    assert "the copy to keep is gone" in result.stderr, result.stderr
+    assert os.path.exists(other), "the last copy stays"
+    with Store.open(db) as store:
+        assert store.id_for_path(other) is not None
+    manifest = next((tmp_path / "review").glob("*.jsonl"))
+    assert other not in [record["source"] for record in moves.read_manifest(manifest)[1]], "not even recorded"
+
+
+def test_case8_opposite_keep_policies_never_move_both_files_of_a_pair(cli, small_library, tmp_path):
+    from clipsearch.library import Library
+    from clipsearch.options import KeepPolicy
+
+    original, copy = _with_copy(small_library)
+    info = original.stat()
+    os.utime(copy, ns=(info.st_atime_ns, info.st_mtime_ns + 3600 * 10**9))  # the copy is an hour newer
+    db = tmp_path / "index.db"
+    _index(cli, small_library, db)
+    pair = {str(original), str(copy)}
+
+    # One run after the other: the second finds the pair gone from the index.
+    first = cli("dedupe", "--move-to", tmp_path / "first", "--keep", "oldest", "--yes", "--db", db)
+    assert first.exit_code == 0, first.stderr
+    assert original.exists() and not copy.exists()
+    second = cli("dedupe", "--move-to", tmp_path / "second", "--keep", "newest", "--yes", "--db", db)
+    assert second.exit_code in (0, errors.EXIT_NOTHING)
+    assert original.exists(), "the file the first run kept is still there"
+    undo = cli("dedupe", "--undo", next((tmp_path / "first").glob("*.jsonl")), "--db", db)
+    assert undo.exit_code == 0 and copy.exists()
+
+    # Both planned before either moves (two runs started together): the second finds its keep gone.
+    with Library(db) as oldest, Library(db) as newest:
+        by_oldest = oldest.plan_moves(oldest.dedupe(keep=KeepPolicy.oldest).groups, tmp_path / "a")
+        by_newest = newest.plan_moves(newest.dedupe(keep=KeepPolicy.newest).groups, tmp_path / "b")
+        assert {m.source for m in by_oldest} & pair == {str(copy)}
+        assert {m.source for m in by_newest} & pair == {str(original)}
+        oldest.move_duplicates(by_oldest, tmp_path / "a")
+        report = newest.move_duplicates(by_newest, tmp_path / "b")
+    assert original.exists() and not copy.exists()
+    assert [(path, reason) for path, reason in report.skipped if path in pair] == \
+        [(str(original), f"the copy to keep is gone ({copy}); run clipsearch index, then dedupe again")]
+
+
+def test_case12_undo_refuses_a_file_whose_bytes_differ_from_the_recorded_hash(cli, small_library, tmp_path):
+    original, copy = _with_copy(small_library)
+    db = tmp_path / "index.db"
+    _index(cli, small_library, db)
+    review = tmp_path / "review"
+    assert cli("dedupe", "--move-to", review, "--yes", "--db", db).exit_code == 0
+    manifest = next(review.glob("*.jsonl"))
+    records = {r["source"]: r for r in moves.read_manifest(manifest)[1]}
+    moved_away = copy if str(copy) in records else original
+    target = Path(records[str(moved_away)]["target"])
+    assert target.parent.is_relative_to(review) and not moved_away.exists()
+    other = max(small_library.glob("*.jpg"))
+    target.write_bytes(other.read_bytes())  # another photo in its place, inside the manifest's folder
+
+    undo = cli("dedupe", "--undo", manifest, "--db", db)
+    assert undo.exit_code == errors.EXIT_NOTHING and "has changed since it was moved" in undo.stderr
+    assert not moved_away.exists() and _sha(target) == _sha(other), "neither put back nor touched"
+    with Store.open(db) as store:
+        assert store.id_for_path(str(moved_away)) is None, "no row for a file that is not there"
+
+
+def test_case8_a_tag_run_and_an_undo_are_refused_while_another_writer_holds_the_lock(cli, small_library, tmp_path,
+                                                                                      monkeypatch):
+    original, copy = _with_copy(small_library)
+    db = tmp_path / "index.db"
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text(tag_vocabulary())
+    _index(cli, small_library, db)
+    review = tmp_path / "review"
+    assert cli("dedupe", "--move-to", review, "--yes", "--db", db).exit_code == 0
+    manifest = next(review.glob("*.jsonl"))
+    moved_away = copy if not copy.exists() else original
+    monkeypatch.setenv("CLIPSEARCH_LOCK_WAIT", "0.2")
+    with Store.open(db) as holder, holder.writer():  # an index run in progress
+        for command in (("tag", "--vocab", vocab), ("dedupe", "--undo", manifest)):
+            result = cli(*command, "--db", db)
+            assert result.exit_code == errors.EXIT_BUSY and "busy" in result.stderr, (command, result.stderr)
+    assert not moved_away.exists(), "the refused undo moved nothing"
+    with Store.open(db) as store:
+        assert TagStore(store).tags_by_path() == {}, "the refused tag run stored nothing"
+    assert cli("dedupe", "--undo", manifest, "--db", db).exit_code == 0 and moved_away.exists()
+    assert cli("tag", "--vocab", vocab, "--db", db).exit_code == 0
 
 
 def test_case9_cut_off_manifest_and_interrupted_cross_device_undo_are_resumable(cli, small_library, tmp_path,

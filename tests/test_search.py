@@ -1,10 +1,17 @@
+import json
+import os
+import shutil
 
 import numpy as np
 import pytest
 
 from clipsearch import search
+from clipsearch.library import Library
 from clipsearch.search import QueryError, Term, parse_query, top_k
+from clipsearch.store import Store
 from clipsearch_dev import scenes
+
+from .conftest import TINY_MODEL
 
 QUERIES = [("red", "circle"), ("blue", "square"), ("yellow", "star"), ("green", "triangle"),
            ("purple", "cross"), ("orange", "circle"), ("white", "star"), ("black", "square")]
@@ -134,3 +141,30 @@ def test_folder_scope_and_threshold(store, encoder, scene_library, tmp_path):
         search.find("a red circle", store, lambda: encoder, folder=str(tmp_path / "nope"))
     strict = search.find("a red circle", store, lambda: encoder, top=500, threshold=0.5)
     assert all(h.score >= 0.5 for h in strict) and len(strict) < len(scene_library)
+
+
+def test_an_exact_copy_scores_one_not_more(cli, small_library, tmp_path):
+    """Vectors are stored as float16, so an image's vector times itself is 1 +- 1e-3; scores never leave [-1, 1]."""
+    db = tmp_path / "index.db"
+    assert cli("index", small_library, "--db", db, "--model", TINY_MODEL, "--quiet").exit_code == 0
+    with Store.open(db) as store:
+        vectors = store.vectors()
+        self_scores = np.einsum("ij,ij->i", vectors.matrix, vectors.matrix)
+        pick = int(np.argmax(self_scores))
+        assert self_scores[pick] > 1.00001, "the case that printed 1.0001"
+        photo = store.image_rows([int(vectors.ids[pick])])[int(vectors.ids[pick])]["path"]
+    copy = small_library / "copies" / os.path.basename(photo)
+    copy.parent.mkdir()
+    shutil.copy2(photo, copy)
+    assert cli("index", small_library, "--db", db, "--model", TINY_MODEL, "--quiet").exit_code == 0
+
+    result = cli("similar", photo, "--db", db, "--json", "--top", "12")
+    hits = json.loads(result.stdout)
+    assert hits[0]["path"] == str(copy) and hits[0]["score"] == 1.0
+    assert all(-1.0 <= hit["score"] <= 1.0 for hit in hits)
+    found = json.loads(cli("find", copy, "--db", db, "--json", "--top", "2").stdout)
+    assert [hit["score"] for hit in found][:1] == [1.0], "an image as a find term too"
+    with Library(db) as library:
+        assert library.similar(copy, top=1)[0].score == 1.0
+    ranked = top_k(np.stack([vectors.matrix[pick]] * 2), vectors.matrix[pick], 2)
+    assert [score for _, score in ranked] == [1.0, 1.0]

@@ -7,6 +7,7 @@ import io
 import os
 import re
 import shutil
+from urllib.parse import quote
 
 import pytest
 from PIL import Image
@@ -234,3 +235,73 @@ def test_serve_warns_when_listening_beyond_this_machine(cli, scene_index, monkey
     assert "warning" in public.stderr and "anyone who can reach this machine" in public.stderr
     missing = cli("serve", "--db", shutil.os.path.join(os.path.dirname(scene_index), "nothing.db"))
     assert missing.exit_code == 1 and "No index" in missing.stderr
+
+
+def _review_form(page: str, path_part: str, destination) -> tuple[dict, list[str]]:
+    """The dedupe form with only the group holding `path_part` ticked, keeping that file; and the group's members."""
+    groups = int(re.search(r'name="groups" value="(\d+)"', page).group(1))
+    number = next(n for n in range(groups)
+                  if path_part in "".join(re.findall(rf'name="member{n}" value="([^"]+)"', page)))
+    members = [html.unescape(m) for m in re.findall(rf'name="member{number}" value="([^"]+)"', page)]
+    form = {"csrf": re.search(r'name="csrf" value="([^"]+)"', page).group(1), "groups": str(groups),
+            "in": html.unescape(re.search(r'<input type="hidden" name="in" value="([^"]*)"', page).group(1)),
+            "destination": str(destination), f"act{number}": "1", f"member{number}": members,
+            f"keep{number}": next(m for m in members if path_part in m), f"tier{number}": "exact"}
+    return form, members
+
+
+def test_file_names_that_are_not_utf8_are_shown_linked_and_served_by_their_exact_bytes(tmp_path, encoder):
+    library = tmp_path / "photos"
+    written = scenes.write_library(library, 6, seed=3)
+    original = written[0][0]
+    odd_folder = os.fsencode(str(library)) + b"/caf\xe9"  # Latin-1, not UTF-8
+    os.mkdir(odd_folder)
+    bad = os.fsdecode(odd_folder + b"/bad\xff\xfe.jpg")  # exact copies under non-UTF-8 names
+    again = os.fsdecode(odd_folder + b"/again.jpg")
+    for copy in (bad, again):
+        shutil.copy2(original, copy)
+    db = tmp_path / "index.db"
+    with Store.open(db) as store:
+        index_folders([library], store, encoder=encoder, options=IndexOptions(batch_size=16))
+        assert bad in store.paths()
+    client = make_client(db, encoder)
+    quoted = "caf%E9%2Fbad%FF%FE.jpg"  # the exact bytes, percent-encoded in a link...
+    in_form = "caf%E9/bad%FF%FE.jpg"  # ...and in a form field
+
+    page = client.get("/", params={"like": str(original)})
+    assert page.status_code == 200
+    assert "caf\\xe9/bad\\xff\\xfe.jpg" in page.text, "shown with escapes"
+    links = {html.unescape(link) for link in re.findall(r'href="([^"]+)"', page.text) if quoted in link}
+    photo_link = next(link for link in links if link.startswith("/photo?"))
+    thumb = html.unescape(re.search(r'src="(/thumb\?[^"]*' + quoted + ')"', page.text).group(1))
+    assert client.get(thumb).headers["content-type"] == "image/jpeg"
+
+    photo = client.get(photo_link)
+    assert photo.status_code == 200 and "bad\\xff\\xfe.jpg" in photo.text
+    original_link = html.unescape(re.search(r'href="(/file\?[^"]+)"', photo.text).group(1))
+    served = client.get(original_link)
+    assert served.status_code == 200 and served.content == original.read_bytes()
+    like = html.unescape(re.search(r'href="(/\?like=[^"]+)"', photo.text).group(1))
+    similar = client.get(like)
+    assert similar.status_code == 200 and str(original) in result_paths(similar.text)
+    assert client.get(thumb.replace("%FF%FE", "%EF%BF%BD%EF%BF%BD")).status_code == 404, "bytes, not lookalikes"
+
+    review = client.get("/dedupe")
+    assert review.status_code == 200 and "bad\\xff\\xfe.jpg" in review.text
+    form, members = _review_form(review.text, in_form, tmp_path / "review")
+    assert len(members) == 3
+    moved = client.post("/dedupe/move", data=form)
+    assert moved.status_code == 200 and "Moved 2 files" in moved.text
+    assert os.path.exists(bad) and not original.exists() and not os.path.exists(again)
+    manifest = html.unescape(re.search(r'name="manifest" value="([^"]+)"', moved.text).group(1))
+    assert client.post("/dedupe/undo", data={"csrf": form["csrf"], "manifest": manifest}).status_code == 200
+    assert original.exists() and os.path.exists(bad) and os.path.exists(again)
+
+    # Only in the odd folder: its name travels through the page's form too, and files keep their place under it.
+    inside = client.get("/dedupe?in=" + quote(odd_folder, safe=""))
+    assert inside.status_code == 200, inside.text
+    form, members = _review_form(inside.text, in_form, tmp_path / "inside")
+    assert len(members) == 2 and all("/caf%E9/" in m for m in members)
+    moved = client.post("/dedupe/move", data=form)
+    assert moved.status_code == 200 and "Moved 1 files" in moved.text
+    assert (tmp_path / "inside" / "again.jpg").is_file() and os.path.exists(bad) and original.exists()

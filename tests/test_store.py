@@ -106,6 +106,19 @@ def test_write_replace_remove_and_scoped_vectors(tmp_path):
         assert store.count() == 2
 
 
+def test_file_rows_and_dates_are_looked_up_by_exact_bytes(tmp_path):
+    odd = os.fsdecode(b"/photos/bad\xff\xfe.jpg")  # not valid UTF-8
+    lookalike = os.fsencode(odd).decode("utf-8", "replace")  # what a lossy decoding would make of it
+    with Store.open(tmp_path / "index.db") as store:
+        store.set_model("m", 8)
+        store.write([record(odd, 1), record("/photos/ok.jpg", 2)])
+        assert store.file_row(odd) == {"id": store.id_for_path(odd), "path": odd, "size": 101, "mtime_ns": 1_001,
+                                       "width": 640, "height": 480}
+        assert store.file_row(lookalike) is None and store.file_row("/photos") is None
+        paths = [odd, "/photos/ok.jpg", lookalike] + [f"/gone/{i}.jpg" for i in range(600)]  # more than a chunk
+        assert store.mtimes(paths) == {odd: 1_001, "/photos/ok.jpg": 1_002}
+
+
 def test_vector_cache_follows_every_change(tmp_path):
     with Store.open(tmp_path / "index.db") as store:
         store.set_model("m", 8)

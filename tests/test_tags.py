@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 
 import pytest
 
-from clipsearch import tags
+from clipsearch import sidecars, tags
 from clipsearch.store import Store
 from clipsearch.tagstore import TagStore
 from clipsearch_dev import scenes
@@ -197,3 +198,37 @@ def test_xmp_sidecars_are_readable_and_merged(cli, small_library, tmp_path, enco
     lightroom = cli("tag", "--db", db, "--vocab", scene_vocab, "--export", "xmp", "--sidecar", "lightroom")
     assert lightroom.exit_code == 0
     assert set(_as_list(_exiftool(photos[1].with_suffix(".xmp"))["Subject"])) == set(expected[str(photos[1])])
+
+
+def _sidecar_keywords(name: bytes) -> list[str]:
+    import pyexiv2
+
+    with open(name, "rb") as handle, pyexiv2.ImageData(handle.read()) as xmp:
+        return _as_list(xmp.read_xmp().get("Xmp.dc.subject", []))
+
+
+def test_tags_export_writes_the_sidecars_of_files_whose_names_are_not_utf8(cli, small_library, tmp_path):
+    db = tmp_path / "index.db"
+    raw = os.fsencode(str(small_library)) + b"/bad\xff\xfe.jpg"
+    bad = os.fsdecode(raw)
+    shutil.copy(min(small_library.glob("*.jpg")), bad)
+    assert cli("index", small_library, "--db", db, "--model", TINY_MODEL, "--quiet").exit_code == 0
+    assert cli("tags", "add", bad, "holiday", "--db", db).exit_code == 0
+
+    export = cli("tags", "export", "--db", db)
+    assert export.exit_code == 0 and "not written" not in export.stderr, export.stderr
+    assert "1 written" in export.stderr
+    assert _sidecar_keywords(raw + b".xmp") == ["holiday"], "named by the photo's exact bytes"
+    assert sidecars.read_keywords(bad + ".xmp") == ["holiday"]
+
+    os.chmod(raw + b".xmp", 0o640)
+    assert cli("tags", "add", bad, "beach", "--db", db).exit_code == 0
+    merged = cli("tags", "export", "--db", db)
+    assert merged.exit_code == 0 and "1 merged" in merged.stderr, merged.stderr
+    assert _sidecar_keywords(raw + b".xmp") == ["holiday", "beach"]
+    assert os.stat(raw + b".xmp").st_mode & 0o777 == 0o640, "a merged sidecar keeps its permissions"
+    assert not [name for name in os.listdir(os.fsencode(small_library)) if name.endswith(b".tmp")]
+
+    lightroom = cli("tags", "export", "--db", db, "--sidecar", "lightroom")
+    assert lightroom.exit_code == 0 and "1 written" in lightroom.stderr, lightroom.stderr
+    assert sorted(_sidecar_keywords(os.fsencode(str(small_library)) + b"/bad\xff\xfe.xmp")) == ["beach", "holiday"]

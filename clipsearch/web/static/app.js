@@ -8,8 +8,9 @@ function watchMore(root) {
   const observer = new IntersectionObserver(async (entries) => {
     if (!entries.some((e) => e.isIntersecting)) return;
     observer.disconnect();
-    const url = new URL(link.href);
-    url.searchParams.set("partial", "1");
+    // Appended as text: URLSearchParams would re-encode the query and turn a file name's bytes that are not
+    // UTF-8 (sent percent-encoded, exactly) into replacement characters.
+    const url = link.href + (link.href.includes("?") ? "&" : "?") + "partial=1";
     const response = await fetch(url);
     if (!response.ok) return;
     const holder = document.createElement("div");

@@ -45,6 +45,7 @@ from .options import (
     DEVICES,
     LIBRARY_ENV,
     MODEL_ENV,
+    ImagePrecision,
     KeepPolicy,
     SidecarStyle,
     TextPrecision,
@@ -200,6 +201,10 @@ def index_command(
     library: str | None = LibraryOption,
     model: str | None = ModelOption,
     device: str | None = DeviceOption,
+    precision: ImagePrecision = typer.Option(ImagePrecision.auto, "--precision",
+                                             help="Image encoder on a CPU: auto takes int8 where it agrees with "
+                                                  "the model (cosine >= 0.999), else bf16 on processors with bf16 "
+                                                  "hardware, else fp32. GPUs use half precision unless fp32."),
     json_: bool = JsonOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -212,7 +217,8 @@ def index_command(
     from .output import show_index_report
     from .progress import progress_shown
 
-    options = IndexOptions(batch_size, workers, tuple(exclude), follow_symlinks, max_megapixels, max_file_size)
+    options = IndexOptions(batch_size, workers, tuple(exclude), follow_symlinks, max_megapixels, max_file_size,
+                           precision)
     with _library(db, model, device) as lib:
         with progress_shown(quiet) as progress:
             report = lib.index(*folders, options=options, progress=progress)

@@ -94,10 +94,17 @@ class Encoder:
     _std: Any
     _dtype: Any  # torch.dtype (torch is imported only with a model)
     _pad_to_max: bool
+    # Images: "fp32"; "bf16" runs the image tower under bfloat16 autocast on a CPU (fast only where the
+    # processor has bf16 hardware); on a GPU the weights are already half precision unless fp32 was asked for.
+    precision: str = "fp32"
 
     @classmethod
-    def load(cls, model: str | None = None, device: str | None = None) -> Encoder:
-        """Load weights, tokenizer and image-processor config by Hub id or local folder."""
+    def load(cls, model: str | None = None, device: str | None = None, precision: str = "auto") -> Encoder:
+        """Load weights, tokenizer and image-processor config by Hub id or local folder.
+
+        `precision` (ImagePrecision): GPUs take fp16 for auto and int8, bf16 or fp32 when asked;
+        the CPU keeps fp32 weights and computes images under bf16 autocast when asked for bf16.
+        """
         model_id = model_id_from(model)
         device = pick_device(device)
         import torch
@@ -107,7 +114,9 @@ class Encoder:
 
         transformers_logging.disable_progress_bar()  # we draw our own
 
-        dtype = torch.float16 if device.startswith(("cuda", "mps")) else torch.float32
+        dtype = torch.float32
+        if device.startswith(("cuda", "mps")) and precision != "fp32":
+            dtype = torch.bfloat16 if precision == "bf16" and device.startswith("cuda") else torch.float16
         try:
             network = AutoModel.from_pretrained(model_id, dtype=dtype)
             tokenizer = AutoTokenizer.from_pretrained(model_id)
@@ -126,6 +135,7 @@ class Encoder:
             _std=torch.from_numpy(std).view(1, 3, 1, 1).to(device, dtype),
             _dtype=dtype,
             _pad_to_max=network.config.model_type.startswith("siglip"),
+            precision="bf16" if precision == "bf16" else "fp32",
         )
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
@@ -138,7 +148,9 @@ class Encoder:
                 batch = batch.pin_memory()
             batch = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).to(self._dtype)
             batch = (batch / 255 - self._mean) / self._std
-            features = self._model.get_image_features(pixel_values=batch).pooler_output
+            autocast = self.precision == "bf16" and self.device == "cpu"
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                features = self._model.get_image_features(pixel_values=batch).pooler_output
             return _unit_rows(features)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:

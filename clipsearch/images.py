@@ -280,8 +280,8 @@ def decode(data: bytes, prep: Preprocess, max_megapixels: float = DEFAULT_MAX_ME
     if path and is_raw(path):
         data, orientation, raw_metadata = raw_preview(data)
     image, (width, height), found = _open(data, prep.shortest_edge, max_megapixels, orientation)
-    return DecodedImage(to_model_pixels(image, prep), width, height,
-                        fingerprint.perceptual_hash(image), fingerprint.colourfulness(image), raw_metadata or found)
+    phash, colourfulness = fingerprint.fingerprints(image)
+    return DecodedImage(to_model_pixels(image, prep), width, height, phash, colourfulness, raw_metadata or found)
 
 
 def decode_file(path: str | os.PathLike, prep: Preprocess,

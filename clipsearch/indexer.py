@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import images, metadata
-from .encoder import Encoder
 from .errors import BadInputError
-from .options import DEFAULT_WORKERS, resolve_model
+from .imageencoder import ImageEncoder, load_image_encoder
+from .options import DEFAULT_WORKERS, ImagePrecision, resolve_model
 from .paths import normalise_path
 from .scan import Changes, FileEntry, compare, walk_images
 from .store import METADATA_COLUMNS, ImageRecord, Store, encode_vector
@@ -41,6 +41,7 @@ class IndexOptions:
     follow_symlinks: bool = False
     max_megapixels: float = images.DEFAULT_MAX_MEGAPIXELS
     max_file_mb: float = images.DEFAULT_MAX_FILE_MB
+    precision: ImagePrecision = ImagePrecision.auto
 
 
 @dataclass
@@ -75,6 +76,9 @@ class Progress:
 
     def model_loaded(self) -> None: ...
 
+    def notice(self, message: str) -> None:
+        """A one-line message for the person running the job ("Preparing the image encoder (once)...")."""
+
     def fingerprinting(self, count: int) -> None:
         """`count` images indexed before fingerprints existed are about to get them."""
 
@@ -101,20 +105,21 @@ class _Failed:
 class _LazyEncoder:
     """Loads the model the first time a worker needs its pixel settings; thread-safe."""
 
-    def __init__(self, model_id: str, device: str | None, progress: Progress):
-        self.model_id, self.device, self.progress = model_id, device, progress
-        self.encoder: Encoder | None = None
+    def __init__(self, model_id: str, device: str | None, precision: ImagePrecision, progress: Progress):
+        self.model_id, self.device, self.precision, self.progress = model_id, device, precision, progress
+        self.encoder: ImageEncoder | None = None
         self._error: Exception | None = None
         self._lock = threading.Lock()
 
-    def get(self) -> Encoder:
+    def get(self) -> ImageEncoder:
         with self._lock:
             if self._error is not None:  # fail every worker the same way, without retrying
                 raise self._error
             if self.encoder is None:
                 self.progress.model_loading(self.model_id)
                 try:
-                    self.encoder = Encoder.load(self.model_id, self.device)
+                    self.encoder = load_image_encoder(self.model_id, self.device, self.precision,
+                                                      notify=self.progress.notice)
                 except Exception as exc:
                     self._error = exc
                     raise
@@ -140,7 +145,7 @@ def index_folders(
     device: str | None = None,
     options: IndexOptions | None = None,
     progress: Progress | None = None,
-    encoder: Encoder | None = None,
+    encoder: ImageEncoder | None = None,
 ) -> IndexReport:
     """Bring the index up to date with `folders`: add new and changed images, drop deleted ones."""
     options = options or IndexOptions()
@@ -169,7 +174,7 @@ def index_folders(
             report.skipped.append((path, f"{reason} (unchanged since last run)"))
         progress.scanned(changes)
 
-        lazy = _LazyEncoder(model_id, device, progress)
+        lazy = _LazyEncoder(model_id, device, options.precision, progress)
         lazy.encoder = encoder
         try:
             _process(changes.to_index, set(indexed), store, lazy, options, progress, report)

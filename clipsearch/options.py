@@ -56,6 +56,16 @@ class TextPrecision(str, Enum):
     fp32 = "fp32"
 
 
+class ImagePrecision(str, Enum):
+    """How index runs the image tower on a CPU: auto takes int8 where it agrees with the model (cosine >= 0.999),
+    else bf16 on processors with bf16 hardware, else fp32. GPUs run half precision unless fp32 is asked for."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    int8 = "int8"
+
+
 def model_id_from(name: str | None) -> str:
     """The model the user asked for: argument, else $CLIPSEARCH_MODEL, else the default.
 

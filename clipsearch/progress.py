@@ -66,6 +66,9 @@ class RichProgress(indexer.Progress):
         if self.bar is not None and self.task is not None:
             self.bar.update(self.task, description="Indexing")
 
+    def notice(self, message: str) -> None:
+        stderr.print(escape(message))
+
     def fingerprinting(self, count: int) -> None:
         stderr.print(f"Computing perceptual hashes of {count} images indexed before dedupe existed (once)...")
         if self.bar is not None:

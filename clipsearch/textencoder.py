@@ -134,15 +134,16 @@ def weights_digest(folder: Path) -> str | None:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest() if parts else None
 
 
-def export_dir(model_id: str) -> Path | None:
-    """The cache folder of this model's exported text encoder; None if the model's weights are not on disk."""
+def export_dir(model_id: str, root: Path | None = None, export_format: int = EXPORT_FORMAT) -> Path | None:
+    """The cache folder of this model's exported text encoder (or, under another `root`, image encoder);
+    None if the model's weights are not on disk."""
     folder = model_folder(model_id)
     digest = weights_digest(folder) if folder else None
     if digest is None:
         return None
-    key = hashlib.sha256(f"{EXPORT_FORMAT}\n{model_id}\n{digest}".encode()).hexdigest()[:24]
+    key = hashlib.sha256(f"{export_format}\n{model_id}\n{digest}".encode()).hexdigest()[:24]
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model_id.strip("/"))[-60:]
-    return cache_root() / f"{slug}-{key}"
+    return (root or cache_root()) / f"{slug}-{key}"
 
 
 @dataclass
@@ -197,8 +198,9 @@ class OnnxTextEncoder:
         return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
-def _session(onnxruntime: Any, folder: Path, graph: str, keep_optimised: bool = True) -> Any:
-    """An inference session of `graph`, from its pre-optimised copy when there is one.
+def _session(onnxruntime: Any, folder: Path, graph: str, keep_optimised: bool = True, tower: str = "text",
+             threads: int = 1) -> Any:
+    """An inference session of `folder`/`tower`.`graph`.onnx, from its pre-optimised copy when there is one.
 
     Optimising the graph is most of what creating a session costs (120 ms of
     170 for ViT-B/32's int8 text tower here). The first session saves the
@@ -207,13 +209,16 @@ def _session(onnxruntime: Any, folder: Path, graph: str, keep_optimised: bool = 
     """
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
-    # One short sequence: more threads cost more to start than they save.
-    options.intra_op_num_threads = 1
+    # A query is one short sequence: more threads cost more to start than they save. Image batches use
+    # every core, and threads that sleep instead of spinning while they wait, leaving the cores to the decoders.
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    optimised = folder / f"text.{graph}.optimised-ort{onnxruntime.__version__}.onnx"
+    if threads > 1:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    source = folder / f"{tower}.{graph}.onnx"
+    optimised = folder / f"{tower}.{graph}.optimised-ort{onnxruntime.__version__}.onnx"
     if not keep_optimised:
-        return onnxruntime.InferenceSession(str(folder / f"text.{graph}.onnx"), options,
-                                            providers=["CPUExecutionProvider"])
+        return onnxruntime.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
     if optimised.exists():
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
         return onnxruntime.InferenceSession(str(optimised), options, providers=["CPUExecutionProvider"])
@@ -221,8 +226,7 @@ def _session(onnxruntime: Any, folder: Path, graph: str, keep_optimised: bool = 
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     partial = optimised.with_name(f".{optimised.name}.{os.getpid()}.tmp")
     options.optimized_model_filepath = str(partial)
-    session = onnxruntime.InferenceSession(str(folder / f"text.{graph}.onnx"), options,
-                                           providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
     try:
         os.replace(partial, optimised)
     except OSError:  # a read-only cache: every session optimises again, which is slower but fine

@@ -1,23 +1,31 @@
 """Index throughput on camera-sized JPEGs with a ViT-B/32-shaped CLIP (random weights).
 
-    python scripts/bench_index.py [--images 200] [--megapixels 12] [--device cpu|cuda] [--repeat 3]
+    python scripts/bench_index.py [--images 200] [--megapixels 12] [--device cpu|cuda] [--precision auto]
+                                  [--repeat 3] [--photos FOLDER] [--model FOLDER]
 
 Random weights cost exactly what trained ones do, so no download is needed.
-Prints one line per figure: decode-only and model-only rates (each stage on
-its own) and the end-to-end index rate (scan + read + hash + decode + encode
-+ store, overlapped), as medians over --repeat runs on a fresh index.
+Prints one line per figure:
+- the per-image cost of each decode stage on one core (read, SHA-256, draft decode
+  with EXIF, fingerprints, resize and crop);
+- three ceilings measured in the same run: decode-only with all cores (threads, and
+  processes for comparison), model-only (the encoder `index` would choose), and the
+  end-to-end index rate (scan + read + hash + decode + encode + store, overlapped) as a
+  median over --repeat runs on a fresh index, with its share of the lower ceiling. On a
+  CPU both stages share the same cores, so the script also prints the bound of doing
+  both on them, 1 / (1/decode + 1/model), and end-to-end's share of that.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import random
 import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +33,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # clipsearch_dev: not installed
 
-from clipsearch import images
-from clipsearch.encoder import Encoder
+from clipsearch import fingerprint, images
+from clipsearch.imageencoder import ImageEncoder, load_image_encoder
 from clipsearch.indexer import IndexOptions, index_folders
+from clipsearch.options import ImagePrecision
 from clipsearch.store import Store
 from clipsearch_dev import scenes
 
@@ -82,22 +91,47 @@ def camera_photos(folder: Path, count: int, megapixels: float) -> list[Path]:
     return sorted(folder.glob("*.jpg"))[:count]
 
 
-def decode_rate(paths: list[Path], prep: images.Preprocess, workers: int, draft: bool) -> float:
-    def work(path: Path) -> None:
-        data = images.read_bytes(str(path))
-        hashlib.sha256(data).hexdigest()
-        if draft:
-            images.decode(data, prep)
-        else:
-            images.to_model_pixels(images.open_oriented(data, None)[0], prep)
+def _decode_one(path: Path, prep: images.Preprocess, draft: bool = True) -> None:
+    """What an index worker does with a new file: read and hash it, decode it small, fingerprint it."""
+    _digest, data = images.read_and_hash(str(path))
+    if draft:
+        images.decode(data, prep)
+    else:
+        images.to_model_pixels(images.open_oriented(data, None)[0], prep)
 
-    started = time.perf_counter()
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(work, paths))
+
+def decode_rate(paths: list[Path], prep: images.Preprocess, workers: int, draft: bool = True,
+                processes: bool = False) -> float:
+    pool_type = ProcessPoolExecutor if processes else ThreadPoolExecutor
+    with pool_type(workers) as pool:
+        list(pool.map(_decode_one, paths[:workers], [prep] * workers))  # start the workers
+        started = time.perf_counter()
+        list(pool.map(_decode_one, paths, [prep] * len(paths), [draft] * len(paths), chunksize=1))
     return len(paths) / (time.perf_counter() - started)
 
 
-def model_rate(encoder: Encoder, count: int, batch_size: int) -> float:
+def stage_costs(paths: list[Path], prep: images.Preprocess) -> dict[str, float]:
+    """Median milliseconds per image of each decode stage, on one core."""
+    timings: dict[str, list[float]] = {name: [] for name in
+                                       ("read", "sha256", "draft decode + EXIF", "fingerprints", "resize + crop")}
+    for path in paths:
+        marks = [time.perf_counter()]
+        data = path.read_bytes()
+        marks.append(time.perf_counter())
+        hashlib.sha256(data).hexdigest()
+        marks.append(time.perf_counter())
+        image, _ = images.open_oriented(data, prep.shortest_edge)  # reads the EXIF metadata too
+        marks.append(time.perf_counter())
+        fingerprint.fingerprints(image)
+        marks.append(time.perf_counter())
+        images.to_model_pixels(image, prep)
+        marks.append(time.perf_counter())
+        for name, start, end in zip(timings, marks, marks[1:]):
+            timings[name].append((end - start) * 1000)
+    return {name: statistics.median(values) for name, values in timings.items()}
+
+
+def model_rate(encoder: ImageEncoder, count: int, batch_size: int) -> float:
     prep = encoder.preprocess
     shape = (batch_size, prep.crop_height, prep.crop_width, 3)
     batch = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
@@ -123,22 +157,35 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--model", default=None, help="Model id or folder [default: random ViT-B/32 shape].")
+    parser.add_argument("--precision", default="auto", choices=[p.value for p in ImagePrecision])
+    parser.add_argument("--photos", type=Path, default=None, help="Index these JPEGs instead of generated ones.")
     args = parser.parse_args()
 
     model = args.model or str(vit_b32_model(CACHE / "vit-b32-random"))
-    photos = camera_photos(CACHE / f"photos-{args.megapixels:g}mp", args.images, args.megapixels)
-    options = IndexOptions(batch_size=args.batch_size)
+    if args.photos:
+        photos = sorted(args.photos.glob("*.jpg"))[:args.images]
+    else:
+        photos = camera_photos(CACHE / f"photos-{args.megapixels:g}mp", args.images, args.megapixels)
+    options = IndexOptions(batch_size=args.batch_size, precision=ImagePrecision(args.precision))
     if args.workers:
         options.workers = args.workers
-    encoder = Encoder.load(model, args.device)
+    encoder = load_image_encoder(model, args.device, args.precision, notify=print)
+    kind = f"{type(encoder).__name__} {getattr(encoder, 'precision', '')}"
     mean_mb = statistics.mean(p.stat().st_size for p in photos) / 1e6
-    print(f"setup: {len(photos)} JPEGs of {args.megapixels:g} MP ({mean_mb:.1f} MB each), model {Path(model).name}, "
-          f"device {encoder.device}, batch {options.batch_size}, {options.workers} decode threads")
+    print(f"setup: {len(photos)} JPEGs ({mean_mb:.1f} MB each), model {Path(model).name}, device {encoder.device} "
+          f"({kind}), batch {options.batch_size}, {options.workers} decode threads, {os.cpu_count()} cores")
 
-    full_size = decode_rate(photos[:40], encoder.preprocess, options.workers, False)
+    costs = stage_costs(photos[:30], encoder.preprocess)
+    print("per image, one core: " + ", ".join(f"{name} {ms:.1f} ms" for name, ms in costs.items())
+          + f"; total {sum(costs.values()):.1f} ms")
+    full_size = decode_rate(photos[:40], encoder.preprocess, options.workers, draft=False)
     print(f"decode only, full size: {full_size:.1f} images/s")
-    print(f"decode only, draft mode: {decode_rate(photos, encoder.preprocess, options.workers, True):.1f} images/s")
-    print(f"model only: {model_rate(encoder, max(128, args.images), options.batch_size):.1f} images/s")
+    decode = decode_rate(photos, encoder.preprocess, options.workers)
+    print(f"decode only, draft mode, {options.workers} threads: {decode:.1f} images/s")
+    processes = decode_rate(photos, encoder.preprocess, options.workers, processes=True)
+    print(f"decode only, draft mode, {options.workers} processes: {processes:.1f} images/s")
+    model_only = model_rate(encoder, max(128, args.images), options.batch_size)
+    print(f"model only: {model_only:.1f} images/s")
 
     rates = []
     for _ in range(args.repeat):
@@ -147,8 +194,13 @@ def main() -> None:
                 report = index_folders([photos[0].parent], store, encoder=encoder, options=options)
             assert report.encoded == len(photos), report
             rates.append(len(photos) / report.seconds)
-    print(f"index end to end: {statistics.median(rates):.1f} images/s (median of {len(rates)}: "
-          + ", ".join(f"{r:.1f}" for r in rates) + ")")
+    end_to_end = statistics.median(rates)
+    lower = min(decode, model_only)
+    print(f"index end to end: {end_to_end:.1f} images/s (median of {len(rates)}: "
+          + ", ".join(f"{r:.1f}" for r in rates) + f"), {end_to_end / lower:.0%} of the lower ceiling")
+    if encoder.device == "cpu":
+        shared = 1 / (1 / decode + 1 / model_only)
+        print(f"both stages on the same cores: bound {shared:.1f} images/s; end to end is {end_to_end / shared:.0%}")
 
 
 if __name__ == "__main__":

@@ -34,12 +34,14 @@ def shared_cache_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def exported_text_encoder(shared_cache_home, encoder) -> Path:
-    """The tiny model's text tower exported once, up front, so no test's output depends on running first."""
-    from clipsearch import textencoder
+    """The tiny model's text and image towers exported once, up front, so no test's output depends on running
+    first (an index run on the CPU uses the exported image tower); returns the text encoder's folder."""
+    from clipsearch import imageencoder, textencoder
 
     previous = os.environ.get("XDG_CACHE_HOME")
     os.environ["XDG_CACHE_HOME"] = str(shared_cache_home)
     try:
+        imageencoder.export(encoder)
         return textencoder.export(encoder)
     finally:
         if previous is None:

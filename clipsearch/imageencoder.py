@@ -261,26 +261,32 @@ def load_image_encoder(model_id: str, device: str | None = None, precision: str 
         return Encoder.load(model_id, device, precision)
     if precision == "bf16":
         return Encoder.load(model_id, "cpu", "bf16")
-    try:
-        onnx = OnnxImageEncoder.load(model_id, precision)
-    except ImageEncoderUnavailable as exc:
-        if str(exc) != "not exported yet":
+    folder = export_dir(model_id)
+    if folder is None or not (folder / "settings.json").exists():
+        model = Encoder.load(model_id, "cpu")  # also fetches the weights of a Hub model not yet on disk
+        try:
+            notify("Preparing the image encoder for this model (once)...")
+            export(model)
+        except ImageEncoderUnavailable as exc:
             notify(f"Using torch for the image encoder ({exc}).")
-            return Encoder.load(model_id, "cpu", _torch_precision(precision))
-        onnx = None
-    if onnx is not None:
-        return onnx
-    model = Encoder.load(model_id, "cpu")
+            model.precision = _torch_precision(precision)
+            return model
+        _prepare_text_encoder(model, notify)
+        folder = export_dir(model_id)
+    if precision == "auto" and folder is not None and native_bf16() and _exported_auto(folder) != "int8":
+        return Encoder.load(model_id, "cpu", "bf16")  # int8 disagreed: bf16 hardware beats the fp32 graph
     try:
-        notify("Preparing the image encoder for this model (once)...")
-        export(model)
-        onnx = OnnxImageEncoder.load(model_id, precision)
+        return OnnxImageEncoder.load(model_id, precision)
     except ImageEncoderUnavailable as exc:
         notify(f"Using torch for the image encoder ({exc}).")
-        model.precision = _torch_precision(precision)
-        return model
-    _prepare_text_encoder(model, notify)
-    return onnx
+        return Encoder.load(model_id, "cpu", _torch_precision(precision))
+
+
+def _exported_auto(folder: Path) -> str | None:
+    try:
+        return str(json.loads((folder / "settings.json").read_text())["auto"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _torch_precision(precision: str) -> str:

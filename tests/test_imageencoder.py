@@ -79,6 +79,17 @@ def test_cpu_index_loads_the_onnx_graph_and_falls_back_to_torch(monkeypatch):
     assert isinstance(chosen, OnnxImageEncoder) and not notices
     assert isinstance(load_image_encoder(TINY_MODEL, "cpu", "bf16"), Encoder)
 
+    # A processor with bf16 hardware: auto takes bf16 autocast where the int8 graph disagreed with the model.
+    monkeypatch.setattr(imageencoder, "native_bf16", lambda: True)
+    exported_auto = json.loads((imageencoder.export_dir(TINY_MODEL) / "settings.json").read_text())["auto"]
+    on_bf16_hardware = load_image_encoder(TINY_MODEL, "cpu", "auto")
+    if exported_auto == "int8":
+        assert isinstance(on_bf16_hardware, OnnxImageEncoder) and on_bf16_hardware.precision == "int8"
+    else:
+        assert isinstance(on_bf16_hardware, Encoder) and on_bf16_hardware.precision == "bf16"
+    assert isinstance(load_image_encoder(TINY_MODEL, "cpu", "fp32"), OnnxImageEncoder)
+
+    monkeypatch.setattr(imageencoder, "native_bf16", lambda: False)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
     fallback = load_image_encoder(TINY_MODEL, "cpu", "auto", notices.append)
     assert isinstance(fallback, Encoder) and fallback.precision in ("fp32", "bf16")

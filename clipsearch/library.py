@@ -181,7 +181,9 @@ class Library:
         """Put back every file a `move_duplicates` run moved, and its index row and tags."""
         from . import moves
 
-        return moves.undo_moves(os.path.expanduser(os.fspath(manifest)), self.store)
+        report = moves.undo_moves(os.path.expanduser(os.fspath(manifest)), self.store)
+        self.store.refresh_vector_cache()
+        return report
 
     # -- tags -----------------------------------------------------------------
 

@@ -297,7 +297,7 @@ def create_app(db_path: str | os.PathLike, get_encoder: Callable) -> Starlette:
             report = moves.apply_moves(plan, store, moves.default_manifest_path(normalise_path(destination)))
         except moves.MoveError as exc:
             return web.page(request, "message.html", 400, title="Nothing was moved", message=str(exc))
-        store.vectors()  # refresh the query cache
+        store.refresh_vector_cache()
         return web.page(request, "moved.html", report=report)
 
     async def dedupe_undo(request: Request) -> Response:
@@ -307,7 +307,7 @@ def create_app(db_path: str | os.PathLike, get_encoder: Callable) -> Starlette:
             report = moves.undo_moves(str(form.get("manifest", "")), web.store())
         except moves.MoveError as exc:
             return web.page(request, "message.html", 400, title="Cannot undo", message=str(exc))
-        web.store().vectors()
+        web.store().refresh_vector_cache()
         return web.page(request, "undone.html", report=report)
 
     async def not_found(request: Request, exc: Exception) -> Response:

@@ -23,15 +23,18 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import sqlite_utils
 
 from . import vectorcache
 from .errors import ClipsearchError, IndexBusyError, IndexUnusableError, NothingFoundError
 from .options import DB_ENV
 from .paths import decode_text, folder_range, is_utf8, normalise_path, scope_sql, sql_text
 from .vectorcache import Vectors
+
+if TYPE_CHECKING:  # imported when a write needs it: a query opens the index with sqlite3 alone (-60 ms)
+    import sqlite_utils
 
 # Re-exported for code written before paths.py existed.
 __all__ = [
@@ -233,9 +236,11 @@ REMEMBERED_QUERIES = 1000
 class Store:
     """An open index database. Use `Store.open(path)`; close it (or use `with`) when done."""
 
-    def __init__(self, db: sqlite_utils.Database, path: Path):
-        self.db = db
+    def __init__(self, conn: sqlite3.Connection, path: Path):
+        self.conn = conn  # autocommit (isolation_level None): a write outside `transaction()` commits at once
         self.path = path
+        self._db: sqlite_utils.Database | None = None
+        self._savepoints = 0
         self._lock_fd: int | None = None
         self._lock_depth = 0
 
@@ -256,17 +261,18 @@ class Store:
                 raise StoreError(f"Cannot create the folder {path.parent} for the index: {exc.strerror or exc}. "
                                  "Pass --db with a place you can write to.") from None
         try:
-            connection = sqlite3.connect(path, timeout=30)
+            connection = sqlite3.connect(path, timeout=30, isolation_level=None)
         except sqlite3.Error as exc:
             raise storage_error(exc, path) or StoreError(f"Cannot open {path}: {exc}") from None
         connection.text_factory = decode_text
-        store = cls(sqlite_utils.Database(connection), path)
+        store = cls(connection, path)
         try:
             store._check_ours()
-            store.db.execute("PRAGMA busy_timeout = 30000")
-            if store.db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                store.db.enable_wal()
-            store.db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: safe against kill -9
+            connection.execute("PRAGMA busy_timeout = 30000")
+            if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                connection.execute("PRAGMA journal_mode = wal")
+            connection.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: safe against kill -9
+            connection.execute("PRAGMA recursive_triggers = on")  # as sqlite-utils sets it: REPLACE fires triggers
             store._migrate(create)
         except sqlite3.Error as exc:
             connection.close()
@@ -278,14 +284,30 @@ class Store:
 
     def _check_ours(self) -> None:
         """Refuse, reading only, an SQLite file that some other program made."""
-        tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if tables and not {"schema_version", "images"} <= tables:
             raise StoreError(f"{self.path} is an SQLite file but not a clipsearch index; it was left untouched. "
                              "Pass another --db.")
 
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """The same connection through sqlite-utils, for schema changes and upserts (imported on first use)."""
+        if self._db is None:
+            import sqlite_utils
+
+            self._db = sqlite_utils.Database(self.conn)
+        return self._db
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[dict[str, Any]]:
+        """Rows as dicts, like sqlite-utils' `query`."""
+        cursor = self.conn.execute(sql, params)
+        names = [column[0] for column in cursor.description]
+        for row in cursor:
+            yield dict(zip(names, row))
+
     def close(self) -> None:
         self._release_lock()
-        self.db.close()
+        self.conn.close()
 
     def __enter__(self) -> Store:
         return self
@@ -297,13 +319,38 @@ class Store:
     def transaction(self) -> Iterator[None]:
         """One transaction; a locked, read-only or full database becomes a clear error, having written nothing."""
         try:
-            with self.db.atomic():
+            with self._atomic():
                 yield
         except sqlite3.Error as exc:
             error = storage_error(exc, self.path)
             if error is None:
                 raise
             raise error from exc
+
+    @contextmanager
+    def _atomic(self) -> Iterator[None]:
+        """BEGIN ... COMMIT, or a savepoint inside an open transaction (as sqlite-utils' `atomic`)."""
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN")
+            try:
+                yield
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+            return
+        self._savepoints += 1
+        name = f"clipsearch_{self._savepoints}"
+        self.conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            if self.conn.in_transaction:  # a failed statement may have ended the transaction already
+                self.conn.execute(f"ROLLBACK TO SAVEPOINT {name}")
+                self.conn.execute(f"RELEASE SAVEPOINT {name}")
+            raise
+        self.conn.execute(f"RELEASE SAVEPOINT {name}")
 
     # -- the writer lock ----------------------------------------------------
 
@@ -354,9 +401,10 @@ class Store:
     # -- schema -------------------------------------------------------------
 
     def schema_version(self) -> int:
-        if not self.db["schema_version"].exists():
+        if not self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+                                 ).fetchone():
             return 0
-        row = self.db.execute("SELECT max(version) FROM schema_version").fetchone()
+        row = self.conn.execute("SELECT max(version) FROM schema_version").fetchone()
         return row[0] or 0
 
     def _migrate(self, create: bool) -> None:
@@ -380,18 +428,18 @@ class Store:
     # -- settings -----------------------------------------------------------
 
     def get_meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
         return row[0] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
         with self.transaction():
-            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", [key, value])
 
     # -- model --------------------------------------------------------------
 
     def model(self) -> tuple[str, int] | None:
         """(model id, embedding size) of the vectors in this index, or None while it is empty."""
-        values = {row["key"]: row["value"] for row in self.db["meta"].rows}
+        values = dict(self.conn.execute("SELECT key, value FROM meta"))
         if "model" not in values:
             return None
         return values["model"], int(values["dim"])
@@ -416,18 +464,18 @@ class Store:
 
     def paths(self, folder: str | None = None) -> list[str]:
         where, params = scope_sql(folder)
-        return [row[0] for row in self.db.execute(f"SELECT path FROM images {where} ORDER BY path", params)]
+        return [row[0] for row in self.conn.execute(f"SELECT path FROM images {where} ORDER BY path", params)]
 
     def count(self, folder: str | None = None) -> int:
         where, params = scope_sql(folder)
-        return self.db.execute(f"SELECT count(*) FROM images {where}", params).fetchone()[0]
+        return self.conn.execute(f"SELECT count(*) FROM images {where}", params).fetchone()[0]
 
     def files_under(self, folders: Iterable[str]) -> dict[str, StoredFile]:
         """Indexed files under any of `folders`: path -> id, size, mtime."""
         found = {}
         for folder in folders:
             where, params = scope_sql(folder)
-            for id_, path, size, mtime_ns in self.db.execute(
+            for id_, path, size, mtime_ns in self.conn.execute(
                 f"SELECT id, path, size, mtime_ns FROM images {where}", params
             ):
                 found[path] = StoredFile(id_, size, mtime_ns)
@@ -438,7 +486,7 @@ class Store:
         found = {}
         for folder in folders:
             where, params = scope_sql(folder)
-            for path, size, mtime_ns, reason in self.db.execute(
+            for path, size, mtime_ns, reason in self.conn.execute(
                 f"SELECT path, size, mtime_ns, reason FROM failures {where}", params
             ):
                 found[path] = (size, mtime_ns, reason)
@@ -446,15 +494,15 @@ class Store:
 
     def failure_count(self) -> int:
         """How many files could not be read (they are retried when they change)."""
-        return self.db["failures"].count
+        return int(self.conn.execute("SELECT count(*) FROM failures").fetchone()[0])
 
     def known_hashes(self) -> set[str]:
-        return {row[0] for row in self.db.execute("SELECT DISTINCT hash FROM images")}
+        return {row[0] for row in self.conn.execute("SELECT DISTINCT hash FROM images")}
 
     def vector_for_hash(self, content_hash: str) -> dict | None:
         """Stored vector, size, fingerprints and metadata for content with this hash, to reuse for renamed or
         copied files (the same bytes carry the same EXIF)."""
-        rows = list(self.db.query(
+        rows = list(self.query(
             f"SELECT vector, width, height, phash, colourfulness, {', '.join(METADATA_COLUMNS)} FROM images "
             "WHERE hash = ? ORDER BY phash IS NULL, taken_source IS NULL LIMIT 1", [content_hash]
         ))
@@ -468,7 +516,7 @@ class Store:
         """
         found: dict[str, dict] = {}
         for path in paths:
-            for row in self.db.query(
+            for row in self.query(
                 f"SELECT hash, vector, width, height, phash, colourfulness, {', '.join(METADATA_COLUMNS)} FROM images "
                 "WHERE path = CAST(? AS TEXT)",
                 [sql_text(path)],
@@ -480,12 +528,12 @@ class Store:
         """(id, path) of images indexed before fingerprints existed."""
         where, params = scope_sql(folder)
         where = f"{where} AND phash IS NULL" if where else "WHERE phash IS NULL"
-        return [(row[0], row[1]) for row in self.db.execute(f"SELECT id, path FROM images {where}", params)]
+        return [(row[0], row[1]) for row in self.conn.execute(f"SELECT id, path FROM images {where}", params)]
 
     def set_fingerprints(self, rows: list[tuple[int, bytes, float]]) -> None:
         """Store (id, phash, colourfulness) for existing images, in one transaction."""
         with self.transaction():
-            self.db.conn.executemany(
+            self.conn.executemany(
                 "UPDATE images SET phash = ?, colourfulness = ? WHERE id = ?", [(p, c, i) for i, p, c in rows]
             )
 
@@ -493,13 +541,13 @@ class Store:
         """(id, path, mtime_ns) of images indexed before photo metadata existed."""
         where, params = scope_sql(folder)
         where = f"{where} AND taken_source IS NULL" if where else "WHERE taken_source IS NULL"
-        return [tuple(row) for row in self.db.execute(f"SELECT id, path, mtime_ns FROM images {where}", params)]
+        return [tuple(row) for row in self.conn.execute(f"SELECT id, path, mtime_ns FROM images {where}", params)]
 
     def set_metadata(self, rows: list[tuple[int, dict]]) -> None:
         """Store (id, {column: value}) photo metadata for existing images, in one transaction."""
         assignments = ", ".join(f"{name} = ?" for name in METADATA_COLUMNS)
         with self.transaction():
-            self.db.conn.executemany(
+            self.conn.executemany(
                 f"UPDATE images SET {assignments} WHERE id = ?",
                 [[values.get(name) for name in METADATA_COLUMNS] + [image_id] for image_id, values in rows],
             )
@@ -518,7 +566,7 @@ class Store:
         if camera:
             # Match the few distinct cameras (read from their index), then select their rows through it.
             wanted = camera.lower()
-            cameras = [(make, model) for make, model in self.db.execute(
+            cameras = [(make, model) for make, model in self.conn.execute(
                 "SELECT DISTINCT camera_make, camera_model FROM images WHERE camera_make IS NOT NULL "
                 "OR camera_model IS NOT NULL") if wanted in f"{make or ''} {model or ''}".lower()]
             if not cameras:
@@ -526,12 +574,12 @@ class Store:
             conditions.append("(" + " OR ".join("(camera_make IS ? AND camera_model IS ?)" for _ in cameras) + ")")
             params.extend(value for pair in cameras for value in pair)
         clause = f"WHERE {' AND '.join(conditions)}" if conditions else ""
-        return {row[0] for row in self.db.execute(f"SELECT id FROM images {clause}", params)}
+        return {row[0] for row in self.conn.execute(f"SELECT id FROM images {clause}", params)}
 
     def date_range(self, folder: str | None = None) -> tuple[str | None, str | None]:
         """Earliest and latest date taken of the images (under `folder`)."""
         where, params = scope_sql(folder)
-        return tuple(self.db.execute(f"SELECT min(taken), max(taken) FROM images {where}", params).fetchone())
+        return tuple(self.conn.execute(f"SELECT min(taken), max(taken) FROM images {where}", params).fetchone())
 
     def record_run(self, folders: Iterable[str]) -> None:
         """Remember the folders indexed and when, for `info`."""
@@ -545,7 +593,7 @@ class Store:
     def indexed_folders(self) -> list[str]:
         import json
 
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'folders'").fetchone()
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'folders'").fetchone()
         return json.loads(row[0]) if row else []
 
     def write(self, records: list[ImageRecord], failures: Sequence[tuple[str, int, int, str]] = ()) -> None:
@@ -554,13 +602,13 @@ class Store:
         with self.transaction():
             if rows:
                 self._upsert_images(rows)
-                self.db.conn.executemany("DELETE FROM failures WHERE path = CAST(? AS TEXT)",
+                self.conn.executemany("DELETE FROM failures WHERE path = CAST(? AS TEXT)",
                                          [[sql_text(r["path"])] for r in rows])
             self._bump_generation()
             if failures:
-                self.db.conn.executemany("DELETE FROM images WHERE path = CAST(? AS TEXT)",
+                self.conn.executemany("DELETE FROM images WHERE path = CAST(? AS TEXT)",
                                          [[sql_text(f[0])] for f in failures])
-                self.db.conn.executemany(
+                self.conn.executemany(
                     "INSERT OR REPLACE INTO failures (path, size, mtime_ns, reason) VALUES (CAST(? AS TEXT), ?, ?, ?)",
                     [(sql_text(p), s, m, r) for p, s, m, r in failures])
 
@@ -569,7 +617,7 @@ class Store:
         columns = ", ".join(IMAGE_COLUMNS)
         values = ", ".join(["CAST(? AS TEXT)"] + ["?"] * (len(IMAGE_COLUMNS) - 1))
         updates = ", ".join(f"{c} = excluded.{c}" for c in IMAGE_COLUMNS[1:])
-        self.db.conn.executemany(
+        self.conn.executemany(
             f"INSERT INTO images ({columns}) VALUES ({values}) ON CONFLICT(path) DO UPDATE SET {updates}",
             [[sql_text(row["path"])] + [row.get(c) for c in IMAGE_COLUMNS[1:]] for row in rows])
 
@@ -579,11 +627,11 @@ class Store:
         if not rows:
             return 0
         with self.transaction():
-            before = self.db.execute("SELECT total_changes()").fetchone()[0]
-            self.db.conn.executemany("DELETE FROM images WHERE path = CAST(? AS TEXT)", rows)
-            removed = self.db.execute("SELECT total_changes()").fetchone()[0] - before
+            before = self.conn.execute("SELECT total_changes()").fetchone()[0]
+            self.conn.executemany("DELETE FROM images WHERE path = CAST(? AS TEXT)", rows)
+            removed = self.conn.execute("SELECT total_changes()").fetchone()[0] - before
             self._bump_generation()
-            self.db.conn.executemany("DELETE FROM failures WHERE path = CAST(? AS TEXT)", rows)
+            self.conn.executemany("DELETE FROM failures WHERE path = CAST(? AS TEXT)", rows)
         return removed
 
     # -- vectors ------------------------------------------------------------
@@ -594,14 +642,14 @@ class Store:
         Random rather than a counter: two copies of one index that each change
         once must not end up with the same token.
         """
-        self.db.execute(
+        self.conn.execute(
             "INSERT INTO meta (key, value) VALUES ('generation', lower(hex(randomblob(8)))) "
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
         )
 
     def identity(self) -> str:
         """This index and its current state: what a vector cache must be tagged with to be used."""
-        values = dict(self.db.execute("SELECT key, value FROM meta WHERE key IN ('index_id', 'generation')"))
+        values = dict(self.conn.execute("SELECT key, value FROM meta WHERE key IN ('index_id', 'generation')"))
         return f"{values.get('index_id', '')}:{values.get('generation', '0')}"
 
     @property
@@ -611,31 +659,39 @@ class Store:
     def vectors(self, folder: str | None = None) -> Vectors:
         """All stored vectors (or those under `folder`) as one matrix, for ranking.
 
-        The whole index is read from the memory-mapped query cache (vectorcache.py)
-        when that is current, and the cache is rebuilt when it is not.
+        The whole index comes from the memory-mapped query cache (vectorcache.py),
+        which `refresh_vector_cache` rewrites first if it is stale; a folder's rows
+        come from the database.
         """
+        if folder is None and self.model():
+            return self.refresh_vector_cache()
+        return self._vectors_from_rows(folder)[1]
+
+    def refresh_vector_cache(self) -> Vectors:
+        """Bring the query cache up to date now, rewriting it only if it is stale, and return its vectors.
+
+        Writers call it after a change (index, moves, undo), so the next search does not pay for the rebuild.
+        """
+        recorded = self.model()
+        cached = vectorcache.read(self.cache_path, self.identity(), recorded[1] if recorded else 0)
+        if cached is not None:
+            return cached
+        identity, vectors = self._vectors_from_rows(None)
+        vectorcache.write(self.cache_path, identity, vectors)
+        return vectors
+
+    def _vectors_from_rows(self, folder: str | None) -> tuple[str, Vectors]:
+        """The vectors under `folder` (all if None) read from the database, and the index state they belong to."""
         recorded = self.model()
         dim = recorded[1] if recorded else 0
         where, params = scope_sql(folder)
         with self.transaction():  # one snapshot for the change token and the rows
             identity = self.identity()
-            if folder is None:
-                cached = vectorcache.read(self.cache_path, identity, dim)
-                if cached is not None:
-                    return cached
             ids, blobs = [], []
-            for id_, blob in self.db.execute(f"SELECT id, vector FROM images {where} ORDER BY id", params):
+            for id_, blob in self.conn.execute(f"SELECT id, vector FROM images {where} ORDER BY id", params):
                 ids.append(id_)
                 blobs.append(blob)
-        vectors = Vectors(np.array(ids, dtype=np.int64), decode_vectors(blobs, dim))
-        if folder is None:
-            vectorcache.write(self.cache_path, identity, vectors)
-        return vectors
-
-    def refresh_vector_cache(self) -> None:
-        """Bring the query cache up to date now, so the next search does not pay for it (after index, moves)."""
-        if self.model():
-            self.vectors()
+        return identity, Vectors(np.array(ids, dtype=np.int64), decode_vectors(blobs, dim))
 
     def remembered_queries(self, model: str, precision: str, texts: list[str]) -> dict[str, np.ndarray]:
         """Vectors of texts this index has embedded before with this model and precision: text -> unit vector."""
@@ -643,7 +699,7 @@ class Store:
         texts = [text for text in texts if is_utf8(text)]  # a query made of undecodable bytes is not remembered
         for start in range(0, len(texts), 500):
             chunk = texts[start:start + 500]
-            for text, blob in self.db.execute(
+            for text, blob in self.conn.execute(
                 f"SELECT text, vector FROM query_vectors WHERE model = ? AND precision = ? AND text IN "
                 f"({','.join('?' * len(chunk))})", [model, precision, *chunk]
             ):
@@ -656,16 +712,16 @@ class Store:
         A query must not fail or wait because its vector cannot be kept: a
         read-only index or a busy writer just means the model runs again next time.
         """
-        self.db.execute("PRAGMA busy_timeout = 200")
+        self.conn.execute("PRAGMA busy_timeout = 200")
         try:
-            with self.db.atomic():
-                self.db.conn.executemany(
+            with self._atomic():
+                self.conn.executemany(
                     "INSERT OR REPLACE INTO query_vectors (model, precision, text, vector, asked_at) "
                     "VALUES (?, ?, ?, ?, ?)",
                     [(model, precision, text, np.asarray(v, dtype="<f4").tobytes(), now())
                      for text, v in vectors.items() if is_utf8(text)],
                 )
-                self.db.execute(
+                self.conn.execute(
                     "DELETE FROM query_vectors WHERE rowid NOT IN "
                     "(SELECT rowid FROM query_vectors ORDER BY asked_at DESC, rowid DESC LIMIT ?)",
                     [REMEMBERED_QUERIES],
@@ -673,22 +729,22 @@ class Store:
         except (sqlite3.Error, UnicodeEncodeError):
             pass
         finally:
-            self.db.execute("PRAGMA busy_timeout = 30000")
+            self.conn.execute("PRAGMA busy_timeout = 30000")
 
     def vector_for_path(self, path: str) -> np.ndarray | None:
         recorded = self.model()
-        row = self.db.execute("SELECT vector FROM images WHERE path = CAST(? AS TEXT)", [sql_text(path)]).fetchone()
+        row = self.conn.execute("SELECT vector FROM images WHERE path = CAST(? AS TEXT)", [sql_text(path)]).fetchone()
         if row is None or recorded is None:
             return None
         return decode_vectors([row[0]], recorded[1])[0]
 
     def id_for_path(self, path: str) -> int | None:
-        row = self.db.execute("SELECT id FROM images WHERE path = CAST(? AS TEXT)", [sql_text(path)]).fetchone()
+        row = self.conn.execute("SELECT id FROM images WHERE path = CAST(? AS TEXT)", [sql_text(path)]).fetchone()
         return row[0] if row else None
 
     def file_row(self, path: str) -> dict | None:
         """id, path, size, mtime_ns, width and height of the image at exactly `path`, or None."""
-        rows = list(self.db.query("SELECT id, path, size, mtime_ns, width, height FROM images "
+        rows = list(self.query("SELECT id, path, size, mtime_ns, width, height FROM images "
                                   "WHERE path = CAST(? AS TEXT)", [sql_text(path)]))
         return rows[0] if rows else None
 
@@ -698,7 +754,7 @@ class Store:
         for start in range(0, len(paths), 500):
             chunk = [sql_text(path) for path in paths[start:start + 500]]
             marks = ",".join(["CAST(? AS TEXT)"] * len(chunk))
-            found.update(self.db.execute(f"SELECT path, mtime_ns FROM images WHERE path IN ({marks})", chunk))
+            found.update(self.conn.execute(f"SELECT path, mtime_ns FROM images WHERE path IN ({marks})", chunk))
         return found
 
     def file_table(self, folder: str | None = None) -> dict[str, list]:
@@ -706,14 +762,14 @@ class Store:
         where, params = scope_sql(folder)
         names = ["id", "path", "size", "mtime_ns", "hash", "width", "height", "phash", "colourfulness",
                  *METADATA_COLUMNS]
-        rows = self.db.execute(f"SELECT {', '.join(names)} FROM images {where} ORDER BY id", params).fetchall()
+        rows = self.conn.execute(f"SELECT {', '.join(names)} FROM images {where} ORDER BY id", params).fetchall()
         return {name: [row[i] for row in rows] for i, name in enumerate(names)}
 
     def rows_for_paths(self, paths: Iterable[str]) -> list[dict]:
         """Whole rows (vector included) of these paths, to keep in a dedupe manifest."""
         found: list[dict] = []
         for path in paths:
-            found.extend(self.db.query("SELECT * FROM images WHERE path = CAST(? AS TEXT)", [sql_text(path)]))
+            found.extend(self.query("SELECT * FROM images WHERE path = CAST(? AS TEXT)", [sql_text(path)]))
         return found
 
     def restore_rows(self, rows: list[dict]) -> None:
@@ -731,7 +787,7 @@ class Store:
         for start in range(0, len(ids), 500):
             chunk = [int(i) for i in ids[start:start + 500]]
             marks = ",".join("?" * len(chunk))
-            for row in self.db.query(
+            for row in self.query(
                 f"SELECT id, path, size, mtime_ns, hash, width, height, {', '.join(METADATA_COLUMNS)} FROM images "
                 f"WHERE id IN ({marks})", chunk
             ):

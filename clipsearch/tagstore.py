@@ -35,23 +35,23 @@ class TagStore:
         )
         with self.store.transaction():
             for path in map(sql_text, gone_paths):
-                self.store.db.execute(
+                self.store.conn.execute(
                     "INSERT OR REPLACE INTO tags (image_id, tag, score, source, model, vocabulary, tagged_at) "
                     "SELECT kept.id, t.tag, t.score, t.source, t.model, t.vocabulary, t.tagged_at "
                     + carry.format(table="tags") + " AND t.source != 'auto'", [path])
-                self.store.db.execute(
+                self.store.conn.execute(
                     "INSERT OR IGNORE INTO tags (image_id, tag, score, source, model, vocabulary, tagged_at) "
                     "SELECT kept.id, t.tag, t.score, t.source, t.model, t.vocabulary, t.tagged_at "
                     + carry.format(table="tags")
                     + " AND t.source = 'auto' AND kept.id NOT IN (SELECT image_id FROM tag_runs)", [path])
-                self.store.db.execute(
+                self.store.conn.execute(
                     "INSERT OR IGNORE INTO tag_runs (image_id, model, vocabulary, settings, tagged_at) "
                     "SELECT kept.id, t.model, t.vocabulary, t.settings, t.tagged_at " + carry.format(table="tag_runs"),
                     [path])
 
     def tag_rows(self, image_id: int) -> list[dict]:
         """An image's tag rows as stored (manual and rejected ones included), to keep in a dedupe manifest."""
-        return list(self.store.db.query(
+        return list(self.store.query(
             "SELECT tag, score, source, model, vocabulary, tagged_at FROM tags WHERE image_id = ?", [image_id]))
 
     def untagged(self, run_key: tuple[str, str, str], folder: str | None = None) -> list[int]:
@@ -61,12 +61,12 @@ class TagStore:
             " NOT EXISTS (SELECT 1 FROM tag_runs r WHERE r.image_id = images.id AND r.model = ? "
             "AND r.vocabulary = ? AND r.settings = ?)"
         )
-        rows = self.store.db.execute(f"SELECT id FROM images {where} ORDER BY id", [*params, *run_key])
+        rows = self.store.conn.execute(f"SELECT id FROM images {where} ORDER BY id", [*params, *run_key])
         return [row[0] for row in rows]
 
     def tag_vectors(self, model: str, vocabulary: str, tags: list[str]) -> np.ndarray | None:
         """Cached unit vectors of `tags` (in that order) for this model and vocabulary version, if all are there."""
-        found = {tag: blob for tag, blob in self.store.db.execute(
+        found = {tag: blob for tag, blob in self.store.conn.execute(
             "SELECT tag, vector FROM tag_vectors WHERE model = ? AND vocabulary = ?", [model, vocabulary])}
         if any(tag not in found for tag in tags):
             return None
@@ -74,7 +74,7 @@ class TagStore:
 
     def save_tag_vectors(self, model: str, vocabulary: str, tags: list[str], vectors: np.ndarray) -> None:
         with self.store.transaction():
-            self.store.db.conn.executemany(
+            self.store.conn.executemany(
                 "INSERT OR REPLACE INTO tag_vectors (model, vocabulary, tag, vector) VALUES (?, ?, ?, ?)",
                 [(model, vocabulary, tag, np.asarray(v, dtype="<f4").tobytes()) for tag, v in zip(tags, vectors)],
             )
@@ -85,14 +85,14 @@ class TagStore:
         stamp = now()
         ids = [[image_id] for image_id in results]
         with self.store.transaction():
-            self.store.db.conn.executemany("DELETE FROM tags WHERE image_id = ? AND source = 'auto'", ids)
-            self.store.db.conn.executemany(
+            self.store.conn.executemany("DELETE FROM tags WHERE image_id = ? AND source = 'auto'", ids)
+            self.store.conn.executemany(
                 "INSERT OR IGNORE INTO tags (image_id, tag, score, source, model, vocabulary, tagged_at) "
                 "VALUES (?, ?, ?, 'auto', ?, ?, ?)",
                 [(image_id, tag, score, model, vocabulary, stamp) for image_id, tags in results.items()
                  for tag, score in tags],
             )
-            self.store.db.conn.executemany(
+            self.store.conn.executemany(
                 "INSERT OR REPLACE INTO tag_runs (image_id, model, vocabulary, settings, tagged_at) "
                 "VALUES (?, ?, ?, ?, ?)", [(image_id, model, vocabulary, settings, stamp) for image_id in results]
             )
@@ -101,12 +101,12 @@ class TagStore:
         """Add manual tags; remove tags (an auto tag removed stays away: it is marked rejected)."""
         stamp = now()
         with self.store.transaction():
-            self.store.db.conn.executemany(
+            self.store.conn.executemany(
                 "INSERT OR REPLACE INTO tags (image_id, tag, score, source, tagged_at) "
                 "VALUES (?, ?, NULL, 'manual', ?)",
                 [(image_id, tag, stamp) for tag in add],
             )
-            self.store.db.conn.executemany(
+            self.store.conn.executemany(
                 "INSERT OR REPLACE INTO tags (image_id, tag, score, source, tagged_at) "
                 "VALUES (?, ?, NULL, 'rejected', ?)", [(image_id, tag, stamp) for tag in remove],
             )
@@ -117,7 +117,7 @@ class TagStore:
         ids = [int(i) for i in ids]
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
-            for row in self.store.db.query(
+            for row in self.store.query(
                 f"SELECT image_id, tag, score, source FROM tags WHERE source != 'rejected' AND image_id IN "
                 f"({','.join('?' * len(chunk))}) ORDER BY source = 'auto', score DESC, tag", chunk
             ):
@@ -128,7 +128,7 @@ class TagStore:
         """Visible tags of every tagged image (under `folder`): path -> tags, best first."""
         where, params = scope_sql(folder)
         found: dict[str, list[str]] = {}
-        for path, tag in self.store.db.execute(
+        for path, tag in self.store.conn.execute(
             f"SELECT images.path, tags.tag FROM tags JOIN images ON images.id = tags.image_id {where} "
             f"{'AND' if where else 'WHERE'} tags.source != 'rejected' "
             f"ORDER BY images.path, tags.source = 'auto', tags.score DESC, tags.tag", params
@@ -140,7 +140,7 @@ class TagStore:
         """Each visible tag with how many images have it (auto, manual), most used first."""
         where, params = scope_sql(folder)
         join = f"JOIN images ON images.id = tags.image_id {where}" if where else ""
-        return list(self.store.db.query(
+        return list(self.store.query(
             f"SELECT tag, count(*) AS images, sum(source = 'auto') AS auto, sum(source = 'manual') AS manual "
             f"FROM tags {join} {'AND' if where else 'WHERE'} source != 'rejected' GROUP BY tag "
             f"ORDER BY images DESC, tag", params
@@ -151,10 +151,10 @@ class TagStore:
         tags = list(dict.fromkeys(tags))
         where, params = scope_sql(folder)
         scope = f"AND image_id IN (SELECT id FROM images {where})" if where else ""
-        rows = self.store.db.execute(
+        rows = self.store.conn.execute(
             f"SELECT image_id, min(CASE WHEN source = 'manual' THEN 1.0 ELSE score END), count(*) FROM tags "
             f"WHERE source != 'rejected' AND tag IN ({','.join('?' * len(tags))}) {scope} GROUP BY image_id",
-            tags + params,
+            [*tags, *params],
         )
         return {image_id: score for image_id, score, count in rows if count == len(tags)}
 
@@ -169,10 +169,10 @@ class TagStore:
 
     def tagged_count(self) -> int:
         """How many images have at least one visible tag."""
-        return self.store.db.execute(
+        return self.store.conn.execute(
             "SELECT count(DISTINCT image_id) FROM tags WHERE source != 'rejected'").fetchone()[0]
 
     def runs_with_other_vocabulary(self, model: str, vocabulary: str) -> int:
         """How many images were tagged with this model but another vocabulary version."""
-        return self.store.db.execute("SELECT count(*) FROM tag_runs WHERE model = ? AND vocabulary != ?",
+        return self.store.conn.execute("SELECT count(*) FROM tag_runs WHERE model = ? AND vocabulary != ?",
                                      [model, vocabulary]).fetchone()[0]

@@ -70,9 +70,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=30)
     parser.add_argument("--port", type=int, default=8765)
     args = parser.parse_args()
-    path = CACHE / f"search-{args.images}-{args.dim}.db"
+    path = CACHE / f"search-{args.images}-{TINY_MODEL.name}-{args.dim}.db"
     path.parent.mkdir(exist_ok=True)
-    build(path, args.images, args.dim)
+    build(path, args.images, TINY_MODEL, args.dim)
     encoder = Projected(Encoder.load(str(TINY_MODEL), "cpu"), args.dim)
     with Store.open(path, create=False) as store:
         store.vectors()  # the vector cache file exists, as after any index run

@@ -25,21 +25,21 @@ import platform
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from . import textencoder
+from .encoder import Encoder, ModelError, pick_device
 from .images import Preprocess
 from .options import ImagePrecision
-
-if TYPE_CHECKING:
-    from .encoder import Encoder
 
 EXPORT_FORMAT = 1  # bump when the files written by `export` change meaning
 MIN_AGREEMENT = textencoder.MIN_AGREEMENT
@@ -77,7 +77,8 @@ class OnnxImageEncoder:
     dim: int
     preprocess: Preprocess
     precision: str  # "int8" or "fp32": the graph in use
-    _session: Any
+    _session: Future[Any]
+    folder: Path
     device: str = "cpu"
 
     @classmethod
@@ -97,16 +98,30 @@ class OnnxImageEncoder:
             import onnxruntime
         except ImportError:
             raise ImageEncoderUnavailable("onnxruntime is not installed") from None
-        try:
-            session = textencoder._session(onnxruntime, folder, graph, keep_optimised, tower="image",
-                                           threads=threads or os.cpu_count() or 1)
-        except Exception as exc:  # noqa: BLE001 - a damaged file, or an onnxruntime that cannot run it
-            raise ImageEncoderUnavailable(f"onnxruntime cannot load {folder}: {exc}") from None
-        return cls(model_id, int(settings["dim"]), Preprocess(*settings["preprocess"]), graph, session)
+        if not (folder / f"image.{graph}.onnx").is_file():
+            raise ImageEncoderUnavailable(f"{folder} has no {graph} graph")
+        # The session takes ~0.3 s to create: in the background, while the decoders start on the pixel
+        # settings, which are known already. A graph onnxruntime cannot load is reported at the first batch.
+        session: Future[Any] = Future()
+
+        def create() -> None:
+            try:
+                session.set_result(textencoder._session(onnxruntime, folder, graph, keep_optimised, tower="image",
+                                                        threads=threads or os.cpu_count() or 1))
+            except Exception as exc:  # noqa: BLE001 - a damaged file, or an onnxruntime that cannot run it
+                session.set_exception(exc)
+
+        threading.Thread(target=create, name="image-encoder-session", daemon=True).start()
+        return cls(model_id, int(settings["dim"]), Preprocess(*settings["preprocess"]), graph, session, folder)
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 batch (n x H x W x 3, as made by images.decode) -> float32 unit vectors (n x dim)."""
-        features = self._session.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.uint8)})[0]
+        try:
+            session = self._session.result()
+        except Exception as exc:  # noqa: BLE001 - whatever onnxruntime raised, with the way out
+            raise ModelError(f"onnxruntime cannot load the prepared image encoder in {self.folder} ({exc}). "
+                             f"Delete that folder to prepare it again, or pass --precision bf16.") from None
+        features = session.run(None, {"pixels": np.ascontiguousarray(pixels, dtype=np.uint8)})[0]
         features = features.astype(np.float32, copy=False)
         return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
@@ -250,12 +265,8 @@ def load_image_encoder(model_id: str, device: str | None = None, precision: str 
     the torch model under bfloat16 autocast; `auto` takes int8 where it agrees with
     the model, else bf16 on processors with bf16 hardware, else fp32.
     """
-    from .encoder import Encoder
-
     precision = ImagePrecision(precision).value
     if device is None and accelerator_possible():
-        from .encoder import pick_device
-
         device = pick_device(None)
     if device not in (None, "cpu"):
         return Encoder.load(model_id, device, precision)

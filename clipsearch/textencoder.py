@@ -282,7 +282,7 @@ def _export_into(encoder: Encoder, work: Path) -> None:
     settings: dict[str, Any] = {
         "model": encoder.model_id, "format": EXPORT_FORMAT, "inputs": inputs, **_tokenizer_settings(encoder),
     }
-    (work / "tokenizer.json").write_text(encoder._tokenizer.backend_tokenizer.to_str())
+    (work / "tokenizer.json").write_text(_quick_loading(encoder._tokenizer.backend_tokenizer.to_str()))
     write_json_atomically(work / "settings.json", {**settings, "auto": "fp32"})
     reference = encoder.embed_texts(list(AGREEMENT_PROMPTS))
     for graph in ("fp32", "int8"):
@@ -294,6 +294,16 @@ def _export_into(encoder: Encoder, work: Path) -> None:
             f"the exported graph disagrees with the model (cosine {settings['fp32_min_cosine']:.4f})")
     settings["auto"] = "int8" if settings["int8_min_cosine"] >= MIN_AGREEMENT else "fp32"
     write_json_atomically(work / "settings.json", settings)
+
+
+def _quick_loading(tokenizer_json: str) -> str:
+    """The same tokenizer with its BPE merges written as "a b" strings, which `tokenizers` reads in 60 ms
+    instead of 100 ms for [a, b] pairs (CLIP's 48,894 merges); kept as pairs where a token holds a space."""
+    data = json.loads(tokenizer_json)
+    merges = (data.get("model") or {}).get("merges")
+    if isinstance(merges, list) and all(isinstance(m, list) and len(m) == 2 and " " not in "".join(m) for m in merges):
+        data["model"]["merges"] = [" ".join(m) for m in merges]
+    return json.dumps(data, ensure_ascii=False)
 
 
 def _tokenizer_settings(encoder: Encoder) -> dict[str, Any]:

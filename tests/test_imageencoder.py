@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -152,3 +153,17 @@ def test_fingerprints_match_imagehash_phash_and_are_cheap_to_reduce(tmp_path):
         assert bits == 0 if min(size) < 256 else bits <= 8  # large pictures are box-reduced first
         assert colour > 4 * fingerprint.GREY_LIMIT
         assert fingerprint.fingerprints(image.convert("L"))[1] < fingerprint.GREY_LIMIT
+
+
+def test_a_damaged_graph_is_a_clear_error_naming_the_folder(monkeypatch, tmp_path, encoder):
+    from clipsearch.encoder import ModelError
+
+    exported = imageencoder.export_dir(TINY_MODEL)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    copy = imageencoder.export_dir(TINY_MODEL)
+    shutil.copytree(exported, copy)
+    for graph in copy.glob("image.fp32*.onnx"):
+        graph.write_bytes(b"not a graph")
+    damaged = OnnxImageEncoder.load(TINY_MODEL, "fp32")  # returns at once: the session is made in the background
+    with pytest.raises(ModelError, match="Delete that folder"):
+        damaged.embed_pixels(probe_pixels(encoder.preprocess, 2))

@@ -4,7 +4,7 @@ Each command parses its arguments, makes one call on `library.Library` (the
 Python API, so what the command line does a script can do the same way) and
 shows the result (output.py). Nothing here runs SQL or orchestrates a job.
 
-Start-up: at import this module loads only typer, rich and stdlib-only modules
+Start-up: at import this module loads only typer and stdlib-only modules (rich when something is printed)
 (options.py for option defaults and choices, errors.py for exit codes), so
 `clipsearch --help` does not import numpy, SQLite helpers, Pillow or torch.
 Each command imports what it needs when it runs.
@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.markup import escape
 from typer.exceptions import TyperException
 
 from . import __version__
@@ -50,7 +49,7 @@ from .options import (
     SidecarStyle,
     TextPrecision,
 )
-from .output import Format, shown, stderr
+from .output import Format, escape, shown, stderr
 
 if TYPE_CHECKING:
     from .library import Library

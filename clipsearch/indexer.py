@@ -305,13 +305,13 @@ def fill_metadata(store: Store, folder: str | None = None, workers: int = DEFAUL
         return image_id, {name: getattr(found, name) for name in METADATA_COLUMNS}
 
     done: list[tuple[int, dict]] = []
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="metadata") as pool:
+    with store.writer(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="metadata") as pool:
         for result in pool.map(read, missing):
             done.append(result)
             if len(done) >= 500:
                 store.set_metadata(done)
                 done.clear()
-    store.set_metadata(done)
+        store.set_metadata(done)
     return len(missing)
 
 

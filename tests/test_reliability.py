@@ -230,6 +230,21 @@ def test_case8_writers_take_one_lock_and_a_second_writer_is_told_the_index_is_bu
     assert cli("dedupe", "--move-to", tmp_path / "review", "--yes", "--db", db).exit_code == 0
 
 
+def test_case8_filling_photo_metadata_is_a_write_that_takes_the_lock(cli, small_library, tmp_path, monkeypatch):
+    """dedupe fills in the EXIF metadata of rows indexed before it existed: that write waits for the lock too."""
+    db = tmp_path / "index.db"
+    _index(cli, small_library, db)
+    with Store.open(db) as store:
+        store.conn.execute("UPDATE images SET taken = NULL, taken_source = NULL")
+    monkeypatch.setenv("CLIPSEARCH_LOCK_WAIT", "0.2")
+    with Store.open(db) as holder, holder.writer():
+        result = cli("dedupe", "--db", db)
+        assert result.exit_code == errors.EXIT_BUSY and "busy" in result.stderr
+    assert cli("dedupe", "--db", db).exit_code in (0, 1)
+    with Store.open(db) as store:
+        assert store.conn.execute("SELECT count(*) FROM images WHERE taken IS NULL").fetchone()[0] == 0
+
+
 def _group_of(cli, db, *paths: Path) -> dict:
     """The dedupe group of exactly these files, as `dedupe --json` lists it."""
     groups = json.loads(cli("dedupe", "--db", db, "--json").stdout)

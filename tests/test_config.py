@@ -76,3 +76,73 @@ def test_no_config_file_means_built_in_defaults(cli):
     assert not loaded.exists and loaded.settings() == {}
     settings = _settings(cli)
     assert all(entry["source"] == "built-in default" for entry in settings.values())
+
+
+def test_config_shows_prefer_and_device_with_their_source(cli, config_file, tmp_path, monkeypatch):
+    config_file.write_text(f'device = "cpu"\nprefer = ["~/Pictures/originals", "{tmp_path}/keep"]\n'
+                           '[library.family]\ndevice = "mps"\nprefer = "/family/originals"\n')
+    from_file = f"config file {config_file}"
+    settings = _settings(cli)
+    assert settings["device"] == {"value": "cpu", "source": from_file}
+    assert settings["prefer"] == {"value": [os.path.expanduser("~/Pictures/originals"), f"{tmp_path}/keep"],
+                                  "source": from_file}, "paths with ~ expanded"
+    assert settings["exclude"] == {"value": [], "source": "built-in default"}
+
+    family = _settings(cli, "--library", "family")
+    assert family["device"] == {"value": "mps", "source": f"[library.family] in {config_file}"}
+    assert family["prefer"] == {"value": ["/family/originals"], "source": f"[library.family] in {config_file}"}, \
+        "one string is a list of one"
+    assert _settings(cli, "--device", "cuda")["device"] == {"value": "cuda", "source": "flag"}
+
+    from rich.console import Console
+
+    from clipsearch import output
+
+    monkeypatch.setattr(output, "stdout", Console(width=400, soft_wrap=True))  # one line per setting
+    table = cli("config")
+    assert table.exit_code == 0, table.output
+    rows = {line.split()[0]: line for line in table.stdout.splitlines() if line.strip()}
+    assert "cpu" in rows["device"] and from_file in rows["device"]
+    assert f"{tmp_path}/keep" in rows["prefer"] and from_file in rows["prefer"]
+
+
+def test_an_unknown_device_in_the_config_is_the_unknown_device_error(cli, config_file, small_library, tmp_path):
+    config_file.write_text(f'model = "{TINY_MODEL}"\ndevice = "tpu"\n')
+    db = tmp_path / "index.db"
+    result = cli("index", small_library, "--db", db)
+    assert result.exit_code == 2, result.output
+    assert "Unknown device 'tpu'. Use one of: cuda, mps, cpu." in result.stderr
+    assert "internal error" not in result.stderr and "Traceback" not in result.output
+    # The flag wins over the config file.
+    result = cli("index", small_library, "--db", db, "--device", "cpu", "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["new"] == 12
+
+
+def test_prefer_from_the_config_decides_what_dedupe_keeps_and_the_flag_replaces_it(cli, config_file, small_library,
+                                                                                   tmp_path):
+    import shutil
+
+    first = min(small_library.glob("*.jpg"))
+    original = small_library / "originals" / first.name
+    copy = small_library / "exports" / "for-the-web" / first.name
+    original.parent.mkdir()
+    copy.parent.mkdir(parents=True)
+    first.rename(original)
+    shutil.copy2(original, copy)  # an exact copy, with a longer path and the same file time
+    db = tmp_path / "index.db"
+    assert cli("index", small_library, "--db", db, "--model", TINY_MODEL, "--quiet").exit_code == 0
+
+    def exact_group(*args):
+        result = cli("dedupe", "--db", db, "--json", *args)
+        assert result.exit_code == 0, result.output
+        [group] = [g for g in json.loads(result.stdout) if g["tier"] == "exact"]
+        return group["keep"], group["reason"]
+
+    by_path = "shortest path (ties on has camera EXIF, original format (not a lossless re-encode), most pixels, " \
+              "taken first)"
+    assert exact_group() == (str(original), by_path)
+    config_file.write_text(f'prefer = ["{small_library}/exports"]\n')
+    assert exact_group() == (str(copy), "in a preferred folder")
+    # --prefer replaces the config's list: were it added to it, both files would be preferred and the path decide.
+    assert exact_group("--prefer", str(small_library / "originals")) == (str(original), "in a preferred folder")

@@ -301,3 +301,64 @@ def test_keep_choice_prefers_the_camera_original_then_the_original_format(tmp_pa
     assert "IMG_0001.jpg" not in largest
     report = cli("dedupe", "--db", db)
     assert "keep: has camera EXIF" in report.stdout
+
+
+def test_keep_choice_ties_go_to_the_date_taken_then_the_file_time_then_the_shortest_path(tmp_path, encoder, cli):
+    """Camera EXIF, format and pixels equal: the photo taken first is kept (its file time breaks a tie of dates,
+    a copy being newer than its original), then the shortest path; never the path order."""
+    import random
+
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    hour = 3600 * 10**9
+    base = 1_700_000_000 * 10**9
+
+    def camera_copy(relative: str, seed: int, date: str, software: str, mtime_ns: int) -> str:
+        """The scene `seed` as a camera JPEG: the same pixels (and quality) each time, only its EXIF differs."""
+        exif = Image.Exif()
+        exif[0x010F], exif[0x0110], exif[0x0131] = "Canon", "Canon EOS R5", software
+        exif.get_ifd(0x8769)[0x9003] = date
+        path = folder / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        scenes.draw(scenes.random_scene(random.Random(seed), 320, 240)).save(path, quality=90, exif=exif)
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+        return str(path)
+
+    long_folder = "z/backup/from-the-old-laptop"
+    # 1. The earlier date taken wins over an earlier file time, a shorter path and the path order.
+    taken_later = camera_copy("a/IMG_0001.jpg", 21, "2024:06:15 10:30:00", "v1", base)
+    taken_first = camera_copy(f"{long_folder}/IMG_0001.jpg", 21, "2021:03:04 05:06:07", "v2", base + hour)
+    # 2. The same date taken: the earlier file time wins over a shorter path.
+    modified_later = camera_copy("a/IMG_0002.jpg", 22, "2024:06:15 11:00:00", "v1", base + hour)
+    modified_first = camera_copy(f"{long_folder}/IMG_0002.jpg", 22, "2024:06:15 11:00:00", "v2", base)
+    # 3. The same date taken and file time: the shortest path, though it sorts last.
+    longer = camera_copy("a/exported-again/IMG_0003.jpg", 23, "2024:06:15 12:00:00", "v1", base)
+    shorter = camera_copy("z/IMG_0003.jpg", 23, "2024:06:15 12:00:00", "v2", base)
+    db = tmp_path / "index.db"
+    with Store.open(db) as store:
+        index_folders([folder], store, encoder=encoder)
+
+    result = cli("dedupe", "--db", db, "--json")
+    assert result.exit_code == 0, result.output
+    groups = json.loads(result.stdout)
+    assert [g["tier"] for g in groups] == ["near"] * 3, "different bytes, the same pixels"
+    by_keep = {g["keep"]: g for g in groups}
+    assert {keep: {m["path"] for m in g["members"]} for keep, g in by_keep.items()} == {
+        taken_first: {taken_first, taken_later},
+        modified_first: {modified_first, modified_later},
+        shorter: {shorter, longer},
+    }
+    ties = "has camera EXIF, original format (not a lossless re-encode), most pixels"
+    assert by_keep[taken_first]["reason"] == f"taken first (ties on {ties})"
+    assert by_keep[taken_first]["members"][0]["taken"] == "2021-03-04T05:06:07"
+    assert by_keep[modified_first]["reason"] == f"taken first (ties on {ties})"
+    assert by_keep[shorter]["reason"] == f"shortest path (ties on {ties}, taken first)"
+    for group in groups:
+        assert all(m["width"] == 320 and m["height"] == 240 for m in group["members"])
+
+    # The same choice through the Python API, which `serve` and scripts use.
+    from clipsearch import Library
+
+    with Library(db) as library:
+        assert {g.keep.path for g in library.dedupe().groups} == {taken_first, modified_first, shorter}

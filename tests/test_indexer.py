@@ -165,3 +165,98 @@ def test_several_folders_and_only_those_are_pruned(tmp_path):
         assert report.removed == 0 and store.count() == 6
         report = index_folders([tmp_path / "b"], store)
         assert report.removed == 3 and store.count() == 3
+
+
+class RecordingProgress(Progress):
+    """Every call the index job makes, in order (model loading is reported from a decoding thread)."""
+
+    def __init__(self, db_path=None):
+        import threading
+
+        self.calls: list[tuple] = []
+        self.stored_at_advance: list[int] = []  # images in the index when each advance came
+        self._db_path = db_path
+        self._lock = threading.Lock()
+
+    def _record(self, *call) -> None:
+        with self._lock:
+            self.calls.append(call)
+
+    def scanned(self, changes):
+        self._record("scanned", len(changes.to_index))
+
+    def advance(self, count=1):
+        if self._db_path is not None:
+            import sqlite3
+            from contextlib import closing
+
+            with closing(sqlite3.connect(f"file:{self._db_path}?mode=ro", uri=True)) as reader:
+                self.stored_at_advance.append(reader.execute("SELECT count(*) FROM images").fetchone()[0])
+        self._record("advance", count)
+
+    def skipped(self, path, reason):
+        self._record("skipped", path, reason)
+
+    def model_loading(self, model_id):
+        self._record("model_loading", model_id)
+
+    def model_loaded(self):
+        self._record("model_loaded")
+
+    def names(self) -> list[str]:
+        return [call[0] for call in self.calls]
+
+    def advanced(self) -> int:
+        return sum(call[1] for call in self.calls if call[0] == "advance")
+
+
+def test_progress_says_loading_model_then_counts_images_as_they_are_decoded(small_library, tmp_path):
+    from clipsearch import Library
+
+    db = tmp_path / "index.db"
+    progress = RecordingProgress(db)
+    with Library(db, model=TINY_MODEL) as library:
+        # One batch larger than the library: nothing is embedded until every file is decoded.
+        report = library.index(small_library, options=IndexOptions(batch_size=64, workers=2), progress=progress)
+    names = progress.names()
+    assert progress.calls[0] == ("scanned", 12)
+    assert names.count("model_loading") == 1 and names.count("model_loaded") == 1
+    assert ("model_loading", TINY_MODEL) in progress.calls
+    assert names.index("model_loading") < names.index("model_loaded") < names.index("advance"), names
+    assert "skipped" not in names
+    assert progress.advanced() == 12 == report.new == report.encoded and report.model_loaded
+    # The bar counts decoded images: it reached 12 while no batch had been embedded and stored yet.
+    assert progress.stored_at_advance == [0] * 12
+    assert paths_in(db) == on_disk(small_library)
+
+    # A copy of an indexed photo reuses its vector: counted, and no model is loaded.
+    (small_library / "copies").mkdir()
+    shutil.copy(min(small_library.glob("*.jpg")), small_library / "copies" / "copy.jpg")
+    again = RecordingProgress()
+    with Library(db) as library:
+        report = library.index(small_library, progress=again)
+    assert again.calls[0] == ("scanned", 1)
+    assert "model_loading" not in again.names() and "model_loaded" not in again.names()
+    assert again.advanced() == 1 == report.reused and not report.model_loaded
+
+
+def test_index_quiet_draws_no_progress_bar_on_a_terminal(cli, small_library, tmp_path, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from clipsearch import progress
+
+    def index(db_name: str, *extra: str) -> str:
+        screen = io.StringIO()  # stands for a terminal: the bar is drawn only on one
+        monkeypatch.setattr(progress, "stderr", Console(file=screen, force_terminal=True, force_interactive=True,
+                                                        width=120, color_system=None))
+        result = cli("index", small_library, "--db", tmp_path / db_name, "--model", TINY_MODEL, *extra)
+        assert result.exit_code == 0, result.output
+        return screen.getvalue()
+
+    drawn = index("a.db")
+    assert "12/12" in drawn and "\x1b[?25l" in drawn, "without --quiet a terminal gets the bar (control check)"
+    quiet = index("b.db", "--quiet")
+    assert "Found 12 images: 12 to index" in quiet
+    assert "12/12" not in quiet and "\x1b[?25l" not in quiet and "━" not in quiet, quiet

@@ -5,7 +5,7 @@ import os
 import random
 
 import pytest
-from PIL import Image
+from PIL import Image, features
 from PIL.TiffImagePlugin import IFDRational
 
 from clipsearch import indexer, metadata
@@ -220,3 +220,140 @@ def test_index_records_its_model_before_the_first_batch(small_library, encoder, 
                           options=IndexOptions(batch_size=64))
         assert store.count() == 0
         assert store.model() == (encoder.model_id, encoder.dim)
+
+
+# The schema of an index made before photo metadata and remembered queries existed (schema 3), written by hand
+# as store.py's migrations 1-3 made it: no taken/taken_source/camera_make/camera_model/lat/lon columns nor their
+# indexes (5), no query_vectors table and no index_id (4).
+_SCHEMA_3 = """
+CREATE TABLE [schema_version] ([version] INTEGER);
+INSERT INTO schema_version (version) VALUES (1), (2), (3);
+CREATE TABLE [meta] ([key] TEXT PRIMARY KEY, [value] TEXT);
+CREATE TABLE [images] ([id] INTEGER PRIMARY KEY, [path] TEXT NOT NULL, [size] INTEGER NOT NULL,
+    [mtime_ns] INTEGER NOT NULL, [hash] TEXT NOT NULL, [width] INTEGER, [height] INTEGER, [vector] BLOB NOT NULL,
+    [indexed_at] TEXT, [phash] BLOB, [colourfulness] FLOAT);
+CREATE UNIQUE INDEX [idx_images_path] ON [images] ([path]);
+CREATE INDEX [idx_images_hash] ON [images] ([hash]);
+CREATE TABLE [failures] ([path] TEXT PRIMARY KEY, [size] INTEGER, [mtime_ns] INTEGER, [reason] TEXT);
+CREATE TABLE tags (image_id INTEGER NOT NULL, tag TEXT NOT NULL, score REAL, source TEXT NOT NULL,
+    model TEXT, vocabulary TEXT, tagged_at TEXT, PRIMARY KEY (image_id, tag));
+CREATE INDEX tags_tag ON tags (tag);
+CREATE TABLE tag_runs (image_id INTEGER PRIMARY KEY, model TEXT NOT NULL, vocabulary TEXT NOT NULL,
+    settings TEXT NOT NULL, tagged_at TEXT);
+CREATE TABLE tag_vectors (model TEXT NOT NULL, vocabulary TEXT NOT NULL, tag TEXT NOT NULL,
+    vector BLOB NOT NULL, PRIMARY KEY (model, vocabulary, tag));
+CREATE TRIGGER images_deleted AFTER DELETE ON images BEGIN
+    DELETE FROM tags WHERE image_id = OLD.id; DELETE FROM tag_runs WHERE image_id = OLD.id; END;
+CREATE TRIGGER images_changed AFTER UPDATE OF vector ON images WHEN OLD.vector IS NOT NEW.vector BEGIN
+    DELETE FROM tags WHERE image_id = OLD.id AND source = 'auto';
+    DELETE FROM tag_runs WHERE image_id = OLD.id; END;
+"""
+
+
+def _schema_3_index(db_path, photos: list, encoder) -> None:
+    """A schema-3 index of `photos` as that version wrote it: real vectors, hashes, fingerprints and file facts."""
+    import sqlite3
+
+    import numpy as np
+
+    from clipsearch import images
+    from clipsearch.paths import normalise_path
+    from clipsearch.store import encode_vector
+
+    decoded, digests = [], []
+    for photo in photos:
+        digest, data = images.read_and_hash(str(photo))
+        digests.append(digest)
+        decoded.append(images.decode(data, encoder.preprocess, path=str(photo)))
+    vectors = encoder.embed_pixels(np.stack([d.pixels for d in decoded]))
+    connection = sqlite3.connect(db_path)
+    connection.executescript(_SCHEMA_3)
+    connection.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
+                           [("model", encoder.model_id), ("dim", str(encoder.dim))])
+    connection.executemany(
+        "INSERT INTO images (path, size, mtime_ns, hash, width, height, vector, indexed_at, phash, colourfulness) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, '2023-05-01T12:00:00', ?, ?)",
+        [(normalise_path(photo), photo.stat().st_size, photo.stat().st_mtime_ns, digest, d.width, d.height,
+          encode_vector(vector), d.phash, d.colourfulness)
+         for photo, digest, d, vector in zip(photos, digests, decoded, vectors)])
+    connection.execute("INSERT INTO tags (image_id, tag, source, tagged_at) VALUES (1, 'holiday', 'manual', "
+                       "'2023-05-02T10:00:00')")
+    connection.commit()
+    connection.close()
+
+
+def test_a_genuine_schema_3_index_is_migrated_and_filled_without_the_model(encoder, tmp_path, cli):
+    folder = tmp_path / "photos"
+    file_time = 1_500_000_000
+    photos = {
+        "r5": write_photo(folder / "r5.jpg", 11, "Canon", "Canon EOS R5", "2024:06:15 10:30:00",
+                          gps=(((52, 31, 12), "N"), ((13, 24, 0), "E"))),
+        "pixel": write_photo(folder / "pixel.jpg", 12, "Google", "Pixel 8", "2023:01:02 08:00:00",
+                             gps=(((40, 41, 0), "N"), ((74, 0, 36), "W"))),
+        "scan": write_photo(folder / "scan.png", 13, create="2022:03:04 05:06:07", software="VueScan"),
+        "bare": write_photo(folder / "bare.jpg", 14, mtime=file_time),
+    }
+    db_path = tmp_path / "index.db"
+    _schema_3_index(db_path, list(photos.values()), encoder)
+
+    with Store.open(db_path) as store:  # the current Store migrates it: 3 -> 4 -> 5
+        assert store.schema_version() == SCHEMA_VERSION == 5
+        versions = [row[0] for row in store.db.execute("SELECT version FROM schema_version ORDER BY version")]
+        assert versions == [1, 2, 3, 4, 5]
+        assert {"taken", "taken_source", "camera_make", "camera_model", "lat", "lon"} <= set(
+            store.db["images"].columns_dict)
+        assert "query_vectors" in store.db.table_names() and store.get_meta("index_id")
+        assert {"images_taken", "images_camera"} <= {index.name for index in store.db["images"].indexes}
+        assert store.count() == 4 and len(store.missing_metadata()) == 4, "nothing is read at open"
+
+    # An index run over the unchanged files fills the metadata from their headers, without the model.
+    result = cli("index", folder, "--db", db_path, "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["model_loaded"] is False and report["unchanged"] == 4 and report["encoded"] == 0
+
+    rows = _rows(db_path)
+    r5, pixel, scan, bare = rows["r5.jpg"], rows["pixel.jpg"], rows["scan.png"], rows["bare.jpg"]
+    assert (r5["taken"], r5["taken_source"]) == ("2024-06-15T10:30:00", "exif")
+    assert (r5["camera_make"], r5["camera_model"]) == ("Canon", "Canon EOS R5")
+    assert r5["lat"] == pytest.approx(52.52) and r5["lon"] == pytest.approx(13.4)
+    assert (pixel["taken"], pixel["camera_make"], pixel["camera_model"]) == ("2023-01-02T08:00:00", "Google", "Pixel 8")
+    assert pixel["lat"] == pytest.approx(40.6833333) and pixel["lon"] == pytest.approx(-74.01), "W is negative"
+    assert (scan["taken"], scan["taken_source"], scan["camera_make"], scan["lat"]) == (
+        "2022-03-04T05:06:07", "exif-create", None, None)
+    assert (bare["taken"], bare["taken_source"]) == (metadata.file_time(file_time * 10**9), "file")
+    assert bare["camera_model"] is None and bare["lon"] is None
+    assert rows["r5.jpg"]["indexed_at"] == "2023-05-01T12:00:00", "rows are filled in place, not re-indexed"
+    with Store.open(db_path) as store:
+        assert store.missing_metadata() == [] and store.schema_version() == SCHEMA_VERSION
+
+    # The migrated index answers the new filters, and keeps what schema 3 held (a manual tag).
+    def find(*args):
+        return _names(cli("find", "a shape", "--db", db_path, "--paths", *args))
+
+    assert find("--after", "2023", "--camera", "pixel") == {"pixel.jpg"}
+    assert find("--before", "2022") == {"scan.png", "bare.jpg"}
+    assert _names(cli("find", "--tag", "holiday", "--db", db_path, "--paths")) == {"r5.jpg"}
+
+
+@pytest.mark.skipif(not features.check("avif"),
+                    reason="this Pillow was built without AVIF support (PIL.features.check('avif') is false)")
+def test_avif_date_camera_and_gps_are_read(tmp_path, encoder):
+    from clipsearch import images
+
+    folder = tmp_path / "photos"
+    avif = write_photo(folder / "phone.avif", 15, "samsung", "SM-S918B", "2025:07:08 09:10:11",
+                       gps=(((48, 51, 24), "N"), ((2, 21, 0), "E")))
+    with Image.open(avif) as opened:
+        assert opened.format == "AVIF"
+    decoded = images.decode_file(avif, images.Preprocess())  # what index reads, from the file it decodes
+    found = decoded.metadata
+    assert (found.taken, found.taken_source, found.camera) == ("2025-07-08T09:10:11", "exif", "samsung SM-S918B")
+    assert found.lat == pytest.approx(48.8566667) and found.lon == pytest.approx(2.35)
+    assert metadata.read_file(str(avif)) == found, "the header-only read (older rows) gives the same"
+
+    with Store.open(tmp_path / "index.db") as store:
+        report = index_folders([folder], store, encoder=encoder)
+        assert report.new == 1 and report.skipped == []
+    row = _rows(tmp_path / "index.db")["phone.avif"]
+    assert (row["taken"], row["camera_make"], row["camera_model"]) == ("2025-07-08T09:10:11", "samsung", "SM-S918B")

@@ -83,6 +83,10 @@ def plan_moves(groups: list[Group], destination: str | None, store: Store, root:
            for r in (root, real_root)) or store.count(destination) or store.count(real_destination):
         raise MoveError(f"{destination} is inside the library being deduplicated; the next index run would add the "
                         f"moved files back. Choose a folder outside {root}.")
+    outside = [source for source, _, _ in moves if os.path.relpath(source, root).startswith(os.pardir + os.sep)]
+    if outside:  # its relative path would climb out of the review folder
+        raise MoveError(f"{outside[0]} is not under {root}, so it has no place under {destination}. "
+                        "Nothing was moved; choose a folder that holds every file (--in).")
     return [Move(source, os.path.join(destination, os.path.relpath(source, root)), keep, tier)
             for source, keep, tier in moves]
 
@@ -91,7 +95,7 @@ def default_manifest_path(destination: str | None) -> Path:
     """Beside the moved files for --move-to; in clipsearch's data folder for --trash."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     folder = Path(destination) if destination else default_db_path().parent / "dedupe"
-    return folder / f"clipsearch-dedupe-{stamp}.jsonl"
+    return Path(_free_name(str(folder / f"clipsearch-dedupe-{stamp}.jsonl")))  # two runs in one second: (2)
 
 
 def _sha256(path: str) -> str:

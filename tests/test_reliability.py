@@ -406,6 +406,27 @@ def test_case11_move_to_a_symlink_into_the_library_is_refused(cli, small_library
     assert original.exists() and copy.exists()
 
 
+def test_case11_a_review_folder_never_receives_a_file_from_outside_the_given_root(cli, small_library, tmp_path):
+    """A root that does not hold the files (a hand-made form, a library call) would send them to ../ of the
+    review folder: refused before anything moves. Two runs in one second never share a manifest name."""
+    from clipsearch import Library
+
+    original, copy = _with_copy(small_library)
+    db = tmp_path / "index.db"
+    _index(cli, small_library, db)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with Library(db, model=TINY_MODEL) as library:
+        groups = library.dedupe().groups
+        with pytest.raises(moves.MoveError, match="not under"):
+            library.plan_moves(groups, tmp_path / "review", folder=elsewhere)
+    assert original.exists() and copy.exists() and not (tmp_path / "review").exists()
+
+    first = moves.default_manifest_path(str(tmp_path))
+    first.write_text("")
+    assert moves.default_manifest_path(str(tmp_path)) != first
+
+
 def test_case12_undo_refuses_moves_it_did_not_make(cli, small_library, tmp_path):
     db = tmp_path / "index.db"
     _index(cli, small_library, db)

@@ -204,8 +204,9 @@ def _session(onnxruntime: Any, folder: Path, graph: str, keep_optimised: bool = 
 
     Optimising the graph is most of what creating a session costs (120 ms of
     170 for ViT-B/32's int8 text tower here). The first session saves the
-    optimised graph, made by and for this onnxruntime version, and later ones
-    load it with optimisation off (50 ms).
+    optimised graph, made by and for this onnxruntime version, with its weights
+    in a file beside it, and later ones load it with optimisation off and the
+    weights memory-mapped (20 ms).
     """
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
@@ -220,7 +221,7 @@ def _session(onnxruntime: Any, folder: Path, graph: str, keep_optimised: bool = 
         # 64 MB graph's session) than it saves (4 ms an embedding) here.
         options.add_session_config_entry("session.disable_prepacking", "1")
     source = folder / f"{tower}.{graph}.onnx"
-    optimised = folder / f"{tower}.{graph}.optimised-ort{onnxruntime.__version__}.onnx"
+    optimised = folder / f"{tower}.{graph}.ort{onnxruntime.__version__}.onnx"
     if not keep_optimised:
         return onnxruntime.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
     if optimised.exists():
@@ -230,11 +231,19 @@ def _session(onnxruntime: Any, folder: Path, graph: str, keep_optimised: bool = 
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     partial = optimised.with_name(f".{optimised.name}.{os.getpid()}.tmp")
     options.optimized_model_filepath = str(partial)
+    # The weights go into a file of their own, which onnxruntime memory-maps instead of parsing them out of
+    # the graph: a session of the 64 MB int8 text tower then takes 20 ms instead of 130. Named per process,
+    # so that two processes preparing the same copy never write into one file.
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                     f"{optimised.name}.{os.getpid()}.weights")
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     session = onnxruntime.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
     try:
         os.replace(partial, optimised)
     except OSError:  # a read-only cache: every session optimises again, which is slower but fine
         partial.unlink(missing_ok=True)
+    for stale in folder.glob(f"{tower}.{graph}.optimised-ort*.onnx"):  # the copies of earlier versions
+        stale.unlink(missing_ok=True)
     return session
 
 

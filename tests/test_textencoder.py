@@ -171,3 +171,13 @@ def test_without_onnxruntime_a_query_still_works_with_a_notice(query_env):
     notices = [line for line in result.stderr.splitlines() if "Fast text encoder" in line]
     assert notices == ["Fast text encoder not available (onnxruntime is not installed); using torch, which is "
                        "slower."]
+
+
+def test_the_optimised_copy_keeps_its_weights_beside_it_and_gives_the_same_vectors(exported):
+    fresh = OnnxTextEncoder.open(exported, TINY_MODEL, "fp32", keep_optimised=False).embed_texts(["a red circle"])
+    first = OnnxTextEncoder.load(TINY_MODEL, "fp32").embed_texts(["a red circle"])  # writes the copy if missing
+    again = OnnxTextEncoder.load(TINY_MODEL, "fp32").embed_texts(["a red circle"])  # memory-maps its weights
+    copies = list(exported.glob("text.fp32.ort*.onnx"))
+    assert len(copies) == 1 and list(exported.glob(f"{copies[0].name}.*.weights"))
+    assert copies[0].stat().st_size < 100_000  # the graph alone: the weights are in the file beside it
+    assert np.allclose(fresh, first, atol=1e-6) and np.allclose(first, again, atol=1e-6)

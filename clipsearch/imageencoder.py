@@ -19,15 +19,10 @@ optimisation never stops an index run. GPUs (CUDA, Apple MPS) keep torch.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import threading
-import time
-import warnings
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -153,34 +148,10 @@ def probe_pixels(prep: Preprocess, count: int = 24) -> np.ndarray:
 def export(encoder: Encoder) -> Path:
     """Export `encoder`'s image tower (fp32, on the CPU) to the cache, with int8 when it agrees; returns the folder.
 
-    Needs torch, transformers, onnx and onnxruntime. Writes into a temporary
-    folder renamed into place, so a killed export leaves nothing half-written.
+    Needs torch, transformers, onnx and onnxruntime.
     """
-    folder = export_dir(encoder.model_id)
-    if folder is None:
-        raise ImageEncoderUnavailable(f"the weights of {encoder.model_id} were not found on disk")
-    try:
-        import onnx  # noqa: F401  (fail before the slow export)
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        raise ImageEncoderUnavailable(f"{exc.name or 'onnxruntime'} is not installed") from None
-    started = time.perf_counter()
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".export-", dir=folder.parent))
-    with warnings.catch_warnings():  # the exporter and the quantiser talk through warnings and the root logger
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            settings = _export_into(encoder, work)
-            settings["export_seconds"] = round(time.perf_counter() - started, 2)
-            textencoder.write_json_atomically(work / "settings.json", settings)
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(work, folder)
-        finally:
-            logging.disable(logging.NOTSET)
-            shutil.rmtree(work, ignore_errors=True)
-    return folder
+    return textencoder.export_into_cache(export_dir(encoder.model_id), encoder.model_id,
+                                         lambda work: _export_into(encoder, work), ImageEncoderUnavailable)
 
 
 def _export_into(encoder: Encoder, work: Path) -> dict[str, Any]:

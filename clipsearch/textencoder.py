@@ -24,6 +24,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -250,17 +251,24 @@ def _session(onnxruntime: Any, folder: Path, graph: str, keep_optimised: bool = 
 def export(encoder: Encoder) -> Path:
     """Export `encoder`'s text tower (fp32, on the CPU) to the cache, with int8 when it agrees; returns the folder.
 
-    Needs torch, transformers, onnx and onnxruntime. Writes into a temporary
-    folder renamed into place, so a killed export leaves nothing half-written.
+    Needs torch, transformers, onnx and onnxruntime.
     """
-    folder = export_dir(encoder.model_id)
+    return export_into_cache(export_dir(encoder.model_id), encoder.model_id,
+                             lambda work: _export_into(encoder, work), TextEncoderUnavailable)
+
+
+def export_into_cache(folder: Path | None, model_id: str, write: Callable[[Path], dict[str, Any]],
+                      unavailable: type[Exception]) -> Path:
+    """Run `write(work)` (an export, returning its settings) in a temporary folder renamed to `folder`, so a
+    killed export leaves nothing half-written; the settings get the export's duration. Shared by both towers.
+    """
     if folder is None:
-        raise TextEncoderUnavailable(f"the weights of {encoder.model_id} were not found on disk")
+        raise unavailable(f"the weights of {model_id} were not found on disk")
     try:
         import onnx  # noqa: F401  (fail before the slow export)
         import onnxruntime  # noqa: F401
     except ImportError as exc:
-        raise TextEncoderUnavailable(f"{exc.name or 'onnxruntime'} is not installed") from None
+        raise unavailable(f"{exc.name or 'onnxruntime'} is not installed") from None
     started = time.perf_counter()
     folder.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=folder.parent))
@@ -269,8 +277,7 @@ def export(encoder: Encoder) -> Path:
         warnings.simplefilter("ignore")
         logging.disable(logging.WARNING)
         try:
-            _export_into(encoder, work)
-            settings = json.loads((work / "settings.json").read_text())
+            settings = write(work)
             settings["export_seconds"] = round(time.perf_counter() - started, 2)
             write_json_atomically(work / "settings.json", settings)
             if folder.exists():
@@ -282,8 +289,8 @@ def export(encoder: Encoder) -> Path:
     return folder
 
 
-def _export_into(encoder: Encoder, work: Path) -> None:
-    """Write both graphs, the tokenizer and the settings (with the agreement figures) into `work`."""
+def _export_into(encoder: Encoder, work: Path) -> dict[str, Any]:
+    """Write both graphs and the tokenizer into `work`; returns the settings (with the agreement figures)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     inputs = _export_graph(encoder, work / "text.fp32.onnx")
@@ -302,7 +309,7 @@ def _export_into(encoder: Encoder, work: Path) -> None:
         raise TextEncoderUnavailable(
             f"the exported graph disagrees with the model (cosine {settings['fp32_min_cosine']:.4f})")
     settings["auto"] = "int8" if settings["int8_min_cosine"] >= MIN_AGREEMENT else "fp32"
-    write_json_atomically(work / "settings.json", settings)
+    return settings
 
 
 def _quick_loading(tokenizer_json: str) -> str:

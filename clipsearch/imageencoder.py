@@ -7,9 +7,10 @@ the model's own normalisation inside the graph), quantises it to int8 and keeps
 the int8 graph when it agrees with the original (cosine >= 0.999 on `probe_pixels`).
 The export is cached beside the text encoder's, under
 $XDG_CACHE_HOME/clipsearch/image-encoders/, keyed by the model id and a hash of
-its weights. Later runs open it in onnxruntime: 0.2 s instead of ~5 s, about a
-tenth of the memory, and with int8 about twice the images per second of torch at
-fp32 on an AVX2 processor (scripts/bench_index.py).
+its weights. Later runs open it in onnxruntime, in the background while decoding
+starts, instead of ~5 s of imports and loading: a third of the peak memory, and
+with int8 about twice the model's images per second of torch at fp32 on an AVX2
+processor (scripts/bench_index.py). An export that fails is recorded and not retried.
 
 `load_image_encoder` chooses the encoder for a device and precision, and falls
 back to torch with a notice if the export or onnxruntime is not available: this

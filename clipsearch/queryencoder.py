@@ -99,20 +99,11 @@ class QueryEncoder:
 
         self.notify("Preparing the text encoder (once)...")
         cpu = self.image_encoder() if self.image_encoder().device == "cpu" else Encoder.load(self.model_id, "cpu")
-        try:
-            textencoder.export(cpu)
-        except TextEncoderUnavailable:
-            raise
-        except Exception as exc:  # noqa: BLE001 - never fail a query because of this optimisation
-            reason = f"export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            marker = _failure_marker(self.model_id)
-            if marker is not None:
-                textencoder.write_json_atomically(marker, {"reason": reason})
-            raise TextEncoderUnavailable(reason) from None
+        textencoder.export(cpu)  # a failure is recorded there, and raised as TextEncoderUnavailable
         return OnnxTextEncoder.load(self.model_id, self.precision)
 
 
 def _failure_marker(model_id: str) -> Path | None:
-    """Where a failed export is recorded, so later queries do not retry it every time."""
+    """Where a failed export is recorded, so later queries do not retry it (nor load torch for it) every time."""
     folder = textencoder.export_dir(model_id)
-    return folder.with_name(folder.name + ".failed.json") if folder else None
+    return textencoder.failure_marker(folder) if folder else None

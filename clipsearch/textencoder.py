@@ -269,6 +269,9 @@ def export_into_cache(folder: Path | None, model_id: str, write: Callable[[Path]
         import onnxruntime  # noqa: F401
     except ImportError as exc:
         raise unavailable(f"{exc.name or 'onnxruntime'} is not installed") from None
+    marker = failure_marker(folder)
+    if marker.exists():
+        raise unavailable(f"{json.loads(marker.read_text())['reason']} (delete {marker} to try again)")
     started = time.perf_counter()
     folder.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".export-", dir=folder.parent))
@@ -283,10 +286,21 @@ def export_into_cache(folder: Path | None, model_id: str, write: Callable[[Path]
             if folder.exists():
                 shutil.rmtree(folder)
             os.replace(work, folder)
+        except unavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a model the exporter cannot handle: never fail the command
+            reason = f"export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            write_json_atomically(marker, {"reason": reason})  # so that later runs do not retry it every time
+            raise unavailable(reason) from None
         finally:
             logging.disable(logging.NOTSET)
             shutil.rmtree(work, ignore_errors=True)
     return folder
+
+
+def failure_marker(folder: Path) -> Path:
+    """Where a failed export into `folder` is recorded: `export_into_cache` does not retry it until it is deleted."""
+    return folder.with_name(folder.name + ".failed.json")
 
 
 def _export_into(encoder: Encoder, work: Path) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipsearch import fingerprint, imageencoder, images, search
+from clipsearch import fingerprint, imageencoder, images, search, textencoder
 from clipsearch.encoder import Encoder
 from clipsearch.imageencoder import OnnxImageEncoder, load_image_encoder, probe_pixels
 from clipsearch.indexer import IndexOptions, index_folders
@@ -167,3 +167,31 @@ def test_a_damaged_graph_is_a_clear_error_naming_the_folder(monkeypatch, tmp_pat
     damaged = OnnxImageEncoder.load(TINY_MODEL, "fp32")  # returns at once: the session is made in the background
     with pytest.raises(ModelError, match="Delete that folder"):
         damaged.embed_pixels(probe_pixels(encoder.preprocess, 2))
+
+
+def test_an_image_tower_the_exporter_cannot_handle_falls_back_to_torch_once(monkeypatch, tmp_path, small_library):
+    """An exporter error never fails `index`: torch indexes, and the failure is remembered, not retried."""
+    from clipsearch import Library
+    from clipsearch.indexer import Progress
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    calls: list[str] = []
+
+    def broken_export(encoder, target):
+        calls.append(str(target))
+        raise RuntimeError("Unsupported: an operator this exporter does not know")
+
+    monkeypatch.setattr(imageencoder, "_export_graph", broken_export)
+    notes: list[str] = []
+
+    class Notes(Progress):
+        def notice(self, message: str) -> None:
+            notes.append(message)
+
+    for run, db in enumerate(("first.db", "second.db")):
+        with Library(tmp_path / db, model=TINY_MODEL) as library:
+            assert library.index(small_library, progress=Notes()).encoded == 12
+        assert "export failed: RuntimeError: Unsupported" in notes[-1] and notes[-1].startswith("Using torch")
+        assert ("to try again" in notes[-1]) == (run == 1)
+    assert len(calls) == 1
+    assert textencoder.failure_marker(imageencoder.export_dir(TINY_MODEL)).exists()

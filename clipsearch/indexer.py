@@ -1,7 +1,9 @@
 """The index job: scan -> read, hash and decode in a thread pool -> batched encode -> store.
 
-Decoding (Pillow) and inference (torch) both release the GIL, so a thread
-pool keeps the model fed while it works on the previous batch. Each batch is
+Decoding (Pillow) and inference (onnxruntime on a CPU, torch on a GPU; see
+imageencoder.py) both release the GIL, so a thread pool keeps the model fed
+while it works on the previous batch (threads decode as fast as processes here:
+scripts/bench_index.py measures both). Each batch is
 committed on its own, so an interrupted run resumes where it stopped. The
 model is loaded only when some file's content has never been embedded: a
 re-run over an unchanged, renamed or copied library does no model work.

@@ -124,8 +124,7 @@ def sixel_sequence(image: Image.Image) -> str:
     pixels = np.asarray(paletted)
     height, width = pixels.shape
     out = [f"\x1bPq\"1;1;{width};{height}"]
-    used = np.unique(pixels)
-    for index in used:
+    for index in (int(i) for i in np.unique(pixels)):  # int: 3 * a uint8 index would wrap around past 85
         r, g, b = (round(c * 100 / 255) for c in palette[3 * index:3 * index + 3])
         out.append(f"#{index};2;{r};{g};{b}")
     weights = (1 << np.arange(6)).reshape(6, 1)
@@ -133,7 +132,7 @@ def sixel_sequence(image: Image.Image) -> str:
         band = pixels[top:top + 6]
         band_weights = weights[:len(band)]
         first = True
-        for index in np.unique(band):
+        for index in (int(i) for i in np.unique(band)):
             bits = ((band == index) * band_weights).sum(axis=0)
             if not first:
                 out.append("$")  # back to the start of the band for the next colour

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import os
+import re
 
+import numpy as np
 from PIL import Image
 
 from clipsearch import preview, thumbnails
@@ -109,3 +111,71 @@ def test_a_raw_file_gets_a_thumbnail_from_its_embedded_preview(tmp_path):
     raw.write_bytes(scenes.fake_raw(picture))
     data, _ = thumbnails.thumbnail(str(raw), 100)
     assert Image.open(io.BytesIO(data)).size == (100, 75)
+
+
+def decode_sixel(sequence: str) -> tuple[np.ndarray, dict[int, tuple[int, int, int]]]:
+    """A small sixel decoder: the colour register painted at each pixel (-1: none) and the registers (RGB %).
+
+    It checks the structure as it goes: DCS q introducer and ST, raster attributes first, every register
+    defined before it is selected, no pixel painted twice.
+    """
+    assert sequence.startswith("\x1bPq") and sequence.endswith("\x1b\\")
+    body = sequence[3:-2]
+    raster = re.match(r'"1;1;(\d+);(\d+)', body)
+    assert raster, "raster attributes come first"
+    width, height = int(raster.group(1)), int(raster.group(2))
+    painted = np.full((height, width), -1)
+    registers: dict[int, tuple[int, int, int]] = {}
+    colour, x, top = None, 0, 0
+    tokens = re.finditer(r"#(\d+);2;(\d+);(\d+);(\d+)|#(\d+)|!(\d+)([?-~])|([?-~])|(\$)|(-)|(.)", body[raster.end():])
+    for token in tokens:
+        define, select_, count, repeated, single, carriage, newline, other = (
+            token.group(1), token.group(5), token.group(6), token.group(7), token.group(8), token.group(9),
+            token.group(10), token.group(11))
+        assert other is None, f"unexpected {other!r} in the sixel data"
+        if define is not None:
+            rgb = tuple(int(token.group(i)) for i in (2, 3, 4))
+            assert all(0 <= c <= 100 for c in rgb)
+            registers[int(define)] = rgb  # type: ignore[assignment]
+        elif select_ is not None:
+            colour = int(select_)
+            assert colour in registers, f"register {colour} used before it is defined"
+        elif carriage:
+            x = 0
+        elif newline:
+            x, top = 0, top + 6
+        else:
+            char, times = (repeated, int(count)) if repeated else (single, 1)
+            bits = ord(char) - 63
+            for row in (r for r in range(6) if bits >> r & 1):
+                assert top + row < height and x + times <= width, "painted outside the raster"
+                assert (painted[top + row, x:x + times] == -1).all(), "a pixel painted twice"
+                painted[top + row, x:x + times] = colour
+            x += times
+    return painted, registers
+
+
+def test_sixel_of_a_many_coloured_picture_decodes_to_that_picture(tmp_path):
+    # `3 * index` on a uint8 palette index wrapped around for index >= 86: only one-colour images worked.
+    ramp = np.linspace(0, 255, 120).round().astype(np.uint8)
+    pixels = np.zeros((45, 120, 3), np.uint8)
+    pixels[..., 0] = ramp[None, :]
+    pixels[..., 1] = np.linspace(0, 255, 45).round().astype(np.uint8)[:, None]
+    pixels[..., 2] = 255 - ramp[None, :]
+    picture = Image.fromarray(pixels)
+    assert len(picture.getcolors(1 << 16)) > 200
+    painted, registers = decode_sixel(preview.sixel_sequence(picture))
+    assert painted.shape == (45, 120) and (painted >= 0).all(), "every pixel painted once"
+    assert len(registers) > 200, "the palette keeps the many colours"
+    shown = np.array([[registers[int(i)] for i in row] for row in painted]) * 255 / 100
+    assert np.abs(shown - pixels).max() < 24, "each pixel shows (nearly) its own colour"
+    assert np.abs(shown - pixels).mean() < 6
+
+    photo = tmp_path / "gradient.jpg"  # and through a thumbnail of a real file, as `find --preview` does
+    picture.resize((400, 150)).save(photo, quality=95)
+    written: list[str] = []
+    preview.show_previews([Hit(str(photo), 0.5, 400, 150, 1000)], Protocol.sixel, 2, written.append)
+    sequence, text = written[0].rsplit("\x1b\\", 1)
+    painted, registers = decode_sixel(sequence + "\x1b\\")
+    assert painted.shape == (15, 40) and (painted >= 0).all() and len(registers) > 30
+    assert text == f"   1  0.500  400x150  {photo}\n"

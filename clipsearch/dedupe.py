@@ -24,6 +24,7 @@ inverted-file search (k-means cells, several probed per image) above it.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,8 +89,10 @@ class Member:
         from datetime import datetime, timezone
 
         modified = datetime.fromtimestamp(self.mtime_ns / 1e9, timezone.utc).isoformat(timespec="seconds")
-        return {"path": self.path, "keep": keep, "width": self.width, "height": self.height, "bytes": self.size,
-                "modified": modified, "taken": self.taken,
+        from .output import path_json  # "path" always valid Unicode, "path_bytes" too when not UTF-8
+
+        return {**path_json(self.path), "keep": keep, "width": self.width, "height": self.height,
+                "bytes": self.size, "modified": modified, "taken": self.taken,
                 "similarity": None if self.similarity is None else round(self.similarity, 4),
                 "hash_distance": self.hash_distance}
 
@@ -106,7 +109,12 @@ class Group:
         return [self.keep, *self.others]
 
     def to_dict(self) -> dict:
-        return {"tier": self.tier, "keep": self.keep.path, "reason": self.reason,
+        """JSON-ready, with find --json's convention for names that are not UTF-8 ("keep_bytes" beside "keep")."""
+        from .output import path_json
+
+        keep = path_json(self.keep.path)
+        named = {"keep": keep["path"], **({"keep_bytes": keep["path_bytes"]} if "path_bytes" in keep else {})}
+        return {"tier": self.tier, **named, "reason": self.reason,
                 "members": [self.keep.to_dict(True)] + [m.to_dict(False) for m in self.others]}
 
 
@@ -276,7 +284,8 @@ _CRITERIA = {
 
 
 def _choose_keep(files: _Files, indices: list[int], options: DedupeOptions) -> tuple[list[int], str]:
-    """Members ordered keep-first, and the reason the first one is kept."""
+    """Members ordered keep-first, and the reason the first one is kept: the criterion that decided
+    against the runner-up, as a short phrase ("has camera EXIF", "most pixels (4032x3024)")."""
     keys = {i: _sort_key(files, i, options) for i in indices}
     ordered = sorted(indices, key=keys.__getitem__)
     best, runner_up = keys[ordered[0]], keys[ordered[1]]
@@ -284,10 +293,26 @@ def _choose_keep(files: _Files, indices: list[int], options: DedupeOptions) -> t
         return ordered, "in a preferred folder"
     for position, criterion in enumerate(_CRITERIA[options.keep], start=1):
         if best[position] != runner_up[position]:
-            if position == 1:
-                return ordered, criterion
-            return ordered, f"{criterion} (ties on {', '.join(_CRITERIA[options.keep][:position - 1])})"
+            return ordered, _reason(criterion, files, ordered[0], ordered[1])
     return ordered, "first by path (all else equal)"
+
+
+def _reason(criterion: str, files: _Files, kept: int, runner_up: int) -> str:
+    """The deciding criterion, with the kept file's value where it helps."""
+    if criterion == "most pixels":
+        return f"most pixels ({files.width[kept]}x{files.height[kept]})"
+    if criterion == "taken first":
+        if files.taken[kept] != files.taken[runner_up]:
+            return f"taken first ({files.taken[kept]})"
+        return "older file (same date taken)" if files.taken[kept] else "older file"
+    if criterion in ("oldest", "newest"):
+        from datetime import datetime, timezone
+
+        when = datetime.fromtimestamp(files.mtime[kept] / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M")
+        return f"{criterion} ({when} UTC)"
+    if criterion == "largest file":
+        return f"largest file ({files.size[kept]:,} bytes)"
+    return criterion
 
 
 # -- the three tiers -----------------------------------------------------------------
@@ -343,13 +368,17 @@ def find_duplicates(store: Store, folder: str | None = None, options: DedupeOpti
                  & (fingerprint.hamming(files.phash[rows], files.phash[cols]) <= options.max_hash_distance)
                  & ~fingerprint.colour_mismatch(files.colour[rows], files.colour[cols]))
     near_label = _labels_over(count, exact_keep, rows[confirmed], cols[confirmed])
+    near_label = _split_around_leaders(near_label, exact_keep, files, options,
+                                       lambda leader, rest: _near_to(leader, rest, files, options, matrix))
     near_keep = _tier_groups("near", files, near_label, options, groups, matrix, among=exact_keep)
 
     if options.similar:
         loose = sims >= options.similar_threshold
         similar_label = _labels_over(count, near_keep, _kept_of(near_label, near_keep, rows[loose]),
                                      _kept_of(near_label, near_keep, cols[loose]))
-        similar_label = _split_around_leaders(similar_label, near_keep, files, options, matrix)
+        similar_label = _split_around_leaders(
+            similar_label, near_keep, files, options,
+            lambda leader, rest: matrix[rest] @ matrix[leader] >= options.similar_threshold)
         _tier_groups("similar", files, similar_label, options, groups, matrix, among=near_keep)
     order = {tier: position for position, tier in enumerate(TIERS)}
     groups.sort(key=lambda g: (order[g.tier], g.keep.path))
@@ -363,13 +392,22 @@ def _kept_of(label: np.ndarray, kept: np.ndarray, nodes: np.ndarray) -> np.ndarr
     return by_label[label[nodes]]
 
 
-def _split_around_leaders(label: np.ndarray, nodes: np.ndarray, files: _Files, options: DedupeOptions,
-                          matrix: np.ndarray) -> np.ndarray:
-    """Re-form similar groups so every member is similar to the file kept, not just to a neighbour.
+def _near_to(leader: int, rest: np.ndarray, files: _Files, options: DedupeOptions, matrix: np.ndarray) -> np.ndarray:
+    """Which of `rest` pass both near-identical checks against `leader`: the cosine and the hash (with colour)."""
+    assert options.near_threshold is not None  # resolved
+    return ((matrix[rest] @ matrix[leader] >= options.near_threshold) & files.has_phash[rest]
+            & (fingerprint.hamming(files.phash[rest], files.phash[leader]) <= options.max_hash_distance)
+            & ~fingerprint.colour_mismatch(files.colour[rest], files.colour[leader]))
 
-    Linked pairs chain (A like B, B like C, ... Z), which would lump a whole
-    holiday into one "burst". Instead the file the keep policy prefers leads a
-    group of the members similar to it; the rest form groups the same way.
+
+def _split_around_leaders(label: np.ndarray, nodes: np.ndarray, files: _Files, options: DedupeOptions,
+                          belongs: Callable[[int, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Re-form groups so every member passes the tier's checks against the file kept, not just against a neighbour.
+
+    Linked pairs chain (A like B, B like C, ... Z), which would lump a navy square
+    with an off-white one, or a whole holiday into one "burst". Instead the file
+    the keep policy prefers leads a group of the members that `belongs(leader,
+    others)` accepts; the rest form groups among themselves the same way.
     """
     label = label.copy()
     next_label = label.max() + 1
@@ -377,17 +415,17 @@ def _split_around_leaders(label: np.ndarray, nodes: np.ndarray, files: _Files, o
     sorted_nodes, sorted_labels = nodes[order], label[nodes][order]
     starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
     for start, end in zip(starts, np.r_[starts[1:], len(sorted_nodes)]):
-        if end - start < 3:
+        if end - start < 3:  # a single linked pair passed the checks against each other
             continue
-        waiting = sorted(sorted_nodes[start:end].tolist(), key=lambda i: _sort_key(files, i, options))
-        while waiting:
-            leader, rest = waiting[0], np.asarray(waiting[1:], dtype=np.int64)
-            close = rest[matrix[rest] @ matrix[leader] >= options.similar_threshold] if len(rest) else rest
-            for member in (leader, *close.tolist()):
-                label[member] = next_label
+        waiting = np.asarray(sorted(sorted_nodes[start:end].tolist(), key=lambda i: _sort_key(files, i, options)),
+                             dtype=np.int64)
+        while len(waiting):
+            leader, rest = int(waiting[0]), waiting[1:]
+            close = belongs(leader, rest) if len(rest) else np.zeros(0, dtype=bool)
+            label[leader] = next_label
+            label[rest[close]] = next_label
             next_label += 1
-            taken = set(close.tolist())
-            waiting = [i for i in waiting[1:] if i not in taken]
+            waiting = rest[~close]  # keeps the keep-policy order
     return label
 
 

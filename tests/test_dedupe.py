@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -41,6 +42,7 @@ def writable_library(duplicate_library, tmp_path):
     with Store.open(db_copy) as store:
         store.db.execute("UPDATE images SET path = replace(path, ?, ?)", [str(folder), str(copy)])
         store.db.conn.commit()
+        store.set_meta("folders", json.dumps([str(copy)]))  # the folders it covers: where undo may write
     relocated = [scenes.LibraryFile(copy / f.path.relative_to(folder), f.family, f.kind) for f in files]
     return copy, relocated, db_copy
 
@@ -110,8 +112,10 @@ def test_keep_policy_and_its_alternatives(duplicate_library):
     near = [g for g in _groups(db_path) if g.tier == "near"]
     # The camera original is kept over its PNG, WebP, q95 and rotated renditions, whatever their size.
     assert near and all("/originals/" in g.keep.path for g in near)
-    # The rotated rendition carries the camera's EXIF too: then the earlier file wins.
-    assert all(g.reason.startswith("taken first (ties on has camera EXIF") for g in near), near[0].reason
+    # The rotated rendition carries the camera's EXIF too: then the earlier date taken (or, on the same date, the
+    # older file) wins, and the reason names only that criterion.
+    assert all(g.reason == "older file (same date taken)" or g.reason == f"taken first ({g.keep.taken})"
+               for g in near), [g.reason for g in near]
 
     newest = next(g for g in _groups(db_path, keep=KeepPolicy.newest) if g.tier == "near")
     assert newest.keep.mtime_ns == max(m.mtime_ns for m in newest.members)
@@ -294,7 +298,7 @@ def test_keep_choice_prefers_the_camera_original_then_the_original_format(tmp_pa
     near = {Path(g.keep.path).name: g for g in _groups(db) if g.tier == "near"}
     assert set(near) == {"IMG_0001.jpg", "other.jpg"}, {k: [m.path for m in g.members] for k, g in near.items()}
     assert near["IMG_0001.jpg"].reason == "has camera EXIF"
-    assert near["other.jpg"].reason.startswith("original format (not a lossless re-encode)")
+    assert near["other.jpg"].reason == "original format (not a lossless re-encode)"
     assert max(m.size for m in near["IMG_0001.jpg"].others) > near["IMG_0001.jpg"].keep.size, "not the largest"
     # --keep still overrides, and the report shows the reason.
     largest = {Path(g.keep.path).name for g in _groups(db, keep=KeepPolicy.largest) if g.tier == "near"}
@@ -349,11 +353,11 @@ def test_keep_choice_ties_go_to_the_date_taken_then_the_file_time_then_the_short
         modified_first: {modified_first, modified_later},
         shorter: {shorter, longer},
     }
-    ties = "has camera EXIF, original format (not a lossless re-encode), most pixels"
-    assert by_keep[taken_first]["reason"] == f"taken first (ties on {ties})"
+    # The reason is the deciding criterion alone, as the README promises ("keep: has camera EXIF").
+    assert by_keep[taken_first]["reason"] == "taken first (2021-03-04T05:06:07)"
     assert by_keep[taken_first]["members"][0]["taken"] == "2021-03-04T05:06:07"
-    assert by_keep[modified_first]["reason"] == f"taken first (ties on {ties})"
-    assert by_keep[shorter]["reason"] == f"shortest path (ties on {ties}, taken first)"
+    assert by_keep[modified_first]["reason"] == "older file (same date taken)"
+    assert by_keep[shorter]["reason"] == "shortest path"
     for group in groups:
         assert all(m["width"] == 320 and m["height"] == 240 for m in group["members"])
 
@@ -362,3 +366,88 @@ def test_keep_choice_ties_go_to_the_date_taken_then_the_file_time_then_the_short
 
     with Library(db) as library:
         assert {g.keep.path for g in library.dedupe().groups} == {taken_first, modified_first, shorter}
+
+
+# -- near groups never chain (issue 17, item 2) ------------------------------------------
+
+
+def _check_near_groups_against_the_kept_file(db_path, groups) -> None:
+    """The README's promise, recomputed from the index itself: every member of a near group passes both
+    checks (cosine and perceptual hash, colour too) against the file kept, not just against a neighbour."""
+    from clipsearch import fingerprint, tuning
+
+    with Store.open(db_path) as store:
+        table, matrix = store.file_table(), store.vectors().matrix
+        threshold = tuning.for_model(store.model()[0])["near_threshold"]
+    at = {path: i for i, path in enumerate(table["path"])}
+    hashes = fingerprint.hash_matrix(table["phash"])
+    for group in groups:
+        if group.tier != "near":
+            continue
+        kept = at[group.keep.path]
+        for other in group.others:
+            i = at[other.path]
+            cosine = float(matrix[i] @ matrix[kept])
+            distance = int(fingerprint.hamming(hashes[i:i + 1], hashes[kept:kept + 1])[0])
+            assert cosine >= threshold, f"{other.path} is at cosine {cosine:.3f} from the kept {group.keep.path}"
+            assert distance <= 56, f"{other.path} is {distance} hash bits from the kept {group.keep.path}"
+            assert not fingerprint.colour_mismatch(table["colourfulness"][i], table["colourfulness"][kept])
+
+
+def test_near_groups_of_solid_colour_squares_do_not_chain(tmp_path, encoder):
+    """Issue 17's scenario (1,000 squares here, 10,000 there): all of them hash alike, and their CLIP vectors
+    link each colour to the next, so components chained a navy square to an off-white one."""
+    from PIL import Image
+
+    folder = tmp_path / "squares"
+    folder.mkdir()
+    colours = np.random.default_rng(0).integers(0, 256, (1000, 3))
+    for i, colour in enumerate(colours):
+        Image.new("RGB", (64, 64), tuple(int(c) for c in colour)).save(folder / f"square{i:04d}.png")
+    db = tmp_path / "index.db"
+    with Store.open(db) as store:
+        index_folders([folder], store, encoder=encoder, options=IndexOptions(batch_size=64))
+    groups = _groups(db)
+    near = [g for g in groups if g.tier == "near"]
+    assert len(near) >= 10 and sum(len(g.members) for g in near) >= 200, "many squares are still near-identical"
+    _check_near_groups_against_the_kept_file(db, groups)
+    assert all(m.similarity is not None and m.similarity >= 0.90 for g in near for m in g.others)
+
+
+def test_a_chain_of_brightened_edits_splits_around_the_kept_file(tmp_path, encoder):
+    """A photo brightened 8% at a time: each step is near its neighbour, the last is not near the first."""
+    import random
+
+    from PIL import ImageEnhance
+
+    from clipsearch import fingerprint, tuning
+
+    folder = tmp_path / "edits"
+    folder.mkdir()
+    picture = scenes.draw(scenes.random_scene(random.Random(1), 320, 240))
+    steps = [folder / f"step{k:02d}.jpg" for k in range(16)]
+    for k, path in enumerate(steps):
+        ImageEnhance.Brightness(picture).enhance(1.08 ** k).save(path, quality=92)
+        os.utime(path, ns=(1_700_000_000 * 10**9 + k, 1_700_000_000 * 10**9 + k))  # the first edit is the oldest
+    db = tmp_path / "index.db"
+    with Store.open(db) as store:
+        index_folders([folder], store, encoder=encoder)
+        table, matrix = store.file_table(), store.vectors().matrix
+        threshold = tuning.for_model(store.model()[0])["near_threshold"]
+    at = {path: i for i, path in enumerate(table["path"])}
+    order = [at[str(p)] for p in steps]
+    hashes = fingerprint.hash_matrix(table["phash"])
+
+    def near(a: int, b: int) -> bool:
+        return float(matrix[a] @ matrix[b]) >= threshold and fingerprint.hamming(hashes[a:a + 1],
+                                                                                  hashes[b:b + 1])[0] <= 56
+
+    assert all(near(a, b) for a, b in itertools.pairwise(order)), "each edit is near the one before"
+    assert not near(order[0], order[-1]), "the ends are not near each other"
+
+    groups = _groups(db)
+    _check_near_groups_against_the_kept_file(db, groups)
+    holding = {m.path: g.keep.path for g in groups if g.tier == "near" for m in g.members}
+    assert holding[str(steps[0])] == str(steps[0]), "the kept file is chosen before splitting: the oldest leads"
+    assert holding.get(str(steps[-1])) != str(steps[0]), "the last edit is not filed as a copy of the first"
+    assert len({keep for keep in holding.values()}) >= 2

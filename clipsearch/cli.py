@@ -16,7 +16,8 @@ query, model not available, unknown device); 3 the index cannot be used as
 asked (built with another model, written by a newer clipsearch, not an index,
 read-only, disk full); 4 index busy (another clipsearch holds the writer lock
 for longer than $CLIPSEARCH_LOCK_WAIT seconds); 70 internal error, a bug
-(the traceback with --debug); 130 interrupted.
+(the traceback with --debug); 130 interrupted (Ctrl-C); 141 the reader of
+stdout went away (`| head -1`: quietly, as `ls` does); 143 terminated (SIGTERM).
 
 Locking: index, dedupe --move-to/--trash/--undo and tagging (runs and manual
 edits) take one index-wide writer lock (store.Store.writer); searches never wait.
@@ -33,7 +34,17 @@ import typer
 from typer.exceptions import TyperException
 
 from . import __version__
-from .errors import EXIT_BAD_INPUT, EXIT_INDEX, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NOTHING, ClipsearchError
+from .errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INDEX,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_NOTHING,
+    EXIT_PIPE_CLOSED,
+    EXIT_TERMINATED,
+    ClipsearchError,
+    Terminated,
+)
 from .options import (
     DB_ENV,
     DEFAULT_MAX_FILE_MB,
@@ -59,35 +70,33 @@ __all__ = ["EXIT_BAD_INPUT", "EXIT_INDEX", "EXIT_INTERNAL", "EXIT_INTERRUPTED", 
 _debug = False  # set by the global --debug flag
 
 
-def _readable_help_types() -> None:
-    """Recent typer prints Python types beside each parameter (`<list[Path]>`, `<bool>`); the metavars
-    (FOLDER, N, FILE, MODEL) say it better, and a flag needs no type at all."""
+def _plain_help_and_errors() -> None:
+    """typer 0.28 writes a required argument as `{FOLDER}` in usage lines; click's `FOLDER...` (and `[DIR]...`
+    for an optional one) is what every other command-line tool prints. A bounded number given as text is
+    "not a valid whole number", not "not a valid int range"."""
     from typer import core
+    from typer._click import types
 
-    if not hasattr(core.TyperOption, "display_type_rich"):  # typer < 0.29: arguments show `<str>`, `<path>`
-        from typer._click import types
+    types.IntRange.name = "whole number"
+    types.FloatRange.name = "number"
 
-        default_metavar = types.ParamType.get_metavar
+    def make_metavar(self: Any, ctx: Any, *, usage: bool = False) -> str:
+        var = self.metavar or (self.name or "").upper()
+        if self.nargs != 1 and not var.endswith("..."):
+            var += "..."
+        return f"[{var}]" if usage and not self.required and not var.startswith("[") else var
 
-        def argument_metavar(self, param, ctx):
-            value = default_metavar(self, param, ctx)
-            return "" if value is None and isinstance(param, core.TyperArgument) else value
-
-        types.ParamType.get_metavar = argument_metavar  # type: ignore[method-assign]
-        return
-    option_type = core.TyperOption.display_type_rich
-    core.TyperArgument.display_type_rich = lambda self, ctx: None  # type: ignore[attr-defined]
-    core.TyperOption.display_type_rich = lambda self, ctx: None if self.is_flag else option_type(self, ctx)
+    core.TyperArgument.make_metavar = make_metavar  # type: ignore[method-assign]
 
 
-_readable_help_types()
+_plain_help_and_errors()
 
 app = typer.Typer(
     help="Search your photo library by meaning with CLIP. Index a folder once, then find images by "
          "text or by example.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,
 )
 
 
@@ -108,7 +117,7 @@ def _apply_config(ctx: typer.Context, value: str | None) -> str | None:
 
 LibraryOption = typer.Option(None, "--library", "-L", envvar=LIBRARY_ENV, metavar="NAME", is_eager=True,
                              callback=_apply_config, expose_value=False, show_default="none",
-                             help="Use the settings of \\[library.NAME] in the config file (clipsearch config).")
+                             help="Use the settings of [library.NAME] in the config file (clipsearch config).")
 DbOption = typer.Option(None, "--db", envvar=DB_ENV, help="Index file.", metavar="FILE",
                         show_default="~/.local/share/clipsearch/index.db")
 ModelOption = typer.Option(None, "--model", "-m", envvar=MODEL_ENV, metavar="MODEL",
@@ -153,9 +162,13 @@ def _errors() -> Iterator[None]:
     except ClipsearchError as exc:
         stderr.print(f"[red]error:[/] {escape(shown(str(exc)))}")
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        stderr.print("[yellow]Interrupted.[/] Work done so far is saved; run the same command again to continue.")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt as exc:
+        what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
+        stderr.print(f"[yellow]{what}.[/] Work done so far is saved; run the same command again to continue.")
+        raise typer.Exit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED) from None
+    except BrokenPipeError:  # `clipsearch find cat | head -1`: the reader has all it wanted
+        _silence_stdout()
+        raise typer.Exit(EXIT_PIPE_CLOSED) from None
     except (typer.Exit, typer.Abort, TyperException):  # usage errors and exits: typer reports them
         raise
     except Exception as exc:  # noqa: BLE001  (anything else is a bug: reported, with exit 70)
@@ -247,7 +260,7 @@ def _show_previews(hits: Sequence[Hit], rows: int) -> None:
         stderr.print(escape(preview.NOTICE), highlight=False)
         show_hits(hits, Format.table)
         return
-    preview.show_previews(hits, protocol, rows, sys.stdout.write)
+    preview.show_previews(hits, protocol, rows, sys.stdout.write, stderr.width)
     sys.stdout.flush()
 
 
@@ -449,7 +462,7 @@ def tag_command(
 
 
 tags_app = typer.Typer(help="List the tags, add and remove them by hand, export them to XMP sidecars.",
-                       rich_markup_mode="rich")
+                       rich_markup_mode=None)
 app.add_typer(tags_app, name="tags")
 
 
@@ -531,9 +544,10 @@ def tags_export_command(
 
 @app.command("serve")
 def serve_command(
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on. Anything but this machine's own "
-                             "address lets others on the network see your photos."),
-    port: int = typer.Option(8000, "--port", min=1, max=65535, help="Port to listen on."),
+    host: str = typer.Option("127.0.0.1", "--host", metavar="HOST",
+                             help="Address to listen on. Anything but this machine's own address lets others on "
+                                  "the network see your photos."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, metavar="PORT", help="Port to listen on."),
     open_browser: bool = typer.Option(False, "--open", help="Open the page in the web browser."),
     db: Path | None = DbOption,
     library: str | None = LibraryOption,
@@ -544,6 +558,8 @@ def serve_command(
     from . import server
     from .output import show_serving
 
+    with _errors():
+        _check_port_free(host, port)  # before seconds of model loading, not after
     with _library(db, model, device) as lib:
         web_app, count, db_path = lib.web_app(), lib.count(), lib.store.path
     url = show_serving(host, port, count, db_path, local=host in server.LOCAL_HOSTS)
@@ -553,6 +569,30 @@ def serve_command(
 
         threading.Timer(1.0, webbrowser.open, [url]).start()
     server.run(web_app, host, port)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """BadInputError (exit 2) when `host:port` cannot be listened on: in use, or not an address of this machine."""
+    import errno
+    import socket
+
+    from .errors import BadInputError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise BadInputError(f"Cannot listen on {host}: {exc.strerror}. Give an address of this machine with "
+                            "--host.") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise BadInputError(f"Port {port} on {host} is in use (another server, or clipsearch serve "
+                                    f"already running?). Choose another with --port, e.g. --port {port + 1}.") from None
+            raise BadInputError(f"Cannot listen on {host}:{port}: {exc.strerror}.") from None
 
 
 @app.command("info")
@@ -591,6 +631,22 @@ def config_command(
         show_settings(rows, loaded, _format(json_))
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush into the closed pipe does not complain."""
+    import os
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout already closed or replaced: nothing left to flush
+        pass
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"clipsearch {__version__}")
@@ -607,4 +663,12 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def main() -> None:
-    app()
+    """The console script: SIGTERM unwinds like Ctrl-C (exit 143, work saved); a closed stdout exits quietly."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        app()
+    except BrokenPipeError:  # a write outside any command (typer's own output), or at exit
+        _silence_stdout()
+        raise SystemExit(EXIT_PIPE_CLOSED) from None

@@ -15,7 +15,13 @@ EXIT_BAD_INPUT = 2  # the user asked for something that cannot be done as given
 EXIT_INDEX = 3  # the index cannot be used as asked (another model, not an index, read-only, disk full)
 EXIT_BUSY = 4  # another clipsearch is writing to the index
 EXIT_INTERNAL = 70  # a bug: "internal error ... please report" (EX_SOFTWARE of sysexits.h)
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # Ctrl-C (SIGINT)
+EXIT_PIPE_CLOSED = 141  # the reader of stdout went away (`| head -1`): 128 + SIGPIPE, as `ls | head` gives
+EXIT_TERMINATED = 143  # SIGTERM (kill, systemd, a container stopping): 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so it unwinds as Ctrl-C does: work done so far is committed."""
 
 
 class ClipsearchError(Exception):

@@ -196,8 +196,9 @@ class Library:
 
         vocabulary = vocabulary_for(self.store, vocab)
         options = TagOptions(threshold, max_tags, retag)
-        return tag_images(self.store, self._encoder_factory(), [os.fspath(f) for f in folders], vocabulary,
-                               options, on_progress=on_progress)
+        # A new vocabulary's prompts are text: the exported text tower embeds them, without torch.
+        return tag_images(self.store, self.query_encoder().text_encoder, [os.fspath(f) for f in folders],
+                          vocabulary, options, on_progress=on_progress)
 
     def tags(self, folder: PathLike | None = None) -> list[dict[str, Any]]:
         """Each tag with how many images have it (`images`, `auto`, `manual`), most used first."""

@@ -40,11 +40,26 @@ class _Console:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._made(), name)
 
+    # Dunder methods bypass __getattr__: rich's Live (progress bars) uses its console in a `with`.
+    def __enter__(self) -> Console:
+        return self._made().__enter__()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._made().__exit__(*exc_info)
+
+    @property
+    def real(self) -> Console:
+        """The rich Console itself (made now), for code that type-checks what it is given."""
+        return self._made()
+
     def _made(self) -> Console:
         if self._console is None:
             from rich.console import Console
 
             self._console = Console(**self._options)
+            self._console.on_broken_pipe = _closed_pipe  # type: ignore[method-assign]
+            # A terminal gets lines folded at word boundaries to its width; a pipe or file gets whole lines.
+            self._console.soft_wrap = not self._console.is_terminal
         return self._console
 
     @property
@@ -57,8 +72,13 @@ class _Console:
         return bool(self._made().is_terminal)
 
 
-stdout: Any = _Console(soft_wrap=True)
-stderr: Any = _Console(stderr=True, soft_wrap=True)
+def _closed_pipe() -> None:
+    """rich's own answer to a closed pipe is `SystemExit(1)` ("nothing found" here): let the CLI decide."""
+    raise BrokenPipeError()
+
+
+stdout: Any = _Console()
+stderr: Any = _Console(stderr=True)
 
 
 def escape(text: str) -> str:
@@ -119,18 +139,35 @@ def _human_size(size: int | None) -> str:
     return ""
 
 
+def shorten_path(text: str, width: int) -> str:
+    """`text` in at most `width` characters, cut in the middle of its folders: the file name, the part that
+    tells IMG_0001.JPG from IMG_0001.CR2, stays whole (a name longer than `width` keeps its end)."""
+    if len(text) <= width:
+        return text
+    width = max(width, 4)
+    folder, sep, name = text.rpartition(os.sep)
+    if not sep or len(name) + 2 > width:  # no folders to cut, or the name alone is too long: keep its end
+        tail = width - 1 - min(width // 4, 8)
+        return text[:width - 1 - tail] + "…" + text[len(text) - tail:]
+    room = width - len(name) - 2  # characters of the folder part around the "…" (before "/name")
+    head = min(len(folder), (room + 1) // 2)
+    return folder[:head] + "…" + folder[len(folder) - (room - head):] + sep + name
+
+
+def relative_path(path: str, cwd: str | None = None) -> str:
+    """`path` relative to the current folder when it is under it (what a person typed), else as it is."""
+    cwd = cwd if cwd is not None else os.getcwd()
+    return os.path.relpath(path, cwd) if path.startswith(cwd.rstrip(os.sep) + os.sep) else path
+
+
 def shown_path(path: str, width: int, cwd: str | None = None) -> Text:
-    """A path for a person: relative to the current folder when under it, shortened in the middle to
-    `width` characters (never wrapped), and a clickable file:// link (OSC 8) in terminals that support it."""
+    """A path for a person: relative to the current folder when under it, shortened in the middle of its
+    folders to `width` characters (never wrapped, the file name whole), and a clickable file:// link (OSC 8)
+    in terminals that support it."""
     from rich.style import Style
     from rich.text import Text
 
-    cwd = cwd if cwd is not None else os.getcwd()
-    text = shown(os.path.relpath(path, cwd) if path.startswith(cwd.rstrip(os.sep) + os.sep) else path)
-    if len(text) > width:
-        keep = max(width - 1, 2)
-        head = keep // 3
-        text = text[:head] + "…" + text[len(text) - (keep - head):]
+    text = shorten_path(shown(relative_path(path, cwd)), width)
     try:
         link = Path(path).as_uri()
     except ValueError:  # not absolute
@@ -165,15 +202,16 @@ def show_hits(hits: Sequence[Hit], fmt: Format) -> None:
         return
     rows = [(str(rank), f"{hit.score:.3f}", f"{hit.width}x{hit.height}" if hit.width else "", _taken(hit))
             for rank, hit in enumerate(hits, 1)]
-    used = sum(max(len(str(row[i])) for row in [*rows, ("#", "score", "pixels", "taken")]) for i in range(4))
-    room = max(20, stdout.width - used - 3 * 4)
+    headers = ("#", "score", "pixels", "taken")
+    widths = [max(len(str(row[i])) for row in [*rows, headers]) for i in range(4)]
+    # Each of the 5 columns has one space of padding either side, and 4 rules between them.
+    room = max(20, stdout.width - sum(widths) - 5 * 2 - 4)
     from rich.table import Table
 
     table = Table(show_edge=False, header_style="bold")
-    table.add_column("#", justify="right", style="dim", no_wrap=True)
-    table.add_column("score", justify="right", no_wrap=True)
-    table.add_column("pixels", justify="right", style="dim", no_wrap=True)
-    table.add_column("taken", no_wrap=True)
+    for header, width, justify, style in zip(headers, widths, ("right", "right", "right", "left"),
+                                             ("dim", "", "dim", "")):
+        table.add_column(header, justify=justify, style=style, no_wrap=True, min_width=width)  # type: ignore[arg-type]
     table.add_column("path", no_wrap=True, overflow="ignore")
     for row, hit in zip(rows, hits):
         table.add_row(*row, shown_path(hit.path, room))
@@ -189,12 +227,13 @@ def show_index_report(report: IndexReport, fmt: Format) -> None:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
     rate = f", {report.images_per_second:.1f} images/s through the model" if report.encoded else ""
-    stderr.print(f"[bold]{report.scanned}[/] images found in {report.seconds:.1f} s{rate}")
-    stderr.print(f"  [green]{report.new} new[/], {report.updated} updated, {report.removed} removed")
-    stderr.print(f"  {report.unchanged} unchanged, {report.reused} reused (content already indexed)")
+    indexed = max(0, report.scanned - len(report.skipped))
+    stderr.print(f"Indexed [bold]{indexed}[/] images under {'this folder' if report.folders == 1 else 'these folders'} "
+                 f"in {report.seconds:.1f} s{rate}:")
+    stderr.print(f"  [green]{report.new} new[/], {report.updated} updated, {report.reused} renamed or copied "
+                 f"(vector reused), {report.unchanged} unchanged; {report.removed} gone from the index")
     if report.skipped:
-        stderr.print(f"  [yellow]{len(report.skipped)} skipped[/]")
-    if report.skipped:
+        stderr.print(f"  [yellow]{len(report.skipped)} skipped[/] (not in the index):")
         reasons: dict[str, int] = {}
         for _, reason in report.skipped:
             reasons[reason] = reasons.get(reason, 0) + 1
@@ -230,6 +269,36 @@ def _member_date(member) -> str:
     return member.taken[:16].replace("T", " ") if member.taken else _when(member.mtime_ns)
 
 
+def _match(group: Group, member) -> str:
+    """How close a member is to the file kept: nothing to say for exact copies (the same bytes)."""
+    if member is group.keep or group.tier == "exact":
+        return ""
+    distance = f" hash {member.hash_distance}" if member.hash_distance is not None else ""
+    return f"cos {member.similarity:.3f}{distance}"
+
+
+def _show_group(number: int, group: Group) -> None:
+    """One group as aligned lines that fit the terminal: the path gets the room left, shortened in its
+    folders; where under 24 characters would be left, it goes on a line of its own below."""
+    stdout.print(f"[bold]{number}. {_TIER_TITLES[group.tier]}[/]  [dim]keep: {escape(group.reason)}[/]")
+    cells = [(f"{m.width}x{m.height}" if m.width else "?", _human_size(m.size), _member_date(m), _match(group, m))
+             for m in group.members]
+    widths = [max(len(row[i]) for row in cells) for i in range(4)]
+    lead = 8 + sum(width + 2 for width in widths if width)  # "  keep  " and two spaces after each field
+    room = stdout.width - lead
+    for member, (pixels, size, date, match) in zip(group.members, cells):
+        keep = member is group.keep
+        fields = [f"{pixels:>{widths[0]}}", f"{size:>{widths[1]}}", date] + ([f"{match:<{widths[3]}}"]
+                                                                             if widths[3] else [])
+        line = f"  {'[green]keep[/]' if keep else '    '}  " + "  ".join(escape(f) for f in fields) + "  "
+        if room >= 24:
+            stdout.print(line, shown_path(member.path, room), sep="")
+        else:
+            stdout.print(line.rstrip())
+            stdout.print("      ", shown_path(member.path, stdout.width - 6), sep="")
+    stdout.print()
+
+
 def show_groups(groups: Sequence[Group], fmt: Format) -> None:
     """Duplicate groups: the file kept and why, then the others; --paths lists only the others."""
     if fmt is Format.json:
@@ -244,15 +313,7 @@ def show_groups(groups: Sequence[Group], fmt: Format) -> None:
         stderr.print("No duplicates found.")
         return
     for number, group in enumerate(groups, 1):
-        stdout.print(f"[bold]{number}. {_TIER_TITLES[group.tier]}[/]  [dim]keep: {escape(group.reason)}[/]")
-        for member in group.members:
-            keep = member is group.keep
-            match = "" if keep else f"cos {member.similarity:.3f}" + (
-                f" hash {member.hash_distance:>3}" if member.hash_distance is not None else "")
-            pixels = f"{member.width}x{member.height}" if member.width else "?"
-            stdout.print(f"  {'[green]keep[/]' if keep else '    '}  {pixels:>11}  {_human_size(member.size):>9}  "
-                         f"{_member_date(member)}  [dim]{match:<18}[/]  {escape(shown(member.path))}")
-        stdout.print()
+        _show_group(number, group)
     extra = [m for g in groups for m in g.others]
     by_tier = {tier: sum(1 for g in groups if g.tier == tier) for tier in _TIER_TITLES}
     stderr.print(
@@ -301,8 +362,9 @@ def show_tag_report(report: TagReport, fmt: Format) -> None:
     stderr.print(
         f"Tagged [bold]{report.tagged}[/] images with the {escape(report.vocabulary)} vocabulary "
         f"({report.tags_in_vocabulary} tags, version {report.vocabulary_version}, threshold {report.threshold:g}, "
-        f"at most {report.max_tags} a photo) in {report.seconds:.1f}s{rate}: {report.assigned} tags given, "
-        f"{report.untagged} images cleared no tag; {report.skipped} already tagged with these settings."
+        f"at most {report.max_tags} a photo) in {report.seconds:.1f}s{rate}: {report.assigned} tags given; "
+        f"{report.untagged} images scored below the threshold for every tag; {report.skipped} already tagged "
+        "with these settings."
     )
     if report.counts:
         top = sorted(report.counts.items(), key=lambda item: (-item[1], item[0]))[:12]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import os
 import select
 import sys
@@ -168,13 +169,21 @@ def image_sequence(path: str, protocol: Protocol, rows: int) -> str:
     return kitty_sequence(png.getvalue(), rows)
 
 
-def show_previews(hits: Sequence[Hit], protocol: Protocol, rows: int, write: Callable[[str], object]) -> None:
-    """Each hit as a thumbnail with its rank, score, size and path beside it."""
+def show_previews(hits: Sequence[Hit], protocol: Protocol, rows: int, write: Callable[[str], object],
+                  columns: int = 80) -> None:
+    """Each hit as a thumbnail with its rank, score, size and path beside it, the path shortened in its
+    folders to what is left of `columns` beside the picture (about two columns per row of a 4:3 photo)."""
+    from .output import relative_path, shorten_path, shown
+
     for rank, hit in enumerate(hits, 1):
         try:
             picture = image_sequence(hit.path, protocol, rows)
         except images.ImageError as exc:
             picture = f"[no preview: {exc}]"
         dims = f"{hit.width}x{hit.height}" if hit.width else ""
-        shown = "".join(c if c.isprintable() else "?" for c in hit.path)  # a file name cannot send escapes
-        write(f"{picture}  {rank:>2}  {hit.score:.3f}  {dims}  {shown}\n")
+        caption = f"  {rank:>2}  {hit.score:.3f}  {dims}  "
+        aspect = (hit.width or 4) / (hit.height or 3)
+        picture_columns = math.ceil(rows * 2.2 * aspect) if picture[:1] == "\x1b" else 0  # cells are ~2:1
+        room = max(12, columns - picture_columns - len(caption))
+        path = shorten_path(shown(relative_path(hit.path)), room)  # shown(): a file name cannot send escapes
+        write(f"{picture}{caption}{path}\n")

@@ -39,13 +39,15 @@ class _RateColumn(ProgressColumn):
 class RichProgress(indexer.Progress):
     """Draws a job's progress on stderr (no bar when quiet or not a terminal) and prints each skipped file."""
 
-    def __init__(self, bar: Progress | None):
+    def __init__(self, bar: Progress | None, quiet: bool = False):
         self.bar = bar
         self.task: TaskID | None = None
+        self.quiet = quiet  # --quiet (cron): only what went wrong is printed
 
     def scanned(self, changes: Changes) -> None:
-        stderr.print(f"Found {changes.seen} images: {len(changes.to_index)} to index, {changes.unchanged} "
-                     f"unchanged, {len(changes.gone)} gone.")
+        if not self.quiet:
+            stderr.print(f"Found {changes.seen} images: {len(changes.to_index)} to index, {changes.unchanged} "
+                         f"unchanged, {len(changes.gone)} gone.")
         if self.bar is not None and changes.to_index:
             self.task = self.bar.add_task("Indexing", total=len(changes.to_index))
 
@@ -59,7 +61,7 @@ class RichProgress(indexer.Progress):
     def model_loading(self, model_id: str) -> None:
         if self.bar is not None and self.task is not None:
             self.bar.update(self.task, description="loading model")
-        else:
+        elif not self.quiet:
             stderr.print(f"Loading model {escape(model_id)}...")
 
     def model_loaded(self) -> None:
@@ -67,10 +69,12 @@ class RichProgress(indexer.Progress):
             self.bar.update(self.task, description="Indexing")
 
     def notice(self, message: str) -> None:
-        stderr.print(escape(message))
+        if not self.quiet:
+            stderr.print(escape(message))
 
     def fingerprinting(self, count: int) -> None:
-        stderr.print(f"Computing perceptual hashes of {count} images indexed before dedupe existed (once)...")
+        if not self.quiet:
+            stderr.print(f"Computing perceptual hashes of {count} images indexed before dedupe existed (once)...")
         if self.bar is not None:
             self.task = self.bar.add_task("Hashing", total=count)
 
@@ -87,9 +91,9 @@ class RichProgress(indexer.Progress):
 def progress_shown(quiet: bool) -> Iterator[RichProgress]:
     """A progress reporter for one command; the bar is drawn only on a terminal and without --quiet."""
     if quiet or not stderr.is_terminal:
-        yield RichProgress(None)
+        yield RichProgress(None, quiet)
         return
     bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   _RateColumn(), TimeRemainingColumn(), console=stderr, transient=True)
+                   _RateColumn(), TimeRemainingColumn(), console=stderr.real, transient=True)
     with bar:
         yield RichProgress(bar)

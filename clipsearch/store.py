@@ -16,6 +16,7 @@ by tagstore.py; the query cache file is vectorcache.py's.
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import time
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import vectorcache
-from .errors import ClipsearchError, IndexBusyError, IndexUnusableError, NothingFoundError
+from .errors import BadInputError, ClipsearchError, IndexBusyError, IndexUnusableError, NothingFoundError
 from .options import DB_ENV
 from .paths import decode_text, folder_range, is_utf8, normalise_path, scope_sql, sql_text
 from .vectorcache import Vectors
@@ -58,6 +59,7 @@ __all__ = [
 
 SCHEMA_VERSION = 5
 VECTOR_DTYPE = np.dtype("<f2")
+APPLICATION_ID = 0x636C6970  # "clip" in the SQLite header of every index this version creates
 LOCK_WAIT_ENV = "CLIPSEARCH_LOCK_WAIT"
 DEFAULT_LOCK_WAIT = 10.0  # seconds a second writer waits for the first before giving up
 METADATA_COLUMNS = ("taken", "taken_source", "camera_make", "camera_model", "lat", "lon")
@@ -108,6 +110,21 @@ def default_db_path() -> Path:
         return Path(os.environ[DB_ENV]).expanduser()
     data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(data_home) / "clipsearch" / "index.db"
+
+
+def lock_wait() -> float:
+    """Seconds a writer waits for another: $CLIPSEARCH_LOCK_WAIT (a number, 0 or more), else the default."""
+    text = os.environ.get(LOCK_WAIT_ENV, "").strip()
+    if not text:
+        return DEFAULT_LOCK_WAIT
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds < math.inf:  # also NaN
+        raise BadInputError(f"{LOCK_WAIT_ENV}={text!r} is not a number of seconds; set it to 0 or more "
+                            f"(e.g. {LOCK_WAIT_ENV}=30), or unset it for the default of {DEFAULT_LOCK_WAIT:g}.")
+    return seconds
 
 
 def encode_vector(vector: np.ndarray) -> bytes:
@@ -249,7 +266,8 @@ class Store:
         """Open (and, if `create`, create or migrate) the index at `path` or the default location.
 
         Nothing is written to an existing file (not even the switch to WAL mode)
-        before it is known to be a clipsearch index.
+        before it is known to be a clipsearch index, and without `create` a file
+        that is not one yet (an empty file, say) is left exactly as it was.
         """
         path = Path(path).expanduser() if path else default_db_path()
         if not path.exists():
@@ -268,6 +286,8 @@ class Store:
         store = cls(connection, path)
         try:
             store._check_ours()
+            if not create and store.schema_version() == 0:  # an empty or new SQLite file: only `index` makes it ours
+                raise MissingIndexError(f"No index at {path}. Build one first: clipsearch index DIR")
             connection.execute("PRAGMA busy_timeout = 30000")
             if connection.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                 connection.execute("PRAGMA journal_mode = wal")
@@ -283,11 +303,24 @@ class Store:
         return store
 
     def _check_ours(self) -> None:
-        """Refuse, reading only, an SQLite file that some other program made."""
+        """Refuse, reading only, an SQLite file that some other program made.
+
+        Another program's file has its tables, or marks itself in its header
+        (application_id, user_version) before it has any: neither is ours to write.
+        """
         tables = {row[0] for row in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        application_id = self.conn.execute("PRAGMA application_id").fetchone()[0]
+        user_version = self.conn.execute("PRAGMA user_version").fetchone()[0]
         if tables and not {"schema_version", "images"} <= tables:
-            raise StoreError(f"{self.path} is an SQLite file but not a clipsearch index; it was left untouched. "
-                             "Pass another --db.")
+            why = f"its tables ({', '.join(sorted(tables)[:5])}) are not an index's"
+        elif application_id not in (0, APPLICATION_ID):
+            why = f"its header marks it as another program's file (application_id {application_id:#x})"
+        elif not tables and user_version:
+            why = f"its header marks it as another program's file (user_version {user_version})"
+        else:
+            return
+        raise StoreError(f"{self.path} is an SQLite file but not a clipsearch index: {why}. It was left untouched. "
+                         "Pass another --db.")
 
     @property
     def db(self) -> sqlite_utils.Database:
@@ -367,7 +400,7 @@ class Store:
         lock on `index.db.lock`, so a killed process never leaves it held.
         """
         if self._lock_depth == 0:
-            self._acquire_lock(float(os.environ.get(LOCK_WAIT_ENV, DEFAULT_LOCK_WAIT)) if wait is None else wait)
+            self._acquire_lock(lock_wait() if wait is None else wait)
         self._lock_depth += 1
         try:
             yield
@@ -420,6 +453,7 @@ class Store:
             raise MissingIndexError(f"No index at {self.path}. Build one first: clipsearch index DIR")
         with self.transaction():
             if not self.db["schema_version"].exists():
+                self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")  # `file` and others can tell it is ours
                 self.db.table("schema_version").create({"version": int})
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 MIGRATIONS[target](self.db)

@@ -87,6 +87,9 @@ def load(path: Path | None = None) -> Config:
         return Config(path)
     except OSError as exc:
         raise ConfigError(f"Cannot read {path}: {exc.strerror or exc}.") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start:exc.start + 1]!r}); "
+                          "TOML files are UTF-8. Save it as UTF-8, or move it away to use the defaults.") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML ({exc}). Fix it, or move it away to use the defaults.") from None
     libraries = data.pop("library", {})

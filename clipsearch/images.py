@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from . import fingerprint, metadata
+from .errors import BadInputError
 from .options import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_MEGAPIXELS
 
 try:  # HEIC/HEIF from phones; Pillow itself reads AVIF.
@@ -54,6 +56,15 @@ def supported_extensions() -> frozenset[str]:
     if registered.get(".jpg") in Image.OPEN:
         readable.add(".mpo")  # multi-picture JPEG (3D and some phone cameras): Pillow's JPEG opener reads it
     return frozenset(readable - _SEQUENCE_EXTENSIONS) | RAW_EXTENSIONS
+
+
+def check_limits(max_megapixels: float, max_file_mb: float) -> None:
+    """Refuse limits that would turn the guards off (NaN compares false with every size) or skip every image."""
+    for value, option, unit, default in ((max_megapixels, "--max-megapixels", "megapixels", DEFAULT_MAX_MEGAPIXELS),
+                                         (max_file_mb, "--max-file-size", "MB", DEFAULT_MAX_FILE_MB)):
+        if not 0 < value < math.inf:  # also NaN
+            raise BadInputError(f"{option} {value:g} is not a usable limit: give a number of {unit} above 0 "
+                                f"(the default is {default:g}).")
 
 
 def is_raw(path: str) -> bool:

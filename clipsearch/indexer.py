@@ -151,6 +151,7 @@ def index_folders(
 ) -> IndexReport:
     """Bring the index up to date with `folders`: add new and changed images, drop deleted ones."""
     options = options or IndexOptions()
+    images.check_limits(options.max_megapixels, options.max_file_mb)
     progress = progress or Progress()
     started = time.perf_counter()
     roots = [normalise_path(folder) for folder in folders]

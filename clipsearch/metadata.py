@@ -150,6 +150,7 @@ def read_file(path: str) -> PhotoMetadata:
         return PhotoMetadata()
 
 
+LAST_YEAR = 9998  # the latest year a date filter may name
 _PERIOD = re.compile(r"^(\d{4})(?:-(\d{1,2})(?:-(\d{1,2})(?:[T ](\d{1,2}):(\d{2})(?::(\d{2}))?)?)?)?$")
 
 
@@ -164,10 +165,13 @@ def period(text: str) -> tuple[str, str]:
         raise ValueError(f"'{text}' is not a date; use 2024, 2024-06, 2024-06-15 or 2024-06-15T10:30")
     year = int(match.group(1))
     month, day, hour, minute, second = (int(g) if g else None for g in match.groups()[1:])
+    if not 1 <= year <= LAST_YEAR:  # the end of year 9999 is past what datetime can hold
+        raise ValueError(f"'{text}': the year must be between 0001 and {LAST_YEAR}")
     try:
-        start = datetime(year, month or 1, day or 1, hour or 0, minute or 0, second or 0)
-    except ValueError as exc:
-        raise ValueError(f"'{text}' is not a date ({exc})") from None
+        start = datetime(year, 1 if month is None else month, 1 if day is None else day, hour or 0, minute or 0,
+                         second or 0)
+    except ValueError as exc:  # month 0 or 13, day 31 of June...
+        raise ValueError(f"'{text}' is not a date ({exc}); use 2024, 2024-06, 2024-06-15 or 2024-06-15T10:30") from None
     if month is None:
         end = datetime(year + 1, 1, 1)
     elif day is None:

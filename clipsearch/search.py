@@ -25,7 +25,7 @@ from .tagstore import TagStore
 
 MAX_WEIGHT = float(np.finfo(np.float32).max)  # the largest weight a float32 vector can be multiplied by
 _WEIGHT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(.+)$", re.S)
-_OPERATOR = re.compile(r"\s+([+-])\s+")
+_OPERATOR = re.compile(r"(?:^|\s+)([+-])(?:\s+|$)")  # a lone + or -, at either end of an argument too
 
 
 class QueryError(BadInputError):
@@ -81,17 +81,21 @@ class Filters:
     @classmethod
     def parse(cls, after: str | None = None, before: str | None = None, camera: str | None = None) -> Filters:
         """From the command line: `--after 2024` means from the start of 2024, `--before 2024-06` to the end of June."""
-        try:
-            start = metadata.period(after)[0] if after else None
-            end = metadata.period(before)[1] if before else None
-        except ValueError as exc:
-            raise QueryError(str(exc)) from None
+        start = _period(after, "--after")[0] if after else None
+        end = _period(before, "--before")[1] if before else None
         if start and end and start >= end:
             raise QueryError(f"--after {after} is not before --before {before}: no photo can match.")
         return cls(start, end, camera.strip() if camera and camera.strip() else None)
 
     def __bool__(self) -> bool:
         return bool(self.after or self.before or self.camera)
+
+
+def _period(text: str, option: str) -> tuple[str, str]:
+    try:
+        return metadata.period(text)
+    except ValueError as exc:
+        raise QueryError(f"{option}: {exc}.") from None
 
 
 def _image_extension(extension: str) -> bool:
@@ -132,6 +136,7 @@ def parse_query(parts: Sequence[str]) -> list[Term]:
     terms: list[Term] = []
     sign = 1.0
     words: list[str] = []
+    operator: str | None = None  # the + or - waiting for its term
 
     def finish_term() -> None:
         nonlocal sign
@@ -151,12 +156,20 @@ def parse_query(parts: Sequence[str]) -> list[Term]:
 
     for token in tokens:
         if token in ("+", "-"):
-            if not words and not terms and token == "+":
+            if not words and not terms and token == "+" and operator is None:
                 continue
+            if operator is not None and not words:
+                raise QueryError(f"Nothing between '{operator}' and '{token}' in the query; put a term after each "
+                                 "operator, e.g. \"dog\" + \"snow\".")
             finish_term()
             sign = -1.0 if token == "-" else 1.0
+            operator = token
         else:
             words.append(token)
+            operator = None
+    if operator is not None:
+        raise QueryError(f"Nothing after '{operator}' at the end of the query; add a term after it (\"dog\" "
+                         f"{operator} \"snow\") or leave the '{operator}' out.")
     finish_term()
     for term in terms:
         if not abs(term.weight) <= MAX_WEIGHT:  # also NaN; vectors are float32, where 1e39 is already infinite
@@ -286,6 +299,10 @@ def find(
     """
     if not query and not tags:
         raise QueryError("Give a query, or --tag TAG to list tagged images.")
+    if tags:
+        from .tags import clean_tag  # the same rules as when tags are stored (length, control characters)
+
+        tags = [clean_tag(tag) for tag in tags]
     check_finite(threshold, "--threshold")
     vectors = _load_vectors(store, folder)
     if tags:

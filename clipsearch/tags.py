@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -43,8 +44,33 @@ BUILT_IN = "built-in"
 VOCABULARY_KEY = "tag_vocabulary"  # meta key: the last run's vocabulary, {"source", "text"}
 
 
+# Tags are printed in tables, sidecars and web pages: a long one costs time everywhere (rich lays out a
+# 100k-character tag in 87 s), and a control character (an ANSI escape, a bidi override) is not text.
+MAX_TAG_LENGTH = 200
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 class TagError(BadInputError):
     """Tagging cannot run as asked; the message says why."""
+
+
+def clean_tag(text: str, where: str = "") -> str:
+    """A tag as stored: runs of whitespace made one space; empty, overlong or control characters refused.
+
+    `where` starts the message ("vocab.txt, line 3: ") when the tag comes from a file.
+    """
+    tag = " ".join(text.split())
+    if not tag:
+        raise TagError(f"{where}A tag cannot be empty.")
+    if len(tag) > MAX_TAG_LENGTH:
+        raise TagError(f"{where}A tag can be at most {MAX_TAG_LENGTH} characters; {tag[:40]!r}... has {len(tag)}. "
+                       "Use a shorter name.")
+    for char in tag:
+        if unicodedata.category(char) in ("Cc", "Cs") or char in _BIDI_CONTROLS:
+            what = "a byte that is not UTF-8" if unicodedata.category(char) == "Cs" else f"U+{ord(char):04X}"
+            raise TagError(f"{where}The tag {tag[:40]!r} contains a control character ({what}); tags are plain "
+                           "text: leave it out.")
+    return tag
 
 
 @dataclass(frozen=True)
@@ -70,9 +96,9 @@ def parse_vocabulary(text: str, source: str) -> Vocabulary:
         if not line or line.startswith("#"):
             continue
         tag, _, given = line.partition(":")
-        tag = " ".join(tag.split())
-        if not tag:
+        if not tag.strip():
             raise TagError(f"{source}, line {number}: no tag before ':'.")
+        tag = clean_tag(tag, f"{source}, line {number}: ")
         if tag in prompts:
             raise TagError(f"{source}, line {number}: tag '{tag}' is listed twice.")
         phrases = tuple(p.strip() for p in given.split("|") if p.strip())
@@ -251,10 +277,15 @@ def edit_tags(store: Store, image: str | os.PathLike, add: Sequence[str] = (),
     image_id = store.id_for_path(path)
     if image_id is None:
         raise TagError(f"{image} is not in the index {store.path}. Index it first: clipsearch index FOLDER")
-    clean = [" ".join(t.split()) for t in (*add, *remove)]
-    if any(not t for t in clean):
-        raise TagError("A tag cannot be empty.")
+    add = [clean_tag(t) for t in add]
+    remove = [clean_tag(t) for t in remove]
     tag_store = TagStore(store)
     with store.writer():
-        tag_store.set_manual_tags(image_id, [" ".join(t.split()) for t in add], [" ".join(t.split()) for t in remove])
+        if remove:
+            had = [row["tag"] for row in tag_store.tags_of([image_id]).get(image_id, [])]
+            if not set(remove) & set(had):
+                names = ", ".join(repr(t) for t in remove)
+                has = f"its tags are: {', '.join(had)}" if had else "it has no tags"
+                raise TagError(f"{image} has no tag {names}, so nothing was changed ({has}).")
+        tag_store.set_manual_tags(image_id, add, remove)
     return tag_store.tags_of([image_id]).get(image_id, [])

@@ -4,9 +4,10 @@ digiKam and darktable look for `IMG_0001.jpg.xmp`, Lightroom (and Capture One)
 for `IMG_0001.xmp`; `style` picks the name. The photo itself is never opened
 for writing. An existing sidecar is read and merged with exiv2 (through
 pyexiv2): its other properties and keywords stay; our tags are added to its
-keyword list, not written over it. A sidecar that is a symlink is never
-followed (it could point anywhere, outside the library): it is skipped with a
-reason. Every sidecar is written to a fresh temporary file, then renamed over
+keyword list (an rdf:Bag, as the XMP spec has dc:subject), not written over
+it. Two photos that would share a Lightroom sidecar (IMG.jpg, IMG.png) get
+none. A sidecar that is a symlink is never followed (it could point anywhere,
+outside the library): it is skipped with a reason. Every sidecar is written to a fresh temporary file, then renamed over
 the old one. exiv2 only works on the bytes in memory: Python does the file
 work, with the exact bytes of the name (os.fsencode), so a photo whose name is
 not valid UTF-8 gets its sidecar too.
@@ -55,6 +56,19 @@ def _keywords(xmp) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
+def _bag(keywords: list[str]) -> dict[str, str]:
+    """dc:subject as the XMP spec has it, an unordered rdf:Bag, in pyexiv2's terms.
+
+    pyexiv2 writes a Python list as an rdf:Seq, so the array is made empty with
+    exiv2's "type=Bag" and filled item by item. exiv2 reads a "type=X " prefix
+    off any item; an empty one (`type="" `) guards a keyword that starts with "type=".
+    """
+    items = {SUBJECT: "type=Bag"}
+    for number, keyword in enumerate(keywords, 1):
+        items[f"{SUBJECT}[{number}]"] = f'type="" {keyword}' if keyword.startswith("type=") else keyword
+    return items
+
+
 def _read_sidecar(name: bytes) -> bytes:
     """The sidecar's bytes, never through a symlink (one swapped in after the check included)."""
     try:
@@ -91,7 +105,10 @@ def write_keywords(sidecar: str, keywords: list[str]) -> str:
         merged = existing + [k for k in keywords if k not in existing]
         if merged == existing and not created:
             return "unchanged"
-        xmp.modify_xmp({SUBJECT: merged})
+        # exiv2 mirrors a sidecar's XMP as IPTC when it reads it and copies that back over the XMP when it
+        # writes: the old dc:subject would come back and clash with the new Bag. The XMP holds it all.
+        xmp.clear_iptc()
+        xmp.modify_xmp(_bag(merged))
         after = xmp.get_bytes()
     mode = 0o666 if created else stat.S_IMODE(os.lstat(name).st_mode)  # a new file: as umask allows
     partial = name + f".{os.getpid()}.tmp".encode()
@@ -109,12 +126,25 @@ def write_keywords(sidecar: str, keywords: list[str]) -> str:
 
 
 def export_sidecars(tags_by_path: dict[str, list[str]], style: SidecarStyle = SidecarStyle.digikam) -> ExportReport:
-    """Write or merge one sidecar per image (Lightroom style: per file stem, RAW+JPEG share one)."""
+    """Write or merge one sidecar per image.
+
+    Lightroom names a sidecar by the file's stem, so IMG.jpg and IMG.png would
+    share IMG.xmp and each get the other's tags: such a sidecar is not written
+    (nor changed), and is reported as failed, naming the images.
+    """
     report = ExportReport()
+    images_of: dict[str, list[str]] = {}
     for image, keywords in sorted(tags_by_path.items()):
-        if not keywords:
+        if keywords:
+            images_of.setdefault(sidecar_path(image, style), []).append(image)
+    for sidecar, images in sorted(images_of.items()):
+        if len(images) > 1:
+            names = ", ".join(os.fsencode(os.path.basename(image)).decode("utf-8", "backslashreplace")
+                              for image in images)
+            report.failed.append((sidecar, f"{names} would share it and mix their tags; not written. Export with "
+                                           "--sidecar digikam to give each photo its own (IMG.jpg.xmp)"))
             continue
-        sidecar = sidecar_path(image, style)
+        keywords = tags_by_path[images[0]]
         try:
             outcome = write_keywords(sidecar, keywords)
         except SidecarError as exc:

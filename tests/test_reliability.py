@@ -9,6 +9,8 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from PIL import Image
 from rich.console import Console
 
 from clipsearch import errors, images, moves, output, scan, search, sidecars, tags
+from clipsearch import store as store_module
 from clipsearch.indexer import index_folders
 from clipsearch.store import ImageRecord, Store, StoreError
 from clipsearch.tagstore import TagStore
@@ -483,3 +486,223 @@ def test_every_library_error_carries_its_exit_code_and_anything_else_is_an_inter
     assert "Traceback" not in crash.stderr and "please report" in crash.stderr
     debug = cli("--debug", "find", "cat", "--db", db)
     assert debug.exit_code == errors.EXIT_INTERNAL and "Traceback" in debug.stderr
+
+
+# -- issue 17: user mistakes are messages, read-only commands write nothing, tags stay small --------------
+
+
+def _clipsearch(*args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """The real command line in its own process (wide COLUMNS: rich does not wrap the message)."""
+    return subprocess.run([sys.executable, "-m", "clipsearch", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "400", **(env or {})}, timeout=300)
+
+
+def test_issue17_user_mistakes_exit_2_with_a_message_naming_the_value(cli, small_library, tmp_path):
+    db = tmp_path / "index.db"
+    _index(cli, small_library, db)
+    not_utf8 = tmp_path / "config.toml"
+    not_utf8.write_bytes(b"top = 5\n# caf\xe9\n")
+    cases = [
+        (("find", "red", "--after", "9999-12-31"), {}, ["--after", "9999-12-31", "9998"]),
+        (("find", "red", "--before", "9999"), {}, ["--before", "'9999'", "9998"]),
+        (("find", "red", "--after", "2024-00"), {}, ["--after", "2024-00", "month must be in 1..12"]),
+        (("similar", min(small_library.glob("*.jpg")), "--after", "2024-13"), {}, ["2024-13", "2024-06-15"]),
+        (("index", small_library), {"CLIPSEARCH_LOCK_WAIT": "abc"}, ["CLIPSEARCH_LOCK_WAIT='abc'", "0 or more"]),
+        (("tag",), {"CLIPSEARCH_LOCK_WAIT": "nan"}, ["CLIPSEARCH_LOCK_WAIT='nan'", "0 or more"]),
+        (("find", "red"), {"CLIPSEARCH_CONFIG": str(not_utf8)}, [str(not_utf8), "not UTF-8", "byte 13"]),
+        (("index", small_library, "--max-megapixels", "nan"), {}, ["--max-megapixels nan", "above 0"]),
+        (("index", small_library, "--max-megapixels", "-1"), {}, ["--max-megapixels -1", "above 0"]),
+        (("index", small_library, "--max-file-size", "nan"), {}, ["--max-file-size nan", "above 0"]),
+    ]
+    for args, env, expected in cases:
+        result = _clipsearch(*args, "--db", db, env=env)
+        assert result.returncode == errors.EXIT_BAD_INPUT, (args, result.returncode, result.stderr)
+        assert result.stderr.startswith("error:") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "internal error" not in result.stderr and "Traceback" not in result.stderr
+        for text in expected:
+            assert text in result.stderr, (args, result.stderr)
+    with Store.open(db) as store:
+        assert store.count() == 12, "the refused index runs changed nothing"
+
+
+def test_issue17_date_filters_accept_the_last_year_and_reject_impossible_dates():
+    assert search.Filters.parse("9998-12-31", "9998").after == "9998-12-31T00:00:00"
+    assert search.Filters.parse(before="9998-12").before == "9999-01-01T00:00:00"
+    for text in ("2024-00", "2024-06-00", "2023-02-29", "0000", "10000", "2024-06-15T24:00"):
+        with pytest.raises(search.QueryError, match="--after"):
+            search.Filters.parse(after=text)
+
+
+def _foreign_and_empty_files(folder: Path) -> dict[str, Path]:
+    """SQLite files that are not (yet) indexes: empty, marked by another program, holding its tables."""
+    folder.mkdir()
+    files = {name: folder / f"{name}.db" for name in ("empty", "application_id", "user_version", "tables")}
+    files["empty"].write_bytes(b"")
+    for name, statement in (("application_id", "PRAGMA application_id = 12345"),
+                            ("user_version", "PRAGMA user_version = 7"),
+                            ("tables", "CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")):
+        connection = sqlite3.connect(files[name])
+        connection.execute(statement)
+        connection.commit()
+        connection.close()
+    return files
+
+
+def test_issue17_read_only_commands_never_create_or_convert_a_file(cli, small_library, tmp_path):
+    files = _foreign_and_empty_files(tmp_path / "dbs")
+    missing = tmp_path / "dbs" / "missing.db"
+    photo = min(small_library.glob("*.jpg"))
+    before = {name: path.read_bytes() for name, path in files.items()}
+    commands = [("info",), ("find", "a red circle"), ("find", "--tag", "red"), ("tags", "list"), ("similar", photo),
+                ("dedupe",), ("tags", "export"), ("tags", "add", photo, "x")]
+    for command in commands:
+        for name, path in [*files.items(), ("missing", missing)]:
+            result = cli(*command, "--db", path)
+            expected = errors.EXIT_NOTHING if name in ("empty", "missing") else errors.EXIT_INDEX
+            assert result.exit_code == expected, (command, name, result.output)
+            assert ("No index" if expected == errors.EXIT_NOTHING else "not a clipsearch index") in result.stderr
+            if name == "missing":
+                assert not path.exists(), command
+            else:
+                assert path.read_bytes() == before[name], (command, name)
+            leftovers = [p.name for p in path.parent.iterdir() if not p.name.endswith(".db")]
+            assert not leftovers, (command, name, leftovers)
+
+    for name in ("application_id", "user_version", "tables"):
+        result = cli("index", small_library, "--db", files[name], "--model", TINY_MODEL, "--quiet")
+        assert result.exit_code == errors.EXIT_INDEX and "left untouched" in result.stderr, result.stderr
+        assert files[name].read_bytes() == before[name]
+    _index(cli, small_library, files["empty"])  # only index makes an index, and marks it as ours
+    connection = sqlite3.connect(files["empty"])
+    assert connection.execute("PRAGMA application_id").fetchone()[0] == store_module.APPLICATION_ID
+    connection.close()
+    assert cli("find", "a red circle", "--db", files["empty"]).exit_code == 0
+
+
+def test_issue17_tags_are_short_plain_text(cli, small_library, tmp_path):
+    db = tmp_path / "index.db"
+    _index(cli, small_library, db)
+    photo = min(small_library.glob("*.jpg"))
+    longest = "x" * 200  # the limit
+    assert cli("tags", "add", photo, longest, "--db", db).exit_code == 0
+    for bad, message in [("y" * 201, "at most 200 characters"),
+                         ("red\x1b[31m", "control character (U+001B)"),
+                         ("a\u202eb", "control character (U+202E)"),
+                         ("bad\udcff", "not UTF-8")]:
+        for command in (("tags", "add", photo, bad), ("tags", "remove", photo, bad), ("find", "--tag", bad)):
+            result = cli(*command, "--db", db)
+            assert result.exit_code == errors.EXIT_BAD_INPUT and message in result.stderr, (command, result.stderr)
+    assert cli("tags", "add", photo, "tab\tand  spaces", "--db", db).exit_code == 0
+    with Store.open(db) as store:
+        stored = {row["tag"] for row in TagStore(store).tags_of([store.id_for_path(str(photo))])[
+            store.id_for_path(str(photo))]}
+    assert stored == {longest, "tab and spaces"}, "whitespace is made one space; nothing refused was stored"
+
+    vocabulary = tmp_path / "vocab.txt"
+    vocabulary.write_text("red\nblue: a blue thing\n" + "z" * 201 + ": a long one\n")
+    result = cli("tag", "--db", db, "--vocab", vocabulary)
+    assert result.exit_code == errors.EXIT_BAD_INPUT and f"{vocabulary}, line 3" in result.stderr, result.stderr
+    vocabulary.write_text("red\ngr\x07een\n")
+    result = cli("tag", "--db", db, "--vocab", vocabulary)
+    assert result.exit_code == errors.EXIT_BAD_INPUT and "line 2" in result.stderr and "U+0007" in result.stderr
+
+
+def test_issue16_removing_a_tag_the_image_does_not_have_is_an_error(cli, small_library, tmp_path):
+    db = tmp_path / "index.db"
+    _index(cli, small_library, db)
+    photo = min(small_library.glob("*.jpg"))
+    bare = cli("tags", "remove", photo, "nosuchtag", "--db", db)
+    assert bare.exit_code == errors.EXIT_BAD_INPUT and "no tag 'nosuchtag'" in bare.stderr
+    assert "it has no tags" in bare.stderr
+    assert cli("tags", "add", photo, "holiday", "beach", "--db", db).exit_code == 0
+    wrong = cli("tags", "remove", photo, "nosuchtag", "other", "--db", db)
+    assert wrong.exit_code == errors.EXIT_BAD_INPUT and "'nosuchtag', 'other'" in wrong.stderr
+    assert "its tags are: beach, holiday" in wrong.stderr
+    with Store.open(db) as store:
+        assert not list(store.query("SELECT tag FROM tags WHERE source = 'rejected'")), "a refused remove wrote"
+    removed = cli("tags", "remove", photo, "beach", "nosuchtag", "--db", db, "--json")
+    assert removed.exit_code == 0 and [t["tag"] for t in json.loads(removed.stdout)["tags"]] == ["holiday"]
+
+
+def test_issue16_a_query_ending_in_an_operator_is_an_error(cli, small_library, tmp_path):
+    db = tmp_path / "index.db"
+    _index(cli, small_library, db)
+    for query in (["a red circle", "-"], ["a red circle -"], ["a red circle", "+"]):
+        result = cli("find", *query, "--db", db)
+        assert result.exit_code == errors.EXIT_BAD_INPUT and "Nothing after" in result.stderr, (query, result.stderr)
+    doubled = cli("find", "red", "+", "-", "circle", "--db", db)
+    assert doubled.exit_code == errors.EXIT_BAD_INPUT and "Nothing between '+' and '-'" in doubled.stderr
+    for fine in (["+", "a red circle"], ["a red circle", "-", "blue"], ["t-shirt"], ["C++ code"]):
+        assert cli("find", *fine, "--db", db).exit_code == 0, fine
+
+
+RDF = "{http://www.w3.org/1999/02/22-rdf-syntax-ns#}"
+DC = "{http://purl.org/dc/elements/1.1/}"
+
+
+def _subject_container(sidecar: Path) -> tuple[str, list[str]]:
+    """dc:subject's array type (Bag, Seq...) and items, read with an XML parser."""
+    import xml.etree.ElementTree as ElementTree
+
+    subject = ElementTree.fromstring(sidecar.read_bytes().split(b"?>", 1)[1].rsplit(b"<?xpacket", 1)[0]).find(
+        f".//{DC}subject")
+    assert subject is not None and len(subject) == 1
+    container = subject[0]
+    return container.tag.removeprefix(RDF), [li.text or "" for li in container.findall(f"{RDF}li")]
+
+
+def test_issue16_xmp_keywords_are_an_rdf_bag_that_exiftool_accepts(tmp_path):
+    sidecar = tmp_path / "IMG_0001.jpg.xmp"
+    keywords = ["red", "Doe, John", "a<b&c", "type=Alt x"]
+    assert sidecars.write_keywords(str(sidecar), keywords) == "written"
+    assert _subject_container(sidecar) == ("Bag", keywords)
+    assert sidecars.read_keywords(str(sidecar)) == keywords
+
+    # A sidecar an older version wrote (rdf:Seq) with other fields: merged into, and made a Bag.
+    older = tmp_path / "IMG_0002.jpg.xmp"
+    older.write_text(
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>\n'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/" '
+        'xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmp:Rating="3">'
+        "<dc:subject><rdf:Seq><rdf:li>holiday</rdf:li></rdf:Seq></dc:subject>"
+        '<dc:creator><rdf:Seq><rdf:li>Ada</rdf:li></rdf:Seq></dc:creator>'
+        "</rdf:Description></rdf:RDF></x:xmpmeta>\n<?xpacket end=\"w\"?>\n")
+    assert sidecars.write_keywords(str(older), ["beach"]) == "merged"
+    assert _subject_container(older) == ("Bag", ["holiday", "beach"])
+    text = older.read_text()
+    assert 'xmp:Rating="3"' in text and "<rdf:li>Ada</rdf:li>" in text
+
+    if shutil.which("exiftool") is None:
+        pytest.skip("exiftool is not installed: the XML checks above ran, exiftool's own did not")
+    for path in (sidecar, older):
+        edited = subprocess.run(["exiftool", "-overwrite_original", "-XMP-dc:Subject+=extra", str(path)],
+                                capture_output=True, text=True, timeout=60)
+        assert edited.returncode == 0 and "Warning" not in edited.stdout + edited.stderr, edited.stdout + edited.stderr
+        assert _subject_container(path)[0] == "Bag"
+
+
+def test_issue17_photos_that_would_share_a_lightroom_sidecar_get_none(cli, small_library, tmp_path):
+    db = tmp_path / "index.db"
+    jpeg = min(small_library.glob("*.jpg"))
+    png = jpeg.with_suffix(".png")
+    Image.open(jpeg).save(png)
+    _index(cli, small_library, db)
+    other = sorted(small_library.glob("*.jpg"))[1]
+    for photo, tag in ((jpeg, "from-jpeg"), (png, "from-png"), (other, "alone")):
+        assert cli("tags", "add", photo, tag, "--db", db).exit_code == 0
+
+    export = cli("tags", "export", "--db", db, "--sidecar", "lightroom")
+    assert export.exit_code == 0
+    shared = jpeg.with_suffix(".xmp")
+    assert not shared.exists(), "neither photo's tags went into the shared sidecar"
+    assert f"not written {shared}" in export.stderr and jpeg.name in export.stderr and png.name in export.stderr
+    assert "--sidecar digikam" in export.stderr and "1 written" in export.stderr
+    assert sidecars.read_keywords(str(other.with_suffix(".xmp"))) == ["alone"]
+
+    report = sidecars.export_sidecars({str(jpeg): ["a"], str(png): ["b"]}, sidecars.SidecarStyle.lightroom)
+    assert report.written == 0 and [sidecar for sidecar, _ in report.failed] == [str(shared)]
+    digikam = cli("tags", "export", "--db", db)
+    assert digikam.exit_code == 0 and "3 written" in digikam.stderr
+    assert sidecars.read_keywords(str(jpeg) + ".xmp") == ["from-jpeg"]
+    assert sidecars.read_keywords(str(png) + ".xmp") == ["from-png"]

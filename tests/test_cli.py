@@ -169,3 +169,54 @@ def test_kill_9_during_index_then_resume(tmp_path):
     assert report["new"] + report["unchanged"] == 48
     with Store.open(db) as store:
         assert store.count() == 48
+
+
+def test_sigterm_during_index_exits_143_and_keeps_the_work(tmp_path):
+    """`kill PID` (systemd, a container stopping) unwinds like Ctrl-C: work committed, one line, exit 143."""
+    library = tmp_path / "photos"
+    scenes.write_library(library, 48, seed=11)
+    db = tmp_path / "index.db"
+    command = [sys.executable, "-m", "clipsearch", "index", str(library), "--db", str(db), "--model", TINY_MODEL,
+               "--batch-size", "2", "--workers", "1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, stored = time.time() + 120, 0
+    while time.time() < deadline and process.poll() is None and stored < 6:
+        time.sleep(0.05)
+        try:
+            with sqlite3.connect(db, timeout=5) as connection:
+                stored = connection.execute("SELECT count(*) FROM images").fetchone()[0]
+        except sqlite3.OperationalError:
+            continue
+    process.terminate()
+    _, stderr = process.communicate(timeout=60)
+    assert 6 <= stored < 48, "the run should have been stopped part-way"
+    assert process.returncode == 143, stderr
+    assert "Terminated." in stderr and "Traceback" not in stderr and "internal error" not in stderr
+    resumed = subprocess.run([*command, "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0 and json.loads(resumed.stdout)["unchanged"] >= stored
+
+
+def test_make_clean_removes_everything_the_demo_made(tmp_path, small_library):
+    db = tmp_path / "demo-index.db"
+    subprocess.run([sys.executable, "-m", "clipsearch", "index", str(small_library), "--db", str(db), "--model",
+                    TINY_MODEL, "--quiet"], check=True, capture_output=True, timeout=120)
+    assert {p.name for p in tmp_path.glob("demo-index.db*")} >= {"demo-index.db", "demo-index.db.vectors"}
+    subprocess.run(["make", "--no-print-directory", "-C", str(REPO), "clean", f"DEMO_DB={db}",
+                    f"DEMO_DIR={small_library}"], check=True, capture_output=True, timeout=60)
+    assert list(tmp_path.glob("demo-index.db*")) == [] and not small_library.exists()
+
+
+def test_tagging_with_a_new_vocabulary_needs_no_torch(small_library, tmp_path):
+    """The exported text tower embeds a vocabulary's prompts: the first `tag` does not wait for torch."""
+    db, vocab = tmp_path / "index.db", tmp_path / "vocab.txt"
+    vocab.write_text("red\nblue\nstar\ncircle\n")
+    subprocess.run([sys.executable, "-m", "clipsearch", "index", str(small_library), "--db", str(db), "--model",
+                    TINY_MODEL, "--quiet"], check=True, capture_output=True, timeout=120)
+    script = ("import sys; from clipsearch import Library; "
+              f"report = Library({str(db)!r}).tag(vocab={str(vocab)!r}); "
+              "print(report.tagged, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["12", "False"]

@@ -1,5 +1,6 @@
 """What people and pipes see: terminal tables, piped lines, help text, the index summary."""
 
+import json
 import os
 import re
 
@@ -71,26 +72,70 @@ def test_a_missing_image_term_exits_2_naming_it(indexed, cli):
     assert cli("similar", missing, "--db", db).exit_code == 2
 
 
-@pytest.mark.parametrize("command", ["index", "find", "similar", "dedupe", "tag", "tags", "info", "config"])
+COMMANDS = ["index", "find", "similar", "dedupe", "tag", "tags", "tags add", "tags export", "info", "config", "serve"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_help_shows_every_default_and_readable_metavars(cli, command):
-    result = cli(command, "--help", env={"COLUMNS": "200"})
+    result = cli(*command.split(), "--help", env={"COLUMNS": "200"})
     assert result.exit_code == 0
     text = result.stdout
-    assert not re.search(r"<(list\[|bool|path|str|int|float)", text), "Python types are not metavars"
+    assert not re.search(r"<(list\[|bool|path|str|int|float)|int range>", text), "Python types are not metavars"
     options = {"--db": "FILE", "--model": "MODEL", "--device": "DEVICE", "--top": "N", "--in": "FOLDER",
-               "--vocab": "FILE", "--threshold": None, "--near-threshold": "COSINE"}
-    for line in text.splitlines():
-        for option, metavar in options.items():
-            if re.search(rf"│ {re.escape(option)}\s", line):
+               "--vocab": "FILE", "--threshold": None, "--near-threshold": "COSINE", "--host": "HOST",
+               "--port": "PORT"}
+    entries = re.split(r"\n(?=  (?:-\w, )?--)", text.split("Options:", 1)[1])
+    checked = 0
+    for option, metavar in options.items():
+        for entry in entries:
+            if re.match(rf"\s+(-\w, )?{re.escape(option)}\s", entry):
+                checked += 1
                 if metavar:
-                    assert metavar in line, line
-                block = text[text.index(line):].split("│ --", 2)[1]
-                assert "[default:" in block, f"{command} {option} shows no default:\n{block}"
+                    assert entry.split()[1 if entry.split()[0] == option else 2] == metavar, entry
+                assert "[default:" in entry or "default:" in entry, f"{command} {option} shows no default:\n{entry}"
+    assert checked >= 1, "every command has --db"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_fits_80_columns_without_cutting_anything(cli, command):
+    """Plain help, folded at word boundaries: no default cut short with "…", no markup eaten, usage as click
+    writes it (FOLDER..., not {FOLDER})."""
+    result = cli(*command.split(), "--help", env={"COLUMNS": "80"})
+    lines = result.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+    assert "…" not in result.stdout and "{" not in lines[0] and "}" not in lines[0], lines[0]
+    if "--library" in result.stdout:
+        assert "[library.NAME]" in result.stdout and "~/.local/share/clipsearch/index.db" in result.stdout
+
+
+def test_a_number_given_as_text_is_called_a_number(cli):
+    result = cli("find", "cats", "--top", "abc")
+    assert result.exit_code == 2 and "'abc' is not a valid whole number" in result.output
+    assert "int range" not in result.output
+
+
+def test_shortened_paths_keep_the_file_name_whole():
+    """JPG and CR2 must be told apart: the folders are cut, never the name or its extension."""
+    folder = "/home/someone/Pictures/imported/camera/2024-06-15 holiday in Portugal"
+    for name in ("IMG_0001.JPG", "IMG_0001.CR2"):
+        text = output.shorten_path(f"{folder}/{name}", 30)
+        assert len(text) == 30 and text.endswith("/" + name) and "…" in text, text
+    very_long_name = "a-very-long-file-name-exported-from-some-phone-app-IMG_0001.HEIC"
+    text = output.shorten_path(f"{folder}/{very_long_name}", 24)
+    assert len(text) == 24 and text.endswith(".HEIC"), text
+    assert output.shorten_path("short/a.jpg", 30) == "short/a.jpg"
+
+
+def test_index_quiet_json_prints_nothing_on_stderr(cli, small_library, tmp_path):
+    """The README's cron line: the report on stdout, and stderr empty unless something went wrong."""
+    result = cli("index", small_library, "--db", tmp_path / "i.db", "--model", TINY_MODEL, "--quiet", "--json")
+    assert result.exit_code == 0 and result.stderr == ""
+    assert json.loads(result.stdout)["new"] == 12
 
 
 def test_index_summary_is_short_lines(cli, small_library, tmp_path):
     result = cli("index", small_library, "--db", tmp_path / "i.db", "--model", TINY_MODEL)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    summary = lines[lines.index(next(line for line in lines if "images found" in line)):]
-    assert len(summary) >= 3 and all(len(line) <= 72 for line in summary), summary
-    assert "12 new" in result.stderr
+    summary = lines[lines.index(next(line for line in lines if line.startswith("Indexed"))):]
+    assert len(summary) >= 2 and all(len(line) <= 100 for line in summary), summary
+    assert "Indexed 12 images under this folder" in result.stderr and "12 new" in result.stderr

@@ -48,7 +48,8 @@ class IndexOptions:
 
 @dataclass
 class IndexReport:
-    scanned: int = 0
+    scanned: int = 0  # images found under the folders (indexed now, unchanged or skipped)
+    folders: int = 0  # how many folders were given
     new: int = 0
     updated: int = 0
     reused: int = 0  # content already in the index (renamed, copied or touched files): no model run
@@ -172,7 +173,7 @@ def index_folders(
         entries = walk_images(roots, options.exclude, options.follow_symlinks, on_error=scan_error, unlisted=unlisted)
         indexed = store.files_under(roots)
         changes = compare(entries, indexed, store.failures_under(roots), unlisted)
-        report.scanned, report.unchanged = changes.seen, changes.unchanged
+        report.scanned, report.unchanged, report.folders = changes.seen, changes.unchanged, len(roots)
         for path, reason in changes.known_bad:
             report.skipped.append((path, f"{reason} (unchanged since last run)"))
         progress.scanned(changes)

@@ -9,9 +9,15 @@ the copy being kept still exists, checked under the index's writer lock.
 
 Across filesystems a file is copied to a hidden partial name, fsynced, then
 renamed into place, so it is never half there; undo moves back the same way
-and can simply be run again after an interruption. Undo reverses only what
-this tool did: the file must be in the manifest's folder with the recorded
-hash, and the recorded row must be a sane row of that file.
+and can simply be run again after an interruption.
+
+Undo reverses only what this tool did, because a manifest is a file anyone
+can edit: each record is signed (HMAC-SHA256) with a secret key kept in the
+index's meta table, so only a record this index wrote, naming a path this index
+held, is undone; its file must also be in a folder the index covers, sit in the
+manifest's folder (or the trash) with the recorded hash, and carry a sane row.
+A finished undo is marked at the end of its manifest; running it again restores
+nothing and says so.
 """
 
 from __future__ import annotations
@@ -20,8 +26,10 @@ import base64
 import contextlib
 import errno
 import hashlib
+import hmac
 import json
 import os
+import secrets
 import shutil
 import time
 from collections.abc import Callable
@@ -32,10 +40,11 @@ from urllib.parse import unquote
 from .dedupe import Group
 from .errors import BadInputError
 from .paths import normalise_path
-from .store import Store, default_db_path
+from .store import Store
 from .tagstore import TagStore
 
 MANIFEST_FORMAT = 1
+KEY_META = "manifest_key"  # the index's secret for signing manifest records (meta table)
 
 
 class MoveError(BadInputError):
@@ -55,12 +64,22 @@ class MoveReport:
     manifest: str
     moved: list[Move] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    destination: str | None = None  # the folder files went to; None: the system trash
+
+    @property
+    def trash(self) -> bool:
+        """True when the files were sent to the system trash (then `destination` is None)."""
+        return self.destination is None
 
 
 @dataclass
 class UndoReport:
-    restored: list[str] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    manifest: str = ""
+    restored: list[str] = field(default_factory=list)  # put back by this run
+    already: list[str] = field(default_factory=list)  # already back where they were (an earlier undo)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), nothing touched
+    undone_before: str | None = None  # when an earlier undo of this manifest finished, if one did
+    removed_folders: list[str] = field(default_factory=list)  # review folders this undo emptied and removed
 
 
 def plan_moves(groups: list[Group], destination: str | None, store: Store, root: str | None = None) -> list[Move]:
@@ -78,11 +97,7 @@ def plan_moves(groups: list[Group], destination: str | None, store: Store, root:
     if root is None:
         root = os.path.commonpath([os.path.dirname(p) for group in groups for p in (m.path for m in group.members)])
     root = normalise_path(root)
-    real_destination, real_root = os.path.realpath(destination), os.path.realpath(root)  # see through symlinks
-    if any(d == r or d.startswith(r.rstrip(os.sep) + os.sep) for d in (destination, real_destination)
-           for r in (root, real_root)) or store.count(destination) or store.count(real_destination):
-        raise MoveError(f"{destination} is inside the library being deduplicated; the next index run would add the "
-                        f"moved files back. Choose a folder outside {root}.")
+    check_destination(destination, store, root)
     outside = [source for source, _, _ in moves if os.path.relpath(source, root).startswith(os.pardir + os.sep)]
     if outside:  # its relative path would climb out of the review folder
         raise MoveError(f"{outside[0]} is not under {root}, so it has no place under {destination}. "
@@ -91,10 +106,36 @@ def plan_moves(groups: list[Group], destination: str | None, store: Store, root:
             for source, keep, tier in moves]
 
 
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_destination(destination: str | os.PathLike, store: Store, folder: str | None = None) -> None:
+    """Refuse a --move-to folder inside the library: inside `folder` (the --in folder), inside any folder
+    the index covers, or holding indexed files, compared by path and by real path (a symlink into the
+    library counts). Cheap and moves nothing, so callers can check before showing a plan."""
+    destination = normalise_path(destination)
+    real_destination = os.path.realpath(destination)  # see through symlinks
+    libraries = ([normalise_path(folder)] if folder else []) + store.indexed_folders()
+    for library in libraries:
+        if any(_inside(d, r) for d in (destination, real_destination) for r in (library, os.path.realpath(library))):
+            raise MoveError(f"{destination} is inside the library being deduplicated ({library}); the next index "
+                            f"run would add the moved files back. Choose a folder outside {library}.")
+    if store.count(destination) or store.count(real_destination):
+        raise MoveError(f"{destination} is inside the library being deduplicated (it holds indexed photos); the "
+                        "next index run would add the moved files back. Choose a folder outside the library.")
+
+
+def data_folder() -> Path:
+    """clipsearch's data folder: $XDG_DATA_HOME/clipsearch (~/.local/share/clipsearch), whatever --db says."""
+    data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(data_home) / "clipsearch"
+
+
 def default_manifest_path(destination: str | None) -> Path:
-    """Beside the moved files for --move-to; in clipsearch's data folder for --trash."""
+    """Beside the moved files for --move-to; in clipsearch's data folder (data_folder()/dedupe) for --trash."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    folder = Path(destination) if destination else default_db_path().parent / "dedupe"
+    folder = Path(destination) if destination else data_folder() / "dedupe"
     return Path(_free_name(str(folder / f"clipsearch-dedupe-{stamp}.jsonl")))  # two runs in one second: (2)
 
 
@@ -122,6 +163,21 @@ def _encode_row(row: dict) -> dict:
 
 def _decode_row(row: dict) -> dict:
     return {k: (base64.b64decode(v["base64"]) if isinstance(v, dict) else v) for k, v in row.items()}
+
+
+def _manifest_key(store: Store, create: bool) -> bytes | None:
+    """The index's secret for signing manifest records; made on first use (call under the writer lock)."""
+    key = store.get_meta(KEY_META)
+    if key is None and create:
+        key = secrets.token_hex(32)
+        store.set_meta(KEY_META, key)
+    return bytes.fromhex(key) if key else None
+
+
+def _signature(key: bytes, action: str, record: dict) -> str:
+    """HMAC-SHA256 of a record (without its "mac") and the manifest's action, in a canonical JSON form."""
+    canonical = json.dumps({"action": action, "record": record}, sort_keys=True)
+    return hmac.new(key, canonical.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
 
 def _append(handle, record: dict) -> None:
@@ -171,16 +227,23 @@ def move_file(source: str, target: str) -> None:
 
 def apply_moves(moves: list[Move], store: Store, manifest: str | os.PathLike,
                 on_progress: Callable[[Move], None] | None = None) -> MoveReport:
-    """Carry out `moves`, recording each in the manifest first; moved files leave the index."""
+    """Carry out `moves`, recording and signing each in the manifest first; moved files leave the index.
+
+    The manifest sits in the destination folder for a move (MoveReport.destination), so undo can check
+    that every file it takes back comes from there.
+    """
     trash = bool(moves) and moves[0].target is None
+    action = "trash" if trash else "move"
     path = Path(manifest)
     path.parent.mkdir(parents=True, exist_ok=True)
-    report = MoveReport(str(path))
+    report = MoveReport(str(path), destination=None if trash else str(path.parent))
     if trash:
         from send2trash import send2trash
     with store.writer(), open(path, "x", encoding="utf-8") as handle:
+        key = _manifest_key(store, create=True)
+        assert key is not None  # made above
         _append(handle, {"clipsearch_dedupe_manifest": MANIFEST_FORMAT, "index": str(store.path),
-                         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "action": "trash" if trash else "move"})
+                         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "action": action})
         for move in moves:
             rows = store.rows_for_paths([move.source])
             reason = _unsafe(move, rows)
@@ -193,10 +256,11 @@ def apply_moves(moves: list[Move], store: Store, manifest: str | os.PathLike,
                 report.skipped.append((move.source, reason))
                 continue
             target = None if trash or move.target is None else _free_name(move.target)
+            record = {"source": move.source, "target": target, "keep": move.keep, "tier": move.tier,
+                      "sha256": rows[0]["hash"], "row": _encode_row(rows[0]),
+                      "tags": TagStore(store).tag_rows(rows[0]["id"])}
             try:
-                _append(handle, {"source": move.source, "target": target, "keep": move.keep, "tier": move.tier,
-                                 "sha256": rows[0]["hash"], "row": _encode_row(rows[0]),
-                                 "tags": TagStore(store).tag_rows(rows[0]["id"])})
+                _append(handle, {**record, "mac": _signature(key, action, record)})
             except OSError as exc:
                 raise MoveError(f"Cannot write the manifest {path} ({exc.strerror or exc}); stopped before moving "
                                 f"{move.source}. {len(report.moved)} files were moved; to put them back: "
@@ -232,74 +296,131 @@ def _unsafe(move: Move, rows: list[dict]) -> str | None:
 
 def read_manifest(path: str | os.PathLike) -> tuple[dict, list[dict]]:
     """Header and records. A cut-off last line (a full disk, a crash while writing it) is dropped: its
-    move never started, because each move happens only after its line is on disk."""
+    move never started, because each move happens only after its line is on disk. When an undo of it
+    finished, the header's "undone" says when."""
+    header, numbered = _read_numbered(path)
+    return header, [record for _, record in numbered]
+
+
+def _read_numbered(path: str | os.PathLike) -> tuple[dict, list[tuple[int, dict]]]:
+    """Header and (line number, record) pairs; undo marks go into the header."""
     try:
         with open(path, encoding="utf-8") as handle:
             raw = handle.read().split("\n")
-        lines = []
-        for number, line in enumerate(raw):
+        lines: list[tuple[int, dict]] = []
+        for number, line in enumerate(raw, start=1):
             if not line.strip():
                 continue
             try:
-                lines.append(json.loads(line))
+                lines.append((number, json.loads(line)))
             except ValueError as exc:
-                if number == len(raw) - 1:  # the last line, without its newline: cut off
+                if number == len(raw):  # the last line, without its newline: cut off
                     break
-                raise MoveError(f"Cannot read the manifest {path}, line {number + 1}: {exc}") from None
+                raise MoveError(f"Cannot read the manifest {path}, line {number}: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise MoveError(f"Cannot read the manifest {path}: {exc}") from None
-    if not lines or lines[0].get("clipsearch_dedupe_manifest") != MANIFEST_FORMAT:
+    if not lines or not isinstance(lines[0][1], dict) \
+            or lines[0][1].get("clipsearch_dedupe_manifest") != MANIFEST_FORMAT:
         raise MoveError(f"{path} is not a clipsearch dedupe manifest.")
-    return lines[0], lines[1:]
+    header = dict(lines[0][1])
+    records = []
+    for number, record in lines[1:]:
+        if isinstance(record, dict) and "undone" in record and "source" not in record:
+            header["undone"] = record["undone"]
+        else:
+            records.append((number, record))
+    return header, records
 
 
 def undo_moves(manifest: str | os.PathLike, store: Store) -> UndoReport:
-    """Put every file the manifest records back where it was, with its index row; safe to repeat."""
-    header, records = read_manifest(manifest)
-    report = UndoReport()
+    """Put every file the manifest records back where it was, with its index row; safe to repeat.
+
+    Only records this index signed are undone, and only into folders it covers; anything else is
+    skipped with a reason naming the manifest and its line. A finished undo is marked in the manifest,
+    and the review folders it emptied are removed (the manifest stays).
+    """
+    header, records = _read_numbered(manifest)
+    report = UndoReport(str(manifest), undone_before=header.get("undone"))
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(manifest)))
+    action = header.get("action")
     with store.writer():
-        for record in reversed(records):
-            _undo_one(record, header["action"], os.path.realpath(os.path.dirname(os.path.abspath(manifest))),
-                      store, report)
+        context = _UndoContext(str(manifest), action if action in ("move", "trash") else "?", folder,
+                               _manifest_key(store, create=False), store.indexed_folders(), store)
+        for number, record in reversed(records):
+            _undo_one(number, record, context, report)
+        if records and not report.skipped and (report.restored or report.undone_before is None):
+            _mark_undone(manifest, report)
     return report
 
 
-def _not_ours(record: dict, action: str, folder: str, store: Store) -> str | None:
-    """Why this manifest record is not a move this tool made (a hand-made or damaged manifest), or None."""
+@dataclass
+class _UndoContext:
+    manifest: str
+    action: str  # "move" or "trash" ("?" when the header says neither: every record is refused)
+    folder: str  # the manifest's folder (real path): where moved files must be
+    key: bytes | None  # the index's signing key; None if it never wrote a manifest
+    covered: list[str]  # the folders the index covers
+    store: Store
+
+
+def _not_ours(record: dict, context: _UndoContext) -> str | None:
+    """Why this manifest record is not a move this tool made for this index (a hand-made, edited or
+    foreign manifest), or None."""
+    if not isinstance(record, dict):
+        return "not a record; not touched"
+    if context.action == "?":
+        return "the manifest's header names no action (move or trash); not touched"
+    if context.key is None:
+        return "this index never wrote a manifest (it was written for another index, or by hand); not touched"
+    signed = {k: v for k, v in record.items() if k != "mac"}
+    mac = record.get("mac")
+    if not isinstance(mac, str) or not hmac.compare_digest(mac, _signature(context.key, context.action, signed)):
+        return ("its signature does not match this index: it was edited, written for another index, or written "
+                "by a clipsearch before manifests were signed; not touched")
     try:
         source, sha256, row = record["source"], record["sha256"], _decode_row(record["row"])
     except (KeyError, TypeError, ValueError) as exc:
         return f"the manifest's record is incomplete ({exc}); not touched"
-    recorded = store.model()
+    recorded = context.store.model()
     if not isinstance(source, str) or source != normalise_path(source):
         return "the manifest's source is not an absolute path; not touched"
+    if not any(_inside(source, folder) for folder in context.covered):
+        return f"{source} is not in a folder this index covers; not touched"
     if row.get("path") != source or row.get("hash") != sha256 or not isinstance(row.get("vector"), bytes) \
             or recorded is None or len(row["vector"]) != recorded[1] * 2:
         return "the manifest's index row does not belong to this file or this index; not touched"
-    if action == "move":
+    if context.action == "move":
         target = record.get("target")
-        if not isinstance(target, str) or not os.path.realpath(target).startswith(folder.rstrip(os.sep) + os.sep):
-            return f"the manifest says it was moved to {target}, outside the manifest's folder {folder}; not touched"
+        if not isinstance(target, str) or not _inside(os.path.realpath(target), context.folder) \
+                or os.path.realpath(target) == context.folder:
+            return (f"the manifest says it was moved to {target}, outside the manifest's folder {context.folder}; "
+                    "not touched")
     return None
 
 
-def _undo_one(record: dict, action: str, folder: str, store: Store, report: UndoReport) -> None:
+def _undo_one(number: int, record: dict, context: _UndoContext, report: UndoReport) -> None:
     """Put back one moved file and its row; safe to repeat after an interrupted undo."""
-    source = record.get("source", "?")
-    reason = _not_ours(record, action, folder, store)
+    source = record.get("source", "?") if isinstance(record, dict) else "?"
+    source = source if isinstance(source, str) else "?"
+    reason = _not_ours(record, context)
     if reason:
-        report.skipped.append((source, reason))
+        report.skipped.append((source, f"line {number} of the manifest {context.manifest}: {reason}"))
         return
+    store = context.store
     if os.path.lexists(source):
-        if os.path.isfile(source) and _sha256(source) == record["sha256"]:
-            TagStore(store).restore([_decode_row(record["row"])], [record.get("tags", [])])  # an earlier undo
-            report.restored.append(source)
+        if os.path.isfile(source) and not os.path.islink(source) and _sha256(source) == record["sha256"]:
+            if store.id_for_path(source) is None:  # an undo stopped between moving the file and its row
+                TagStore(store).restore([_decode_row(record["row"])], [record.get("tags", [])])
+                report.restored.append(source)
+            else:  # restored by an earlier undo (or its move never happened)
+                report.already.append(source)
+            _remove_emptied_folders(record, context, report)
         else:
             report.skipped.append((source, "another file is there now; left both alone"))
         return
-    current, trash_info = _where_is(record, action)
+    current, trash_info = _where_is(record, context.action)
     if current is None:
-        report.skipped.append((source, "not found where it was moved to" if action == "move" else
+        report.skipped.append((source, "not found where it was moved to" if context.action == "move" else
                                "not found in the trash (emptied?); restore it by hand if it is there"))
         return
     if _sha256(current) != record["sha256"]:
@@ -310,6 +431,39 @@ def _undo_one(record: dict, action: str, folder: str, store: Store, report: Undo
         Path(trash_info).unlink(missing_ok=True)
     TagStore(store).restore([_decode_row(record["row"])], [record.get("tags", [])])
     report.restored.append(source)
+    _remove_emptied_folders(record, context, report)
+
+
+def _remove_emptied_folders(record: dict, context: _UndoContext, report: UndoReport) -> None:
+    """Remove the review folders a moved file leaves empty, up to (not including) the manifest's folder."""
+    if context.action != "move":
+        return
+    folder = os.path.dirname(os.path.realpath(record["target"]))
+    while folder != context.folder and _inside(folder, context.folder):
+        try:
+            os.rmdir(folder)  # only ever removes an empty folder
+        except OSError:
+            return
+        report.removed_folders.append(folder)
+        folder = os.path.dirname(folder)
+
+
+def _mark_undone(manifest: str | os.PathLike, report: UndoReport) -> None:
+    """Append an "undone" line to the manifest (kept for the record); a cut-off last line goes first, so the
+    manifest still reads. A manifest that cannot be written stays as it was: the mark is only a note."""
+    mark = {"undone": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "restored": len(report.restored),
+            "already": len(report.already)}
+    try:
+        with open(manifest, "r+b") as handle:
+            handle.seek(0)
+            ends_at = handle.read().rfind(b"\n") + 1
+            handle.seek(ends_at)
+            handle.truncate()
+            handle.write((json.dumps(mark) + "\n").encode("utf-8"))
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError:
+        pass
 
 
 def _where_is(record: dict, action: str) -> tuple[str | None, str | None]:

@@ -451,3 +451,27 @@ def test_a_chain_of_brightened_edits_splits_around_the_kept_file(tmp_path, encod
     assert holding[str(steps[0])] == str(steps[0]), "the kept file is chosen before splitting: the oldest leads"
     assert holding.get(str(steps[-1])) != str(steps[0]), "the last edit is not filed as a copy of the first"
     assert len({keep for keep in holding.values()}) >= 2
+
+
+def test_json_names_that_are_not_utf8_come_with_path_bytes(small_library, tmp_path, encoder, cli):
+    """dedupe --json uses find --json's convention: "path" valid Unicode, "path_bytes" the exact name."""
+    import base64
+
+    raw = os.fsencode(str(small_library)) + b"/bad\xff\xfe.jpg"
+    original = min(small_library.glob("*.jpg"))
+    shutil.copy(original, os.fsdecode(raw))
+    db = tmp_path / "index.db"
+    with Store.open(db) as store:
+        index_folders([small_library], store, encoder=encoder)
+    result = cli("dedupe", "--db", db, "--json")
+    assert result.exit_code == 0, result.output
+    assert "\\udc" not in result.stdout, "no lone surrogates in the JSON"
+    groups = json.loads(result.stdout)
+    (group,) = [g for g in groups if str(original) in {m["path"] for m in g["members"]}]
+    assert {base64.b64decode(m["path_bytes"]) for m in group["members"] if "path_bytes" in m} == {raw}
+    for member in group["members"]:
+        member["path"].encode("utf-8")  # valid Unicode, whatever the name's bytes
+        if "path_bytes" in member:
+            assert member["path"] == raw.decode("utf-8", "backslashreplace")
+    kept = next(m for m in group["members"] if m["keep"])
+    assert group["keep"] == kept["path"] and group.get("keep_bytes") == kept.get("path_bytes")

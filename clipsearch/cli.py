@@ -140,6 +140,8 @@ CameraOption = typer.Option(None, "--camera", metavar="TEXT", show_default=False
 JsonOption = typer.Option(False, "--json", help="Print JSON for programs.")
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 PathsOption = typer.Option(False, "--paths", "-p", help="Print bare paths, one a line, for pipes.")
+NullOption = typer.Option(False, "--null", "-0", help="End each piped line with a NUL byte instead of a newline "
+                          "(for xargs -0): safe for any file name, even one with a newline in it.")
 PreviewOption = typer.Option(False, "--preview", help="Show thumbnails (kitty, WezTerm, Ghostty, iTerm2, sixel).")
 PreviewSizeOption = typer.Option(6, "--preview-size", min=1, max=60, metavar="ROWS",
                                  help="Thumbnail height in terminal rows.")
@@ -237,14 +239,14 @@ def index_command(
         show_index_report(report, _format(json_))
 
 
-def _show_query_hits(hits: Sequence[Hit], fmt: Format, preview_rows: int | None) -> None:
+def _show_query_hits(hits: Sequence[Hit], fmt: Format, preview_rows: int | None, null: bool = False) -> None:
     """find and similar: print the hits (as thumbnails with --preview); exit 1 when nothing was found."""
     from .output import show_hits
 
     if preview_rows and fmt is Format.table and hits:
         _show_previews(hits, preview_rows)
     else:
-        show_hits(hits, fmt)
+        show_hits(hits, fmt, null)
     if not hits:
         raise typer.Exit(EXIT_NOTHING)
 
@@ -287,6 +289,7 @@ def find_command(
                                                  "(cosine >= 0.999), fp32 never quantises."),
     json_: bool = JsonOption,
     paths: bool = PathsOption,
+    null: bool = NullOption,
     show_preview: bool = PreviewOption,
     preview_size: int = PreviewSizeOption,
 ) -> None:
@@ -295,7 +298,7 @@ def find_command(
     with _library(db, model, device) as lib:
         hits = lib.find(query, top=top, folder=folder, threshold=threshold, tags=tag, after=after, before=before,
                         camera=camera, precision=precision.value)
-        _show_query_hits(hits, fmt, preview_size if show_preview else None)
+        _show_query_hits(hits, fmt, preview_size if show_preview else None, null)
 
 
 @app.command("similar")
@@ -313,6 +316,7 @@ def similar_command(
     device: str | None = DeviceOption,
     json_: bool = JsonOption,
     paths: bool = PathsOption,
+    null: bool = NullOption,
     show_preview: bool = PreviewOption,
     preview_size: int = PreviewSizeOption,
 ) -> None:
@@ -321,7 +325,7 @@ def similar_command(
     with _library(db, model, device) as lib:
         hits = lib.similar(image, top=top, folder=folder, threshold=threshold, after=after, before=before,
                            camera=camera)
-        _show_query_hits(hits, fmt, preview_size if show_preview else None)
+        _show_query_hits(hits, fmt, preview_size if show_preview else None, null)
 
 
 @app.command("dedupe")
@@ -352,6 +356,7 @@ def dedupe_command(
     library: str | None = LibraryOption,
     json_: bool = JsonOption,
     paths: bool = typer.Option(False, "--paths", "-p", help="Print only the files that could go, one a line."),
+    null: bool = NullOption,
     quiet: bool = QuietOption,
 ) -> None:
     """Find exact copies and near-identical versions of photos (and, with --similar, bursts).
@@ -373,7 +378,7 @@ def dedupe_command(
                                similar_threshold=similar_threshold, max_hash_distance=max_hash_distance,
                                keep=keep, prefer=prefer, progress=progress)
         show_not_hashed(found.not_hashed)
-        show_groups(found.groups, fmt)
+        show_groups(found.groups, fmt, null)
         if not found.groups:
             raise typer.Exit(EXIT_NOTHING)
         if move_to is not None or trash:

@@ -115,10 +115,16 @@ def path_json(path: str) -> dict:
         return {"path": raw.decode("utf-8", "backslashreplace"), "path_bytes": base64.b64encode(raw).decode("ascii")}
 
 
-def write_path(path: str) -> None:
-    """One path (or line ending in one) on stdout, as the exact bytes of the name (for pipes and xargs)."""
+def write_path(line: str, null: bool = False) -> None:
+    """One path (or a line ending in one) on stdout, for pipes and xargs: the exact bytes of the name, ended by
+    a newline, or by a NUL with `null` (`--null`, for `xargs -0`: the one ending no file name can contain).
+    In a terminal the name is escaped instead: a name cannot move the cursor or split a line on screen."""
     sys.stdout.flush()
-    sys.stdout.buffer.write(path.encode("utf-8", "surrogateescape") + b"\n")
+    if sys.stdout.isatty():
+        sys.stdout.write(shown(line) + ("\0" if null else "\n"))
+        sys.stdout.flush()
+        return
+    sys.stdout.buffer.write(line.encode("utf-8", "surrogateescape") + (b"\0" if null else b"\n"))
     sys.stdout.buffer.flush()
 
 
@@ -184,21 +190,21 @@ def _taken(hit: Hit) -> Text:
     return Text(hit.taken[:16].replace("T", " "), style="dim" if hit.taken_source == "file" else "")
 
 
-def show_hits(hits: Sequence[Hit], fmt: Format) -> None:
+def show_hits(hits: Sequence[Hit], fmt: Format, null: bool = False) -> None:
     """Results: JSON, bare paths, `score<TAB>path` lines when stdout is a pipe (like rclip), else a table."""
     if fmt is Format.json:
         sys.stdout.write(json.dumps([hit.to_dict() | path_json(hit.path) for hit in hits], indent=2) + "\n")
         return
     if fmt is Format.paths:
         for hit in hits:
-            write_path(hit.path)
+            write_path(hit.path, null)
         return
     if not hits:
         stderr.print("No results.")
         return
     if not stdout.is_terminal:
         for hit in hits:
-            write_path(f"{hit.score:.4f}\t{hit.path}")
+            write_path(f"{hit.score:.4f}\t{hit.path}", null)
         return
     rows = [(str(rank), f"{hit.score:.3f}", f"{hit.width}x{hit.height}" if hit.width else "", _taken(hit))
             for rank, hit in enumerate(hits, 1)]
@@ -299,7 +305,7 @@ def _show_group(number: int, group: Group) -> None:
     stdout.print()
 
 
-def show_groups(groups: Sequence[Group], fmt: Format) -> None:
+def show_groups(groups: Sequence[Group], fmt: Format, null: bool = False) -> None:
     """Duplicate groups: the file kept and why, then the others; --paths lists only the others."""
     if fmt is Format.json:
         sys.stdout.write(json.dumps([group.to_dict() for group in groups], indent=2) + "\n")
@@ -307,7 +313,7 @@ def show_groups(groups: Sequence[Group], fmt: Format) -> None:
     if fmt is Format.paths:
         for group in groups:
             for member in group.others:
-                write_path(member.path)
+                write_path(member.path, null)
         return
     if not groups:
         stderr.print("No duplicates found.")
@@ -368,7 +374,7 @@ def show_tag_report(report: TagReport, fmt: Format) -> None:
     )
     if report.counts:
         top = sorted(report.counts.items(), key=lambda item: (-item[1], item[0]))[:12]
-        stderr.print("Most given: " + ", ".join(f"{escape(tag)} ({count})" for tag, count in top))
+        stderr.print("Most given: " + ", ".join(f"{escape(shown(tag))} ({count})" for tag, count in top))
 
 
 def show_tag_counts(counts: Sequence[dict], fmt: Format) -> None:
@@ -386,7 +392,7 @@ def show_tag_counts(counts: Sequence[dict], fmt: Format) -> None:
     table.add_column("auto", justify="right", style="dim")
     table.add_column("manual", justify="right", style="dim")
     for row in counts:
-        table.add_row(escape(row["tag"]), str(row["images"]), str(row["auto"]), str(row["manual"]))
+        table.add_row(escape(shown(row["tag"])), str(row["images"]), str(row["auto"]), str(row["manual"]))
     stdout.print(table)
 
 
@@ -395,7 +401,7 @@ def show_image_tags(image: str, image_tags: Sequence[dict], fmt: Format) -> None
         sys.stdout.write(json.dumps({"path": image, "tags": list(image_tags)}, indent=2) + "\n")
         return
     described = [f"{t['tag']}" + (f" ({t['score']:.2f})" if t["source"] == "auto" else " (manual)") for t in image_tags]
-    stdout.print(f"{escape(shown(image))}: {escape(', '.join(described)) or 'no tags'}")
+    stdout.print(f"{escape(shown(image))}: {escape(shown(', '.join(described))) or 'no tags'}")
 
 
 def show_export_report(report: ExportReport, style: SidecarStyle, fmt: Format) -> None:

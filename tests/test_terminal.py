@@ -262,3 +262,22 @@ def test_a_closed_pipe_is_not_an_error(args, indexed_template, template_library)
     assert "internal error" not in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert "Exception ignored" not in done.stderr, done.stderr
     assert done.returncode == 141, (done.returncode, done.stderr)
+
+
+def test_names_with_escapes_and_newlines_cannot_reach_the_terminal_or_split_null_lines(tmp_path):
+    """A file named with an escape sequence and a newline: escaped on screen, exact bytes and NUL-ended with
+    --null in a pipe (so `xargs -0` gets it whole)."""
+    library = tmp_path / "photos"
+    written = scenes.write_library(library, 4, seed=5)
+    evil = library / "evil\x1b[31mred\nname.jpg"
+    written[0][0].rename(evil)
+    db = tmp_path / "index.db"
+    subprocess.run([CLIPSEARCH, "index", str(library), "--db", str(db), "--model", TINY_MODEL, "--quiet"],
+                   check=True, capture_output=True, timeout=120, env=terminal_env("dumb"))
+    for args in (["find", "a shape", "--paths"], ["find", "a shape"], ["find", "a shape", "--paths", "--null"]):
+        status, raw = in_terminal([*args, "--db", db], 160, "xterm-256color")
+        assert status == 0 and "\x1b[31mred" not in raw and "\\x1b[31mred\\nname.jpg" in raw, raw
+    piped = subprocess.run([CLIPSEARCH, "find", "a shape", "--paths", "--null", "--db", str(db)],
+                           capture_output=True, timeout=90, env=terminal_env("dumb"))
+    names = piped.stdout.split(b"\0")
+    assert names[-1] == b"" and len(names) == 5 and os.fsencode(evil) in names

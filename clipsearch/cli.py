@@ -373,6 +373,8 @@ def dedupe_command(
     with _library(db) as lib:
         if undo:
             return _undo_moves(lib, undo, fmt)
+        if move_to is not None:
+            lib.check_destination(move_to, folder)
         with progress_shown(quiet) as progress:
             found = lib.dedupe(folder, similar=similar, near_threshold=near_threshold,
                                similar_threshold=similar_threshold, max_hash_distance=max_hash_distance,
@@ -403,7 +405,7 @@ def _undo_moves(lib: Library, manifest: Path, fmt: Format) -> None:
 
     report = lib.undo_moves(manifest)
     show_undo_report(report, fmt)
-    if report.skipped:
+    if report.skipped or not report.restored:  # something stayed where it was, or it was all undone before
         raise typer.Exit(EXIT_NOTHING)
 
 

@@ -168,6 +168,13 @@ class Library:
 
         return moves.plan_moves(groups, _folder(to), self.store, _text(folder))
 
+    def check_destination(self, to: PathLike, folder: PathLike | None = None) -> None:
+        """BadInputError unless `to` is a safe place for moved duplicates (not inside the library): checked
+        before a dedupe is run and shown, so a refusal comes first, not after the whole report."""
+        from . import moves
+
+        moves.check_destination(os.path.expanduser(os.fspath(to)), self.store, _text(folder))
+
     def move_duplicates(self, plan: list[moves.Move], to: PathLike | None = None) -> moves.MoveReport:
         """Carry out `plan`, writing a manifest first (in `to`, or the data folder for the trash) to undo it."""
         from . import moves

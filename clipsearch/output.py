@@ -344,18 +344,25 @@ def show_move_report(report: MoveReport, fmt: Format) -> None:
         return
     for path, reason in report.skipped:
         stderr.print(f"[yellow]not moved[/] {escape(shown(path))}: {escape(reason)}")
-    stderr.print(f"Moved [bold]{len(report.moved)}[/] files and removed them from the index. "
-                 f"To put them back: clipsearch dedupe --undo {escape(report.manifest)}")
+    where = "Sent [bold]{}[/] files to the trash" if report.trash else "Moved [bold]{}[/] files to the review folder"
+    stderr.print(f"{where.format(len(report.moved))} and removed them from the index. "
+                 f"To put them back: clipsearch dedupe --undo {escape(shown(report.manifest))}")
 
 
 def show_undo_report(report: UndoReport, fmt: Format) -> None:
     if fmt is Format.json:
         skipped = [{"path": p, "reason": r} for p, r in report.skipped]
-        sys.stdout.write(json.dumps({"restored": report.restored, "skipped": skipped}, indent=2) + "\n")
+        sys.stdout.write(json.dumps({"restored": report.restored, "already_restored": report.already,
+                                     "skipped": skipped}, indent=2) + "\n")
         return
     for path, reason in report.skipped:
-        stderr.print(f"[yellow]not restored[/] {escape(shown(path))}: {escape(reason)}")
-    stderr.print(f"Restored [bold]{len(report.restored)}[/] files to where they were, and to the index.")
+        stderr.print(f"[yellow]not restored[/] {escape(shown(path))}: {escape(shown(reason))}")
+    if report.restored or not report.already:
+        stderr.print(f"Restored [bold]{len(report.restored)}[/] files to where they were, and to the index.")
+    if report.already:
+        since = f" (undone {report.undone_before[:16].replace('T', ' ')})" if report.undone_before else ""
+        stderr.print(f"{len(report.already)} files were already back where they were: this manifest was undone "
+                     f"before{since}.")
 
 
 def show_tag_report(report: TagReport, fmt: Format) -> None:

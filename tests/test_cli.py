@@ -220,3 +220,44 @@ def test_tagging_with_a_new_vocabulary_needs_no_torch(small_library, tmp_path):
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["12", "False"]
+
+
+def _library_with_copies(tmp_path):
+    library = tmp_path / "photos"
+    written = scenes.write_library(library, 6, seed=4)
+    for path, _ in written[:3]:
+        (library / "copies").mkdir(exist_ok=True)
+        (library / "copies" / path.name).write_bytes(path.read_bytes())
+    return library
+
+
+def test_dedupe_move_into_the_library_is_refused_before_any_report(cli, tmp_path):
+    library = _library_with_copies(tmp_path)
+    db = tmp_path / "index.db"
+    assert cli("index", library, "--db", db, "--model", TINY_MODEL).exit_code == 0
+    refused = cli("dedupe", "--db", db, "--move-to", library / "review", "--yes")
+    assert refused.exit_code == 2 and "inside the library" in refused.stderr
+    assert refused.stdout == "" and "exact copies" not in refused.output, "refused before the report"
+
+
+def test_trash_says_trash_and_a_second_undo_restores_nothing(cli, tmp_path, monkeypatch):
+    library = _library_with_copies(tmp_path)
+    db = tmp_path / "index.db"
+    assert cli("index", library, "--db", db, "--model", TINY_MODEL).exit_code == 0
+    review = tmp_path / "review"
+    moved = cli("dedupe", "--db", db, "--move-to", review, "--yes")
+    assert moved.exit_code == 0 and "Moved 3 files to the review folder" in moved.stderr
+    manifest = next(review.glob("*.jsonl"))
+    first = cli("dedupe", "--db", db, "--undo", manifest)
+    assert first.exit_code == 0 and "Restored 3 files" in first.stderr
+    second = cli("dedupe", "--db", db, "--undo", manifest)
+    assert second.exit_code == 1 and "Restored 3" not in second.stderr and "already back" in second.stderr
+    assert [p for p in review.rglob("*") if p.is_dir()] == [], "undo leaves no empty folders behind"
+
+    import send2trash
+
+    trashed: list[str] = []
+    monkeypatch.setattr(send2trash, "send2trash", lambda path: (trashed.append(str(path)), os.remove(path)))
+    sent = cli("dedupe", "--db", db, "--trash", "--yes")
+    assert sent.exit_code == 0 and "Sent 3 files to the trash" in sent.stderr and "Moved" not in sent.stderr
+    assert len(trashed) == 3

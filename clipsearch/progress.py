@@ -94,6 +94,6 @@ def progress_shown(quiet: bool) -> Iterator[RichProgress]:
         yield RichProgress(None, quiet)
         return
     bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   _RateColumn(), TimeRemainingColumn(), console=stderr.real, transient=True)
+                   _RateColumn(), TimeRemainingColumn(), console=getattr(stderr, "real", stderr), transient=True)
     with bar:
         yield RichProgress(bar)

@@ -1,17 +1,32 @@
 """`clipsearch serve`: a local web app over the index, with nothing to install beyond clipsearch.
 
 Photo search is visual: this shows results as a grid of thumbnails, a photo
-large with "more like this" and its tags, an uploaded or dropped image as a
-query, and the dedupe review with a keep choice and "move to review folder"
-(the same manifest and undo as the CLI). Every page is a URL (`/?q=a+dog`),
-so searches can be bookmarked. It is a Starlette app with Jinja2 templates and
-a few lines of plain JavaScript shipped in the package: no build step, no
-network at run time.
+large with "more like this", its tags, camera and date taken, an uploaded or
+dropped image as a query, and the dedupe review with a keep choice and "move
+to review folder" (the same manifest and undo as the CLI). Every page is a URL
+(`/?q=a+dog&after=2024`), so searches can be bookmarked. It is a Starlette app
+with Jinja2 templates and a few lines of plain JavaScript shipped in the
+package: no build step, no network at run time.
 
-It serves only files the index knows: a path must be exactly an indexed path
-and the file there must still have the size and modification time the index
-recorded, so `..` tricks, symlinks swapped in later and anything outside the
-library are 404s. The model is loaded once by the caller and reused.
+A local server is still reachable from any web page the user opens, so:
+- Only requests addressed to a name the server was started for are answered
+  (the Host header: localhost, 127.0.0.1, [::1], the --host value and
+  --allow-host names), which stops DNS rebinding.
+- Every request that changes something (POST) must come from one of our own
+  pages: its Origin must be this server, and its form must carry the
+  per-server token.
+- Every response forbids framing and carries a strict Content-Security-Policy.
+- It serves only files the index knows: a path must be exactly an indexed path,
+  and the file is opened without following a symlink (O_NOFOLLOW), must be a
+  regular file and must still have the size and modification time the index
+  recorded; what is sent is read from that opened file. So `..` tricks,
+  symlinks (even indexed ones) and anything outside the library are 404s.
+- Uploads are capped (50 MB by default), refused with 413 before the body is
+  read when too large, streamed to disk, and deleted when the server stops.
+
+Model and SQL work runs in worker threads, never on the event loop, so a slow
+query does not hold up the stylesheet; the model itself is used by one thread
+at a time. The model is loaded once by the caller and reused.
 
 A file name that is not valid UTF-8 (a surrogate-escaped str, see paths.py)
 travels in links and form fields as its exact bytes, percent-encoded, and is
@@ -21,28 +36,40 @@ escapes. SQL lives in store.py.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import ipaddress
+import mimetypes
 import os
+import re
 import secrets
+import shutil
+import socket
+import stat
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode
+from typing import Any, BinaryIO
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from jinja2 import Environment, PackageLoader, select_autoescape
-from markupsafe import Markup
+from markupsafe import Markup, escape
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import QueryParams
+from starlette.datastructures import Headers, QueryParams, UploadFile
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import dedupe, images, indexer, moves, search, thumbnails
+from . import dedupe, images, indexer, metadata, moves, search, thumbnails
+from .errors import ClipsearchError, IndexBusyError, IndexUnusableError
 from .paths import is_utf8, normalise_path, readable, url_quote, url_unquote
 from .store import Store
 from .tagstore import TagStore
@@ -50,19 +77,31 @@ from .tagstore import TagStore
 PAGE_SIZE = 48
 SIMILAR_ON_PHOTO_PAGE = 18
 THUMB_SIZES = (320, 1600)  # grid cells, and the photo page (every browser shows a JPEG; not every one a HEIC)
-MAX_UPLOAD_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_UPLOAD_MB = 50
+FORM_OVERHEAD_BYTES = 64 * 1024  # an upload's body: the image plus the multipart headers and the token
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 PATH_PARAMS = ("path", "like", "in")  # query parameters that are file paths: their exact bytes are kept
+UPLOADS_PREFIX = "clipsearch-uploads-"
+CHUNK = 256 * 1024
+SECURITY_HEADERS = [
+    (b"content-security-policy", b"default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self'; "
+                                 b"connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"same-origin"),  # not no-referrer: that makes browsers send `Origin: null` on our forms
+    (b"x-content-type-options", b"nosniff"),
+]
 _WEB = Path(__file__).resolve().parent / "web"
 
 
 def _human_size(size: int | None) -> str:
+    """1.2 MB; the number and unit joined by a no-break space, so they never wrap apart."""
     if not size:
         return ""
     value = float(size)
     for unit in ("B", "KB", "MB", "GB"):
         if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+            return f"{value:.0f}\u00a0{unit}" if unit == "B" else f"{value:.1f}\u00a0{unit}"
         value /= 1024
     return ""
 
@@ -71,11 +110,24 @@ def _date(mtime_ns: int | None) -> str:
     return datetime.fromtimestamp(mtime_ns / 1e9).strftime("%Y-%m-%d") if mtime_ns else ""
 
 
-def _url(route: str, **params) -> str:
-    """A link with its query string; `in_` stands for the `in` parameter (a Python keyword).
+def _breakable(path: str) -> Markup:
+    """A path that may wrap after each `/` (not inside a name): escaped, with <wbr> after the slashes."""
+    return Markup("/<wbr>").join(escape(readable(part)) for part in path.split("/"))
+
+
+def _below(path: str, root: str) -> str:
+    """The folder of `path` relative to `root` ("" when it is `root` itself)."""
+    folder = os.path.relpath(os.path.dirname(path), root) if root else os.path.dirname(path)
+    return "" if folder == "." else folder
+
+
+def _url(route: str, base: dict | None = None, **params) -> str:
+    """A link with its query string: `base`'s parameters changed by `params`; `in_` stands for the `in`
+    parameter (a Python keyword).
 
     A path that is not valid UTF-8 goes in as its exact bytes, percent-encoded; `_query` reads it back.
     """
+    params = {**(base or {}), **params}
     kept = {("in" if k == "in_" else k): v for k, v in params.items()
             if v not in (None, "", [], (), 1 if k == "page" else None)}
     return route + ("?" + urlencode(kept, doseq=True, errors="surrogateescape") if kept else "")
@@ -107,21 +159,88 @@ def _shown(value):
     return value
 
 
-class WebApp:
-    """The app's state: where the index is, the model (loaded once), uploads, and a form token."""
+def _host_name(value: str) -> str | None:
+    """The host in a Host header (or an Origin's netloc), lower case and without its port:
+    `[::1]:8000` -> `::1`, `LocalHost.:80` -> `localhost`; None when it is not a host[:port]."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        name, bracket, port = value[1:].partition("]")
+        if not bracket or (port and not re.fullmatch(r":\d+", port)):
+            return None
+        return name or None
+    name, _, port = value.partition(":")
+    if (port and not port.isdigit()) or not re.fullmatch(r"[a-z0-9._-]+", name or "-"):
+        return None
+    return name.rstrip(".") or None
 
-    def __init__(self, db_path: str | os.PathLike, get_encoder: Callable):
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class _Serialised:
+    """The model, used by one thread at a time (a fast tokenizer fails when two threads use it at once)."""
+
+    def __init__(self, encoder: Any, lock: threading.Lock):
+        self._encoder, self._lock = encoder, lock
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._encoder, name)
+        if not callable(value):
+            return value
+
+        def locked(*args, **kwargs):
+            with self._lock:
+                return value(*args, **kwargs)
+        return locked
+
+
+class WebApp:
+    """The app's state: where the index is, the model (loaded once), who may call, uploads, and a form token."""
+
+    def __init__(self, db_path: str | os.PathLike, get_encoder: Callable, allow_hosts: Sequence[str] = (),
+                 max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB):
         self.db_path = Path(db_path)
-        self.get_encoder = get_encoder
-        self.csrf = secrets.token_urlsafe(24)  # forms that move files must come from our own pages
-        self.uploads = Path(tempfile.mkdtemp(prefix="clipsearch-uploads-"))
+        model_lock = threading.Lock()
+        self.get_encoder = lambda: _Serialised(get_encoder(), model_lock)
+        self.csrf = secrets.token_urlsafe(24)  # forms that change something must come from our own pages
+        self.hosts: set[str] = set()
+        self.any_address = False  # listening on every address: any IP address as Host (a rebinding needs a name)
+        self.allow(*LOCAL_HOSTS, *allow_hosts)
+        self.max_upload_bytes = int(max_upload_mb * 1024 * 1024)
+        self.manifests: set[str] = set()  # the web undo takes only the manifests this server wrote
+        _remove_stale_uploads()
+        self.uploads = Path(tempfile.mkdtemp(prefix=f"{UPLOADS_PREFIX}{os.getpid()}-"))
         self._local = threading.local()
         self.templates = Environment(loader=PackageLoader("clipsearch", "web/templates"),
                                      autoescape=select_autoescape(["html"]), finalize=_shown)
         self.templates.filters["human_size"] = _human_size
         self.templates.filters["form_value"] = url_quote  # a path in a form field; `_form_path` reads it back
         self.templates.filters["date"] = _date
+        self.templates.filters["breakable"] = _breakable
+        self.templates.filters["below"] = _below
         self.templates.globals["url"] = _url
+
+    def allow(self, *hosts: str) -> None:
+        """Answer requests addressed to these host names too (a wildcard address: to any IP address)."""
+        for host in hosts:
+            name = host.strip().lower().strip("[]").rstrip(".")
+            if name in WILDCARD_HOSTS:
+                self.any_address = True
+                self.hosts.add(socket.gethostname().lower())
+            else:
+                self.hosts.add(name)
+
+    def host_allowed(self, header: str) -> bool:
+        name = _host_name(header)
+        return name is not None and (name in self.hosts or (self.any_address and _is_ip(name)))
+
+    def remove_uploads(self) -> None:
+        shutil.rmtree(self.uploads, ignore_errors=True)
 
     def store(self) -> Store:
         """One connection per thread (SQLite connections stay in the thread that opened them)."""
@@ -134,23 +253,38 @@ class WebApp:
         html = self.templates.get_template(template).render(request=request, csrf=self.csrf, **context)
         return HTMLResponse(html, status_code=status)
 
-    def indexed_file(self, path: str | None) -> dict:
-        """The index row of `path` if it may be served, else a 404.
+    def open_indexed(self, path: str | None) -> tuple[dict, BinaryIO]:
+        """The index row of `path` and the file opened for reading, if it may be served; else a 404.
 
-        The path must be exactly as indexed (no normalising, so no `..`), and the
-        file there (following symlinks) must be a regular file with the size and
-        modification time the index recorded: a file swapped for a symlink to
-        something else, or changed since indexing, is not served.
+        The path must be exactly as indexed (no normalising, so no `..`). The file
+        is opened without following a symlink in its last part and without
+        blocking on a FIFO; what was opened must be a regular file with the size
+        and modification time the index recorded. Callers read from the returned
+        handle, so a file swapped after the check is not what gets sent.
         """
         row = self.store().file_row(path) if path and "\0" not in path else None
         if path is None or row is None:
             raise HTTPException(404, "Not in the index.")
+        nofollow = getattr(os, "O_NOFOLLOW", 0)
+        if not nofollow and os.path.islink(path):  # pragma: no cover - Windows has no O_NOFOLLOW
+            raise HTTPException(404, "This file is a symlink; the web app serves only files themselves.")
         try:
-            info = os.stat(path)
-        except OSError:
+            fd = os.open(path, os.O_RDONLY | nofollow | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise HTTPException(404, "This file is a symlink; the web app serves only files themselves.") from None
             raise HTTPException(404, "The file is gone; run clipsearch index to update the index.") from None
-        if not os.path.isfile(path) or info.st_size != row["size"] or info.st_mtime_ns != row["mtime_ns"]:
+        handle = os.fdopen(fd, "rb")
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size != row["size"] or info.st_mtime_ns != row["mtime_ns"]:
+            handle.close()
             raise HTTPException(404, "The file changed since it was indexed; run clipsearch index first.")
+        return row, handle
+
+    def indexed_file(self, path: str | None) -> dict:
+        """The index row of `path` if it may be served (see `open_indexed`), else a 404."""
+        row, handle = self.open_indexed(path)
+        handle.close()
         return row
 
     def cards(self, hits: list[search.Hit]) -> list[dict]:
@@ -158,39 +292,96 @@ class WebApp:
         dates = self.store().mtimes([hit.path for hit in hits])
         return [{"path": hit.path, "name": os.path.basename(hit.path), "score": hit.score, "width": hit.width,
                  "height": hit.height, "size": hit.bytes, "mtime_ns": dates.get(hit.path),
-                 "taken": hit.taken} for hit in hits]
+                 "taken": hit.taken, "camera": hit.camera} for hit in hits]
 
 
-def create_app(db_path: str | os.PathLike, get_encoder: Callable) -> Starlette:
-    """The web app over the index at `db_path`; `get_encoder()` gives the (already loaded) model."""
-    web = WebApp(db_path, get_encoder)
+class _Guard:
+    """ASGI middleware: the Host allow-list, the Origin check on anything but GET/HEAD, and the security
+    headers on every response (the refusals included)."""
 
-    async def search_page(request: Request) -> Response:
+    def __init__(self, app: ASGIApp, web: WebApp):
+        self.app, self.web = app, web
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            await send(message)
+
+        headers = Headers(scope=scope)
+        host = headers.get("host", "")
+        refusal = None
+        if not self.web.host_allowed(host):
+            refusal = PlainTextResponse(
+                f"This server does not answer to the name {host!r}. Open it as http://localhost:PORT/, or start it "
+                f"with clipsearch serve --allow-host NAME to use another name.", 400)
+        elif scope["method"] not in ("GET", "HEAD") and not _same_origin(headers, host):
+            refusal = PlainTextResponse("Refused: this request did not come from a page of this server "
+                                        "(its Origin header is missing or another site's). Reload the page.", 403)
+        if refusal is not None:
+            await refusal(scope, receive, send_with_headers)
+            return
+        await self.app(scope, receive, send_with_headers)
+
+
+def _same_origin(headers: Headers, host: str) -> bool:
+    """The Origin (else the Referer) names this very server: http(s)://HOST as the request was addressed."""
+    source = headers.get("origin") or headers.get("referer") or ""
+    parts = urlsplit(source)
+    return parts.scheme in ("http", "https") and bool(host) and parts.netloc.lower() == host.strip().lower()
+
+
+class _TooLarge(Exception):
+    """An upload's body passed the size cap."""
+
+
+def create_app(db_path: str | os.PathLike, get_encoder: Callable, allow_hosts: Sequence[str] = (),
+               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> Starlette:
+    """The web app over the index at `db_path`; `get_encoder()` gives the (already loaded) model.
+
+    It answers to localhost, 127.0.0.1 and [::1], plus `allow_hosts` (`run` adds the address it listens on).
+    """
+    web = WebApp(db_path, get_encoder, allow_hosts, max_upload_mb)
+
+    def search_page(request: Request) -> Response:
         params = _query(request)
         query = params.get("q", "").strip()
         folder = params.get("in", "").strip() or None
         tags = [t.strip() for t in params.getlist("tag") if t.strip()]
         like = params.get("like", "").strip()
         upload = params.get("upload", "").strip()
+        after, before, camera = (params.get(name, "").strip() for name in ("after", "before", "camera"))
         try:
             page = max(1, int(params.get("page", "1")))
         except ValueError:
             page = 1
         store = web.store()
+        here = {"q": query, "in_": folder or "", "tag": tags, "like": like, "upload": upload, "after": after,
+                "before": before, "camera": camera}
         context: dict = {"query": query, "folder": folder or "", "tags": tags, "like": like, "upload": upload,
-                         "page": page}
+                         "page": page, "after": after, "before": before, "camera": camera, "here": here}
+        try:
+            filters = search.Filters.parse(after or None, before or None, camera or None)
+        except (search.QueryError, OverflowError) as exc:  # OverflowError: a day past the year 9999
+            message = str(exc) if isinstance(exc, search.QueryError) else f"{after or before} is too far in the future."
+            return web.page(request, "search.html", 400, cards=[], error=message, **context)
         if not (query or tags or like or upload):  # the start page: what there is to search
-            return web.page(request, "search.html", cards=None, count=store.count(),
+            return web.page(request, "search.html", cards=None, count=store.count(), filtered=bool(filters),
                             tag_counts=TagStore(store).tag_counts()[:40], **context)
         top = page * PAGE_SIZE
         try:
             if like:
                 web.indexed_file(like)
-                hits = search.similar(like, store, web.get_encoder, top, folder)
+                hits = search.similar(like, store, web.get_encoder, top, folder, filters=filters)
             elif upload:
-                hits = search.similar(_upload_path(web, upload), store, web.get_encoder, top, folder)
+                hits = search.similar(_upload_path(web, upload), store, web.get_encoder, top, folder,
+                                      filters=filters)
             else:
-                hits = search.find(query or None, store, web.get_encoder, top, folder, tags=tags)
+                hits = search.find(query or None, store, web.get_encoder, top, folder, tags=tags, filters=filters)
         except search.QueryError as exc:
             return web.page(request, "search.html", 400, cards=[], error=str(exc), **context)
         cards = web.cards(hits[(page - 1) * PAGE_SIZE:])
@@ -198,63 +389,84 @@ def create_app(db_path: str | os.PathLike, get_encoder: Callable) -> Starlette:
         template = "cards.html" if params.get("partial") else "search.html"
         return web.page(request, template, cards=cards, more=more, **context)
 
-    async def photo_page(request: Request) -> Response:
+    def photo_page(request: Request) -> Response:
         row = web.indexed_file(_query(request).get("path"))
         store = web.store()
+        facts = store.image_rows([row["id"]]).get(row["id"], {})
         similar = web.cards(search.similar(row["path"], store, web.get_encoder, SIMILAR_ON_PHOTO_PAGE))
         photo_tags = TagStore(store).tags_of([row["id"]]).get(row["id"], [])
+        taken = facts.get("taken")
         return web.page(request, "photo.html", photo=row, name=os.path.basename(row["path"]), cards=similar,
-                        photo_tags=photo_tags)
+                        photo_tags=photo_tags, photo_taken=taken.replace("T", " ")[:16] if taken else "",
+                        taken_from_file=facts.get("taken_source") == metadata.FROM_FILE,
+                        photo_camera=metadata.camera_name(facts.get("camera_make"), facts.get("camera_model")) or "")
 
-    async def thumbnail(request: Request) -> Response:
-        row = web.indexed_file(_query(request).get("path"))
+    def thumbnail(request: Request) -> Response:
         try:
             size = int(_query(request).get("size", THUMB_SIZES[0]))
         except ValueError:
             size = 0
         if size not in THUMB_SIZES:
             raise HTTPException(400, f"size must be one of {', '.join(map(str, THUMB_SIZES))}")
-        try:
-            etag = '"' + thumbnails.thumbnail_key(row["path"], size) + '"'
-        except OSError:
-            raise HTTPException(404, "The file is gone.") from None
-        headers = {"ETag": etag, "Cache-Control": "no-cache"}  # revalidate: a 304 costs nothing
-        if etag in [tag.strip() for tag in request.headers.get("if-none-match", "").split(",")]:
-            return Response(status_code=304, headers=headers)
-        try:
-            data, _ = await run_in_threadpool(thumbnails.thumbnail, row["path"], size)
-        except images.ImageError as exc:
-            raise HTTPException(404, f"No thumbnail: {exc}") from None
+        row, handle = web.open_indexed(_query(request).get("path"))
+        with handle:
+            etag = '"' + thumbnails.thumbnail_key(row["path"], size, os.fstat(handle.fileno())) + '"'
+            headers = {"ETag": etag, "Cache-Control": "no-cache"}  # revalidate: a 304 costs nothing
+            if etag in [tag.strip() for tag in request.headers.get("if-none-match", "").split(",")]:
+                return Response(status_code=304, headers=headers)
+            try:
+                data, _ = thumbnails.thumbnail(row["path"], size, opened=handle)
+            except images.ImageError as exc:
+                raise HTTPException(404, f"No thumbnail: {exc}") from None
         return Response(data, media_type="image/jpeg", headers=headers)
 
-    async def original(request: Request) -> Response:
-        row = web.indexed_file(_query(request).get("path"))
-        return FileResponse(row["path"], filename=readable(os.path.basename(row["path"])),
-                            content_disposition_type="inline")
+    def original(request: Request) -> Response:
+        row, handle = web.open_indexed(_query(request).get("path"))
+        name = readable(os.path.basename(row["path"]))
+        headers = {"Content-Length": str(row["size"]),
+                   "Content-Disposition": f"inline; filename*=utf-8''{quote(name)}"}
+        return StreamingResponse(_chunks(handle), headers=headers,
+                                 media_type=mimetypes.guess_type(name)[0] or "application/octet-stream")
 
     async def upload_form(request: Request) -> Response:
-        async with request.form(max_files=1, max_part_size=MAX_UPLOAD_BYTES) as form:
-            upload = form.get("image")
-            data = await upload.read() if upload is not None and hasattr(upload, "read") else b""
-            name = getattr(upload, "filename", "") or ""
-        if not data:
-            return web.page(request, "message.html", 400, title="No image", message="Choose or drop an image file.")
-        try:
-            images.open_oriented(data, 64)
-        except images.ImageError as exc:
-            return web.page(request, "message.html", 400, title="Not a usable image", message=f"{name}: {exc}")
-        digest = hashlib.sha256(data).hexdigest()[:32]
-        extension = os.path.splitext(name)[1].lower()
-        extension = extension if extension in images.supported_extensions() else ".jpg"
-        for old in web.uploads.glob(f"{digest}.*"):
-            old.unlink()
-        (web.uploads / f"{digest}{extension}").write_bytes(data)
+        limit = web.max_upload_bytes
+        too_large = web.page(request, "message.html", 413, title="Image too large",
+                             message=f"Uploads are limited to {limit / 1024 / 1024:g} MB "
+                                     "(clipsearch serve --max-upload-mb sets the limit).")
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit + FORM_OVERHEAD_BYTES:
+            return too_large  # refused before a byte of the body is read
+        received = 0
+
+        async def capped_receive() -> Message:
+            nonlocal received
+            message = await request.receive()
+            received += len(message.get("body", b""))
+            if received > limit + FORM_OVERHEAD_BYTES:
+                raise _TooLarge
+            return message
+
+        try:  # the parser spools the file to a temporary file on disk, not to memory
+            async with Request(request.scope, capped_receive).form(max_files=1, max_fields=4) as form:
+                _check_token(web, form.get("csrf"))
+                upload = form.get("image")
+                if not isinstance(upload, UploadFile):
+                    return web.page(request, "message.html", 400, title="No image",
+                                    message="Choose or drop an image file.")
+                name = upload.filename or ""
+                digest = await run_in_threadpool(_save_upload, web, upload.file, name)
+        except _TooLarge:
+            return too_large
+        if digest is None:
+            return too_large
         return RedirectResponse(f"/?upload={digest}", status_code=303)
 
-    async def uploaded_image(request: Request) -> Response:
-        return FileResponse(_upload_path(web, request.path_params["digest"]))
+    def uploaded_image(request: Request) -> Response:
+        path = _upload_path(web, request.path_params["digest"])
+        with open(path, "rb") as handle:
+            return Response(handle.read(), media_type=mimetypes.guess_type(path)[0] or "image/jpeg")
 
-    async def dedupe_page(request: Request) -> Response:
+    def dedupe_page(request: Request) -> Response:
         params = _query(request)
         folder = params.get("in", "").strip() or None
         with_similar = params.get("similar") == "1"
@@ -262,57 +474,39 @@ def create_app(db_path: str | os.PathLike, get_encoder: Callable) -> Starlette:
         try:
             if folder and not os.path.isdir(folder):
                 raise dedupe.DedupeError(f"{folder} is not a folder.")
-            await run_in_threadpool(_fill_fingerprints, web.db_path, folder)
+            _fill_fingerprints(web.db_path, folder)
             groups = dedupe.find_duplicates(store, folder, dedupe.DedupeOptions(similar=with_similar))
         except (dedupe.DedupeError, search.QueryError) as exc:
             return web.page(request, "message.html", 400, title="Cannot look for duplicates", message=str(exc))
-        return web.page(request, "dedupe.html", groups=groups, folder=folder or "", similar=with_similar)
+        folders = [os.path.dirname(m.path) for g in groups for m in g.members]
+        root = os.path.commonpath(folders) if folders else ""
+        return web.page(request, "dedupe.html", groups=groups, folder=folder or "", similar=with_similar, root=root)
 
     async def dedupe_move(request: Request) -> Response:
         form = await request.form()
         _check_token(web, form.get("csrf"))
-        destination = str(form.get("destination", "")).strip()
-        folder = _form_path(str(form.get("in", "")).strip()) or None
-        if not destination:
-            return web.page(request, "message.html", 400, title="No review folder",
-                            message="Give a folder to move the extra files to (outside your library).")
-        store = web.store()
-        groups = []
-        count = str(form.get("groups", "0"))
-        for number in range(int(count) if count.isdigit() else 0):
-            if not form.get(f"act{number}"):
-                continue
-            members = [_form_path(p) for p in form.getlist(f"member{number}")]
-            keep = _form_path(form.get(f"keep{number}", ""))
-            if keep not in members:
-                raise HTTPException(400, f"Group {number + 1}: the file to keep is not one of its members.")
-            rows = {row["path"]: row for row in (web.indexed_file(p) for p in members)}
-            chosen = [_member(rows[p]) for p in [keep] + [p for p in members if p != keep]]
-            groups.append(dedupe.Group(str(form.get(f"tier{number}", "near")), chosen[0], "chosen in the web app",
-                                       chosen[1:]))
-        if not groups:
-            return web.page(request, "message.html", 400, title="Nothing chosen", message="Tick the groups to act on.")
-        try:
-            plan = moves.plan_moves(groups, destination, store, folder)
-            report = moves.apply_moves(plan, store, moves.default_manifest_path(normalise_path(destination)))
-        except moves.MoveError as exc:
-            return web.page(request, "message.html", 400, title="Nothing was moved", message=str(exc))
-        store.refresh_vector_cache()
-        return web.page(request, "moved.html", report=report)
+        return await run_in_threadpool(_dedupe_move, web, request, form)
 
     async def dedupe_undo(request: Request) -> Response:
         form = await request.form()
         _check_token(web, form.get("csrf"))
-        try:
-            report = moves.undo_moves(str(form.get("manifest", "")), web.store())
-        except moves.MoveError as exc:
-            return web.page(request, "message.html", 400, title="Cannot undo", message=str(exc))
-        web.store().refresh_vector_cache()
-        return web.page(request, "undone.html", report=report)
+        manifest = str(form.get("manifest", ""))
+        if manifest not in web.manifests:
+            return web.page(request, "message.html", 400, title="Cannot undo here",
+                            message="This page undoes only moves made by this server since it started. "
+                                    f"To undo another manifest: clipsearch dedupe --undo {manifest}")
+        return await run_in_threadpool(_dedupe_undo, web, request, manifest)
 
-    async def not_found(request: Request, exc: Exception) -> Response:
+    async def error_page(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         return web.page(request, "message.html", status, title=f"Error {status}", message=getattr(exc, "detail", ""))
+
+    async def user_error_page(request: Request, exc: Exception) -> Response:
+        """A ClipsearchError (busy index, unusable index, bad input) as a page: no traceback, a clear status."""
+        if isinstance(exc, IndexBusyError):
+            return web.page(request, "message.html", 503, title="The index is busy", message=str(exc))
+        status = 503 if isinstance(exc, IndexUnusableError) else 400
+        return web.page(request, "message.html", status, title="Cannot do that", message=str(exc))
 
     routes = [
         Route("/", search_page),
@@ -326,9 +520,119 @@ def create_app(db_path: str | os.PathLike, get_encoder: Callable) -> Starlette:
         Route("/dedupe/undo", dedupe_undo, methods=["POST"]),
         Mount("/static", StaticFiles(directory=_WEB / "static"), name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: not_found})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        yield
+        web.remove_uploads()  # the server stops (Ctrl-C, SIGTERM): its uploads go
+
+    app = Starlette(routes=routes, middleware=[Middleware(_Guard, web=web)], lifespan=lifespan,
+                    exception_handlers={HTTPException: error_page, ClipsearchError: user_error_page})
     app.state.web = web
     return app
+
+
+def _dedupe_move(web: WebApp, request: Request, form) -> Response:
+    """The review form's ticked groups moved to the review folder (in a worker thread: files and SQL)."""
+    destination = str(form.get("destination", "")).strip()
+    folder = _form_path(str(form.get("in", "")).strip()) or None
+    if not destination:
+        return web.page(request, "message.html", 400, title="No review folder",
+                        message="Give a folder to move the extra files to (outside your library).")
+    store = web.store()
+    groups = []
+    count = str(form.get("groups", "0"))
+    for number in range(int(count) if count.isdigit() else 0):
+        if not form.get(f"act{number}"):
+            continue
+        members = [_form_path(p) for p in form.getlist(f"member{number}")]
+        keep = _form_path(form.get(f"keep{number}", ""))
+        if keep not in members:
+            raise HTTPException(400, f"Group {number + 1}: the file to keep is not one of its members.")
+        rows = {row["path"]: row for row in (web.indexed_file(p) for p in members)}
+        chosen = [_member(rows[p]) for p in [keep] + [p for p in members if p != keep]]
+        groups.append(dedupe.Group(str(form.get(f"tier{number}", "near")), chosen[0], "chosen in the web app",
+                                   chosen[1:]))
+    if not groups:
+        return web.page(request, "message.html", 400, title="Nothing chosen", message="Tick the groups to act on.")
+    destination = normalise_path(destination)
+    existing = destination
+    while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    try:
+        with store.writer():  # busy: refused before the review folder is made
+            plan = moves.plan_moves(groups, destination, store, folder)
+            manifest = moves.default_manifest_path(destination)
+            web.manifests.add(str(manifest))
+            report = moves.apply_moves(plan, store, manifest)
+    except moves.MoveError as exc:
+        _remove_empty_folders(destination, existing)
+        return web.page(request, "message.html", 400, title="Nothing was moved", message=str(exc))
+    except BaseException:
+        _remove_empty_folders(destination, existing)
+        raise
+    store.refresh_vector_cache()
+    return web.page(request, "moved.html", report=report)
+
+
+def _dedupe_undo(web: WebApp, request: Request, manifest: str) -> Response:
+    """Put back what a manifest this server wrote moved (in a worker thread: files and SQL)."""
+    store = web.store()
+    try:
+        report = moves.undo_moves(manifest, store)
+    except moves.MoveError as exc:
+        return web.page(request, "message.html", 400, title="Cannot undo", message=str(exc))
+    store.refresh_vector_cache()
+    return web.page(request, "undone.html", report=report)
+
+
+def _remove_empty_folders(folder: str, existing: str) -> None:
+    """Remove `folder` and its parents up to (not including) `existing`, as long as they are empty."""
+    while folder != existing and folder.startswith(existing):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+        folder = os.path.dirname(folder)
+
+
+def _chunks(handle: BinaryIO) -> Iterator[bytes]:
+    with handle:
+        while block := handle.read(CHUNK):
+            yield block
+
+
+def _save_upload(web: WebApp, source: BinaryIO, name: str) -> str | None:
+    """Copy an uploaded file into the uploads folder under its digest; None when it passes the size cap.
+
+    Raises HTTPException(400) when it is empty or not an image this tool can read.
+    """
+    partial = web.uploads / f"partial-{secrets.token_hex(8)}"
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with open(partial, "xb") as target:
+            while block := source.read(CHUNK):
+                size += len(block)
+                if size > web.max_upload_bytes:
+                    return None
+                digest.update(block)
+                target.write(block)
+        if not size:
+            raise HTTPException(400, "Choose or drop an image file.")
+        try:
+            images.open_oriented(partial.read_bytes(), 64)
+        except images.ImageError as exc:
+            raise HTTPException(400, f"{name}: not a usable image: {exc}") from None
+        key = digest.hexdigest()[:32]
+        extension = os.path.splitext(name)[1].lower()
+        extension = extension if extension in images.supported_extensions() else ".jpg"
+        for old in web.uploads.glob(f"{key}.*"):
+            old.unlink()
+        os.replace(partial, web.uploads / f"{key}{extension}")
+        return key
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _upload_path(web: WebApp, digest: str) -> str:
@@ -338,6 +642,20 @@ def _upload_path(web: WebApp, digest: str) -> str:
     if not found:
         raise HTTPException(404, "That upload is gone (uploads last until the server stops); upload it again.")
     return str(found[0])
+
+
+def _remove_stale_uploads() -> None:
+    """Upload folders of servers that were killed (their process is gone), so none piles up in /tmp."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{UPLOADS_PREFIX}*-*"):
+        pid = folder.name[len(UPLOADS_PREFIX):].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or folder.lstat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (OSError, AttributeError):  # not ours to judge (another user's process; no getuid on Windows)
+            continue
 
 
 def _form_path(value) -> str:
@@ -360,8 +678,17 @@ def _member(row: dict) -> dedupe.Member:
     return dedupe.Member(row["path"], row["width"], row["height"], row["size"], row["mtime_ns"])
 
 
-def run(app: Starlette, host: str, port: int) -> None:
-    """Serve until Ctrl-C."""
+def run(app: Starlette, host: str, port: int, allow_hosts: Sequence[str] = (),
+        max_upload_mb: float | None = None) -> None:
+    """Serve until Ctrl-C or SIGTERM, answering to `host` and `allow_hosts` besides this machine's own names;
+    the uploads folder is removed when it stops."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    web: WebApp = app.state.web
+    web.allow(host, *allow_hosts)
+    if max_upload_mb is not None:
+        web.max_upload_bytes = int(max_upload_mb * 1024 * 1024)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        web.remove_uploads()

@@ -14,6 +14,7 @@ import hashlib
 import io
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image
 
@@ -28,9 +29,9 @@ def cache_dir() -> Path:
     return Path(cache_home) / "clipsearch" / "thumbnails"
 
 
-def thumbnail_key(path: str, max_side: int) -> str:
-    """Identifies one rendition of one version of a file (raises OSError if the file is gone)."""
-    info = os.stat(path)
+def thumbnail_key(path: str, max_side: int, info: os.stat_result | None = None) -> str:
+    """Identifies one rendition of one version of a file, from `info` or the file's stat (OSError if it is gone)."""
+    info = info or os.stat(path)
     text = f"{FORMAT_VERSION}\0{path}\0{info.st_size}\0{info.st_mtime_ns}\0{max_side}"
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
@@ -52,13 +53,15 @@ def render(data: bytes, max_side: int, path: str = "") -> Image.Image:
     return image
 
 
-def thumbnail(path: str, max_side: int) -> tuple[bytes, str]:
+def thumbnail(path: str, max_side: int, opened: BinaryIO | None = None) -> tuple[bytes, str]:
     """The JPEG thumbnail of `path` and its key, from the cache or made now (and cached).
 
-    Raises images.ImageError (with a reason a person understands) when the file cannot be read.
+    With `opened` (the file, already opened and checked by the caller: the web app)
+    the picture is read from that handle, not from `path` again. Raises
+    images.ImageError (with a reason a person understands) when the file cannot be read.
     """
     try:
-        key = thumbnail_key(path, max_side)
+        key = thumbnail_key(path, max_side, os.fstat(opened.fileno()) if opened else None)
     except OSError as exc:
         raise images.ImageError(f"cannot read file: {exc.strerror or exc}") from None
     cached = cache_dir() / key[:2] / f"{key}.jpg"
@@ -67,7 +70,7 @@ def thumbnail(path: str, max_side: int) -> tuple[bytes, str]:
     except OSError:
         pass
     buffer = io.BytesIO()
-    render(images.read_bytes(path), max_side, path).save(buffer, "JPEG", quality=85)
+    render(_read(opened) if opened else images.read_bytes(path), max_side, path).save(buffer, "JPEG", quality=85)
     data = buffer.getvalue()
     partial = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
     try:
@@ -77,3 +80,13 @@ def thumbnail(path: str, max_side: int) -> tuple[bytes, str]:
     except OSError:  # a read-only cache still gives thumbnails, just not cached ones
         partial.unlink(missing_ok=True)
     return data, key
+
+
+def _read(opened: BinaryIO) -> bytes:
+    try:
+        data = opened.read()
+    except OSError as exc:
+        raise images.ImageError(f"cannot read file: {exc.strerror or exc}") from None
+    if not data:
+        raise images.ImageError("empty file (0 bytes)")
+    return data

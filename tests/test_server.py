@@ -19,14 +19,23 @@ from clipsearch.store import Store
 from clipsearch.tagstore import TagStore
 from clipsearch_dev import scenes
 
+ORIGIN = "http://127.0.0.1"
 
-def make_client(db_path, encoder) -> TestClient:
-    return TestClient(server.create_app(db_path, lambda: encoder))
+
+def make_client(db_path, encoder, **options) -> TestClient:
+    """A client addressed to 127.0.0.1 whose requests come from the app's own pages (the Origin a browser sends)."""
+    return TestClient(server.create_app(db_path, lambda: encoder, **options), base_url=ORIGIN,
+                      headers={"Origin": ORIGIN})
 
 
 @pytest.fixture
 def client(store, encoder) -> TestClient:
     return make_client(store.path, encoder)
+
+
+def token(client: TestClient) -> str:
+    """The per-server form token, as every page carries it."""
+    return re.search(r'name="csrf" value="([^"]+)"', client.get("/").text).group(1)
 
 
 def result_paths(page: str) -> list[str]:
@@ -42,7 +51,7 @@ def test_search_page_shows_a_grid_of_the_best_matches(client, scene_library):
     assert sum(p.endswith("-red-circle.jpg") for p in paths[:3]) == 3
     assert page.text.count('src="/thumb?path=') == server.PAGE_SIZE
     assert re.search(r'<span class="score">0\.\d{3}</span>', page.text)
-    assert re.search(r'\d{4}-\d\d-\d\d · 320×240 · [\d.]+ KB', page.text), "date, size and file size"
+    assert re.search(r'<span>\d{4}-\d\d-\d\d</span> · <span>320×240</span> · <span>[\d.]+\xa0KB</span>', page.text), "date, size and file size"
     more = re.search(r'<a class="more" href="([^"]+)"', page.text).group(1)
     assert "page=2" in more
     following = client.get(html.unescape(more) + "&partial=1")
@@ -155,13 +164,14 @@ def test_an_uploaded_image_is_a_query(client, tmp_path):
     picture = tmp_path / "mine.png"
     scenes.draw(scenes.Scene("red", "circle", "grey", 200, 200, 0.5, 0.5, 0.3, 0.0, 9)).save(picture)
     response = client.post("/upload", files={"image": ("mine.png", picture.read_bytes(), "image/png")},
-                           follow_redirects=False)
+                           data={"csrf": token(client)}, follow_redirects=False)
     assert response.status_code == 303 and response.headers["location"].startswith("/?upload=")
     page = client.get(response.headers["location"])
     assert page.status_code == 200 and result_paths(page.text)[0].endswith("-red-circle.jpg")
     shown = re.search(r'<img src="(/uploaded/[0-9a-f]{32})"', page.text).group(1)
     assert client.get(shown).content == picture.read_bytes()
-    junk = client.post("/upload", files={"image": ("notes.jpg", b"not an image", "image/jpeg")})
+    junk = client.post("/upload", files={"image": ("notes.jpg", b"not an image", "image/jpeg")},
+                       data={"csrf": token(client)})
     assert junk.status_code == 400 and "notes.jpg" in junk.text
     assert client.get("/uploaded/" + "0" * 32).status_code == 404
     assert client.get("/uploaded/../../etc/passwd").status_code == 404
@@ -226,7 +236,7 @@ def test_dedupe_page_with_no_duplicates_and_a_bad_folder(client, tmp_path):
 
 def test_serve_warns_when_listening_beyond_this_machine(cli, scene_index, monkeypatch):
     served = []
-    monkeypatch.setattr(server, "run", lambda app, host, port: served.append((host, port)))
+    monkeypatch.setattr(server, "run", lambda app, host, port, **options: served.append((host, port)))
     local = cli("serve", "--db", scene_index, "--port", "8123")
     assert local.exit_code == 0 and served[-1] == ("127.0.0.1", 8123)
     assert "warning" not in local.stderr and "http://localhost:8123/" in local.stderr
@@ -305,3 +315,71 @@ def test_file_names_that_are_not_utf8_are_shown_linked_and_served_by_their_exact
     moved = client.post("/dedupe/move", data=form)
     assert moved.status_code == 200 and "Moved 1 files" in moved.text
     assert (tmp_path / "inside" / "again.jpg").is_file() and os.path.exists(bad) and original.exists()
+
+
+def _photo_with_exif(path, colour, camera: tuple[str, str] | None, taken: str | None) -> None:
+    exif = Image.Exif()
+    if camera:
+        exif[0x010F], exif[0x0110] = camera  # Make, Model
+    if taken:
+        exif.get_ifd(0x8769)[0x9003] = taken  # DateTimeOriginal
+    scenes.draw(scenes.Scene(colour, "circle", "grey", 320, 240, 0.5, 0.5, 0.3, 0.0, 3)).save(path, exif=exif)
+
+
+@pytest.fixture
+def dated_library(tmp_path, encoder):
+    """Three photos: 2019 from a Canon, 2023 from a Fujifilm, one without EXIF (its file date: now)."""
+    library = tmp_path / "dated"
+    library.mkdir()
+    _photo_with_exif(library / "canon-2019.jpg", "red", ("Canon", "Canon EOS R5"), "2019:07:14 09:30:00")
+    _photo_with_exif(library / "fuji-2023.jpg", "blue", ("FUJIFILM", "X-T4"), "2023:02:01 16:05:00")
+    _photo_with_exif(library / "plain.jpg", "green", None, None)
+    db = tmp_path / "index.db"
+    with Store.open(db) as store:
+        index_folders([library], store, encoder=encoder, options=IndexOptions(batch_size=16))
+    return library, db
+
+
+def test_date_and_camera_filters_narrow_the_search(dated_library, encoder):
+    # `?after=2030` used to be ignored: every photo came back.
+    library, db = dated_library
+    client = make_client(db, encoder)
+    names = lambda **params: sorted(os.path.basename(p) for p in result_paths(  # noqa: E731
+        client.get("/", params={"q": "a circle", **params}).text))
+    assert names() == ["canon-2019.jpg", "fuji-2023.jpg", "plain.jpg"]
+    assert names(before="2022") == ["canon-2019.jpg"]
+    assert names(after="2023-02", before="2023-03") == ["fuji-2023.jpg"]
+    assert names(camera="fuji") == ["fuji-2023.jpg"]
+    assert names(camera="canon", after="2020") == []
+    assert names(after="2030") == []
+    page = client.get("/", params={"q": "a circle", "after": "2030"})
+    assert page.status_code == 200 and "Nothing found." in page.text
+    assert 'name="after" value="2030"' in page.text, "the filter stays in the form"
+    assert "taken from 2030" in page.text, "and is shown as a chip that removes it"
+    like = client.get("/", params={"like": str(library / "canon-2019.jpg"), "camera": "X-T4"})
+    assert [os.path.basename(p) for p in result_paths(like.text)] == ["fuji-2023.jpg"], "similar filters too"
+
+    for bad, message in (("2024-13", "is not a date"), ("last week", "is not a date"),
+                         ("9999-12-31", "")):
+        refused = client.get("/", params={"q": "a circle", "after": bad})
+        assert refused.status_code == 400, bad
+        assert 'class="error"' in refused.text and message in refused.text
+    both = client.get("/", params={"q": "a circle", "after": "2024", "before": "2023"})
+    assert both.status_code == 400 and "no photo can match" in both.text
+
+
+def test_more_results_keep_the_filters(client):
+    page = client.get("/", params={"q": "a circle", "before": "2100", "camera": ""})
+    more = html.unescape(re.search(r'<a class="more" href="([^"]+)"', page.text).group(1))
+    assert "before=2100" in more and "page=2" in more and "camera" not in more
+
+
+def test_photo_page_shows_camera_and_date_taken(dated_library, encoder):
+    library, db = dated_library
+    client = make_client(db, encoder)
+    canon = client.get("/photo", params={"path": str(library / "canon-2019.jpg")}).text
+    assert re.search(r'<dd class="camera">\s*Canon EOS R5\s*</dd>', canon)
+    assert re.search(r'<dd class="taken">\s*2019-07-14 09:30\s*</dd>', canon)
+    plain = client.get("/photo", params={"path": str(library / "plain.jpg")}).text
+    assert re.search(r'<dd class="camera">\s*<span class="meta">unknown</span>', plain)
+    assert "no date in its EXIF" in plain

@@ -556,6 +556,9 @@ def serve_command(
                                   "the network see your photos."),
     port: int = typer.Option(8000, "--port", min=1, max=65535, metavar="PORT", help="Port to listen on."),
     open_browser: bool = typer.Option(False, "--open", help="Open the page in the web browser."),
+    allow_host: list[str] = typer.Option([], "--allow-host", metavar="NAME", help="Also answer to this host name "
+                                         "(besides localhost, 127.0.0.1, [::1] and --host); repeat for more."),
+    max_upload_mb: int = typer.Option(50, "--max-upload-mb", min=1, metavar="MB", help="Largest image to upload."),
     db: Path | None = DbOption,
     library: str | None = LibraryOption,
     model: str | None = ModelOption,
@@ -575,7 +578,7 @@ def serve_command(
         import webbrowser
 
         threading.Timer(1.0, webbrowser.open, [url]).start()
-    server.run(web_app, host, port)
+    server.run(web_app, host, port, allow_host, max_upload_mb)
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -2,7 +2,10 @@
 
 Playwright cannot download browsers here, so it drives the system's chromium;
 where that is missing (or Playwright is), the test is skipped with a message.
-Set CLIPSEARCH_SCREENSHOT=path.png to keep the screenshot (docs/serve.png is made so).
+Set CLIPSEARCH_SCREENSHOT=path.png to keep the screenshot (docs/serve.png is made so), and
+CLIPSEARCH_SCREENSHOTS=folder for the search, photo and dedupe pages at 390 and 1280 px (docs/screenshots).
+The pages must fit a 360 px phone: no sideways scrolling, the Search button on screen, nothing cut mid-word.
+The app's Content-Security-Policy forbids evaluating strings, so waits poll `page.evaluate` (see `_wait`).
 """
 
 from __future__ import annotations

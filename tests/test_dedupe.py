@@ -235,7 +235,9 @@ def test_move_to_and_undo_round_trip(writable_library, cli, tmp_path):
     assert json.loads(cli("dedupe", "--db", db_path, "--json").stdout) == groups
     assert json.loads(cli("find", "--tag", "grandma", "--db", db_path, "--json").stdout)[0]["path"] == extra[0], \
         "manual tags come back with the file"
-    assert cli("dedupe", "--db", db_path, "--undo", manifest).exit_code == 0, "undo twice is harmless"
+    again = cli("dedupe", "--db", db_path, "--undo", manifest)
+    assert again.exit_code == 1 and "already back" in again.stderr, "undo twice restores nothing and says so"
+    assert _disk_state(folder) == before
 
 
 def test_trash_and_undo_round_trip(writable_library, cli):
@@ -245,6 +247,7 @@ def test_trash_and_undo_round_trip(writable_library, cli):
     assert trashed.exit_code == 1, "nothing to do inside originals/ alone"
     trashed = cli("dedupe", "--db", db_path, "--trash", "--yes")
     assert trashed.exit_code == 0, trashed.stderr
+    assert "files to the trash" in trashed.stderr and "Moved" not in trashed.stderr
     after = _disk_state(folder)
     assert len(after) < len(before)
     _index_matches_disk(db_path, folder)

@@ -12,6 +12,16 @@ starts, instead of ~5 s of imports and loading: a third of the peak memory, and
 with int8 about twice the model's images per second of torch at fp32 on an AVX2
 processor (scripts/bench_index.py). An export that fails is recorded and not retried.
 
+Which path `--precision auto` takes is measured, not guessed from the processor's
+flags: the export times the candidates that agree with the model (the int8 graph,
+the fp32 graph, and bf16 autocast in torch where the processor has bf16 hardware)
+on the probe pictures and records the images per second of each and the fastest
+in settings.json. An export made before that record existed keeps its graph.
+
+The first run prepares the encoders in child processes (prepare.py), one tower
+and one step at a time, so that its memory stays near 1 GB for ViT-B/32 instead of
+2.4 GB, and the index process itself never imports torch.
+
 `load_image_encoder` chooses the encoder for a device and precision, and falls
 back to torch with a notice if the export or onnxruntime is not available: this
 optimisation never stops an index run. GPUs (CUDA, Apple MPS) keep torch.
@@ -22,8 +32,10 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import sys
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -32,13 +44,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import textencoder
+from . import cpu, textencoder
 from .encoder import Encoder, ModelError, pick_device
 from .images import Preprocess
 from .options import ImagePrecision
 
 EXPORT_FORMAT = 1  # bump when the files written by `export` change meaning
 MIN_AGREEMENT = textencoder.MIN_AGREEMENT
+TIMED_PROBES = 8  # pictures per timed batch when the candidates are measured
+TIMED_RUNS = 3  # timed batches per candidate, after one warm-up: the median counts
 
 
 class ImageEncoder(Protocol):
@@ -91,7 +105,7 @@ class OnnxImageEncoder:
         settings = json.loads((folder / "settings.json").read_text())
         graph = settings["auto"] if precision == "auto" else precision
         try:
-            import onnxruntime
+            onnxruntime = textencoder.import_onnxruntime()
         except ImportError:
             raise ImageEncoderUnavailable("onnxruntime is not installed") from None
         if not (folder / f"image.{graph}.onnx").is_file():
@@ -146,41 +160,90 @@ def probe_pixels(prep: Preprocess, count: int = 24) -> np.ndarray:
     return out
 
 
-def export(encoder: Encoder) -> Path:
-    """Export `encoder`'s image tower (fp32, on the CPU) to the cache, with int8 when it agrees; returns the folder.
+def export(encoder: Encoder, features: frozenset[str] | None = None) -> Path:
+    """Export `encoder`'s image tower (fp32, on the CPU) to the cache, with int8 when it agrees, in this process,
+    and record the fastest path on this processor (`features`: cpu.cpu_features() by default); returns the folder.
 
-    Needs torch, transformers, onnx and onnxruntime.
+    Needs torch, transformers, onnx and onnxruntime. The first index run does the same in child processes.
     """
-    return textencoder.export_into_cache(export_dir(encoder.model_id), encoder.model_id,
-                                         lambda work: _export_into(encoder, work), ImageEncoderUnavailable)
+    def write(work: Path) -> dict[str, Any]:
+        write_torch_half(encoder, work, features)
+        return finish(work, encoder.model_id, features)
+
+    return textencoder.export_into_cache(export_dir(encoder.model_id), encoder.model_id, write,
+                                         ImageEncoderUnavailable)
 
 
-def _export_into(encoder: Encoder, work: Path) -> dict[str, Any]:
-    """Write both graphs and the settings (with the agreement figures) into `work`; returns the settings."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    _export_graph(encoder, work / "image.fp32.onnx")
-    quantize_dynamic(work / "image.fp32.onnx", work / "image.int8.onnx", weight_type=QuantType.QInt8)
+def write_torch_half(encoder: Encoder, work: Path, features: frozenset[str] | None = None) -> None:
+    """The half of an export that needs torch: the raw graph with its weights, the settings and the torch model's
+    vectors of the probe pictures (reference.npy); on a processor with bf16 hardware also how well bf16 autocast
+    agrees with fp32 and how fast it is."""
+    features = cpu.cpu_features() if features is None else features
+    _export_graph(encoder, work / "image.raw.onnx")
     prep = encoder.preprocess
+    probes = probe_pixels(prep)
+    reference = encoder.embed_pixels(probes)
+    np.save(work / "reference.npy", reference)
     settings: dict[str, Any] = {
         "model": encoder.model_id, "format": EXPORT_FORMAT, "dim": encoder.dim, "auto": "fp32",
         "preprocess": [prep.shortest_edge, prep.crop_height, prep.crop_width, prep.resample],
     }
+    if cpu.native_bf16(features):
+        previous, encoder.precision = encoder.precision, "bf16"
+        try:
+            settings["bf16_min_cosine"] = _min_cosine(encoder.embed_pixels(probes), reference)
+            if settings["bf16_min_cosine"] >= MIN_AGREEMENT:
+                settings["speed"] = {"bf16": images_per_second(encoder, probes)}
+        finally:
+            encoder.precision = previous
     textencoder.write_json_atomically(work / "settings.json", settings)
-    probes = probe_pixels(prep)
-    reference = encoder.embed_pixels(probes)
+
+
+def finish(work: Path, model_id: str, features: frozenset[str] | None = None,
+           notify: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
+    """The half without torch: fold and quantise the raw graph, measure how well each graph agrees with the model
+    and how fast each one that agrees is, and record the fastest path; returns the settings."""
+    features = cpu.cpu_features() if features is None else features
+    settings = json.loads((work / "settings.json").read_text())
+    textencoder.fold_and_quantise(work, "image")
+    notify("checking and timing...")
+    reference = np.load(work / "reference.npy")
+    probes = probe_pixels(Preprocess(*settings["preprocess"]))
+    speed = settings.pop("speed", {})
     for graph in ("fp32", "int8"):
-        exported = OnnxImageEncoder.open(work, encoder.model_id, graph, keep_optimised=False)
-        settings[f"{graph}_min_cosine"] = float(np.min(np.sum(exported.embed_pixels(probes) * reference, axis=1)))
+        exported = OnnxImageEncoder.open(work, model_id, graph, keep_optimised=False)
+        settings[f"{graph}_min_cosine"] = _min_cosine(exported.embed_pixels(probes), reference)
+        if settings[f"{graph}_min_cosine"] >= MIN_AGREEMENT:
+            speed[graph] = images_per_second(exported, probes)
+        del exported  # one session at a time
+    (work / "reference.npy").unlink()
     if settings["fp32_min_cosine"] < MIN_AGREEMENT:
         raise ImageEncoderUnavailable(
             f"the exported graph disagrees with the model (cosine {settings['fp32_min_cosine']:.4f})")
-    settings["auto"] = "int8" if settings["int8_min_cosine"] >= MIN_AGREEMENT else "fp32"
+    settings["speed"] = {path: round(value, 2) for path, value in speed.items()}
+    settings["fastest"] = cpu.fastest(speed, features)
+    settings["auto"] = cpu.fastest(speed, features, graphs_only=True)  # what `auto` opens when bf16 cannot run
     return settings
 
 
+def _min_cosine(vectors: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.min(np.sum(vectors * reference, axis=1)))
+
+
+def images_per_second(encoder: ImageEncoder, probes: np.ndarray) -> float:
+    """The median rate of TIMED_RUNS batches of TIMED_PROBES probe pictures, after a warm-up batch."""
+    batch = probes[:TIMED_PROBES]
+    encoder.embed_pixels(batch)
+    times = []
+    for _ in range(TIMED_RUNS):
+        started = time.perf_counter()
+        encoder.embed_pixels(batch)
+        times.append(time.perf_counter() - started)
+    return len(batch) / statistics.median(times)
+
+
 def _export_graph(encoder: Encoder, target: Path) -> None:
-    """torch.onnx (the TorchScript exporter) of uint8 NHWC pixels -> get_image_features(...).pooler_output."""
+    """The raw graph (textencoder.export_module) of uint8 NHWC pixels -> get_image_features(...).pooler_output."""
     import torch
 
     model, mean, std = encoder._model, encoder._mean.float().cpu(), encoder._std.float().cpu()
@@ -195,11 +258,8 @@ def _export_graph(encoder: Encoder, target: Path) -> None:
             return self.model.get_image_features(pixel_values=batch).pooler_output
 
     sample = torch.from_numpy(probe_pixels(encoder.preprocess, 2))
-    with torch.inference_mode(False), torch.no_grad():
-        torch.onnx.export(ImageTower().eval(), (sample,), str(target), input_names=["pixels"],
-                          output_names=["image_embeds"],
-                          dynamic_axes={"pixels": {0: "batch"}, "image_embeds": {0: "batch"}},
-                          opset_version=18, dynamo=False)
+    textencoder.export_module(ImageTower().eval(), (sample,), target, ["pixels"], "image_embeds",
+                              {"pixels": {0: "batch"}, "image_embeds": {0: "batch"}})
 
 
 def accelerator_possible() -> bool:
@@ -215,73 +275,86 @@ def accelerator_possible() -> bool:
     return os.path.exists("/proc/driver/nvidia/version") or os.path.exists("/dev/kfd")
 
 
-def native_bf16() -> bool:
-    """Whether this processor computes bfloat16 in hardware (AVX-512 BF16 or AMX), where bf16 beats fp32."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
-
-
 def load_image_encoder(model_id: str, device: str | None = None, precision: str = "auto",
-                       notify: Callable[[str], None] = lambda message: None) -> ImageEncoder:
+                       notify: Callable[[str], None] = lambda message: None,
+                       features: frozenset[str] | None = None) -> ImageEncoder:
     """The fastest encoder for indexing with `model_id` on `device` at `precision` (see ImagePrecision).
 
-    GPUs run the torch model in half precision (fp32 if asked). On a CPU, `auto`
-    and `int8`/`fp32` use the exported ONNX graph (exporting it on first use), `bf16`
-    the torch model under bfloat16 autocast; `auto` takes int8 where it agrees with
-    the model, else bf16 on processors with bf16 hardware, else fp32.
+    GPUs run the torch model in half precision (fp32 if asked). On a CPU, `int8`/`fp32`
+    use the exported ONNX graph (prepared on first use), `bf16` the torch model under
+    bfloat16 autocast, and `auto` the path the export measured fastest (`features`, the
+    processor's flags, decide only whether a bf16 record can be used: cpu.cpu_features()
+    by default). `notify` gets one line saying which path runs ("Image encoder: ...").
     """
     precision = ImagePrecision(precision).value
+    features = cpu.cpu_features() if features is None else features
     if device is None and accelerator_possible():
         device = pick_device(None)
     if device not in (None, "cpu"):
         return Encoder.load(model_id, device, precision)
     if precision == "bf16":
+        notify("Image encoder: torch bf16 (--precision bf16).")
         return Encoder.load(model_id, "cpu", "bf16")
-    folder = export_dir(model_id)
-    if folder is None or not (folder / "settings.json").exists():
-        model = Encoder.load(model_id, "cpu")  # also fetches the weights of a Hub model not yet on disk
-        try:
-            notify("Preparing the image encoder for this model (once)...")
-            export(model)
-        except ImageEncoderUnavailable as exc:
-            notify(f"Using torch for the image encoder ({exc}).")
-            model.precision = _torch_precision(precision)
-            return model
-        _prepare_text_encoder(model, notify)
-        folder = export_dir(model_id)
-    if precision == "auto" and folder is not None and native_bf16() and _exported_auto(folder) != "int8":
-        return Encoder.load(model_id, "cpu", "bf16")  # int8 disagreed: bf16 hardware beats the fp32 graph
     try:
-        return OnnxImageEncoder.load(model_id, precision)
+        folder = _prepared_folder(model_id, notify)
+        path, why = choose_path(json.loads((folder / "settings.json").read_text()), precision, features)
+        if path == "bf16":
+            notify(f"Image encoder: torch bf16 ({why}).")
+            return Encoder.load(model_id, "cpu", "bf16")
+        encoder = OnnxImageEncoder.open(folder, model_id, path)
     except ImageEncoderUnavailable as exc:
         notify(f"Using torch for the image encoder ({exc}).")
-        return Encoder.load(model_id, "cpu", _torch_precision(precision))
+        return Encoder.load(model_id, "cpu", "fp32")
+    notify(f"Image encoder: onnx {path} ({why}).")
+    return encoder
 
 
-def _exported_auto(folder: Path) -> str | None:
-    try:
-        return str(json.loads((folder / "settings.json").read_text())["auto"])
-    except (OSError, ValueError, KeyError):
-        return None
+def choose_path(settings: dict[str, Any], precision: str, features: frozenset[str]) -> tuple[str, str]:
+    """The path (int8, fp32 or bf16) that `precision` takes with an export's `settings` on a processor with
+    `features`, and why, in words. `auto` takes the record of the fastest; an export without one (made by an
+    older version) keeps its graph: never bf16 on a guess, nor on a record made on another processor."""
+    if precision != "auto":
+        return precision, f"--precision {precision}"
+    speed = settings.get("speed")
+    if not speed:
+        return str(settings["auto"]), "chosen when prepared: agrees with the model; speed not measured"
+    path = cpu.fastest(speed, features)
+    rates = ", ".join(f"{name} {rate:.0f}" for name, rate in sorted(speed.items(), key=lambda item: -item[1]))
+    return path, f"measured fastest, images/s: {rates}"
 
 
-def _torch_precision(precision: str) -> str:
-    return "bf16" if precision == "auto" and native_bf16() else "fp32"
+def describe(model_id: str, precision: str = "auto", features: frozenset[str] | None = None) -> str:
+    """Which path `index` on a CPU would take for `model_id`, in words, without loading anything
+    ("onnx int8 (measured fastest, images/s: int8 41, fp32 30)"); for `info`."""
+    folder = export_dir(model_id)
+    if folder is None or not (folder / "settings.json").exists():
+        failed = folder is not None and textencoder.failure_marker(folder).exists()
+        return "torch fp32 (the ONNX export failed)" if failed else "not prepared yet (the next index run prepares it)"
+    path, why = choose_path(json.loads((folder / "settings.json").read_text()), ImagePrecision(precision).value,
+                            cpu.cpu_features() if features is None else features)
+    return f"{'torch' if path == 'bf16' else 'onnx'} {path} ({why})"
 
 
-def _prepare_text_encoder(model: Encoder, notify: Callable[[str], None]) -> None:
-    """While the torch model is loaded anyway, export its text tower too, so the first `find` is fast."""
-    folder = textencoder.export_dir(model.model_id)
-    if folder is None or (folder / "settings.json").exists():
-        return
-    try:
-        textencoder.export(model)
-    except textencoder.TextEncoderUnavailable as exc:
-        notify(f"The text encoder could not be prepared ({exc}); find will use torch.")
+def _prepared_folder(model_id: str, notify: Callable[[str], None]) -> Path:
+    """The folder of the model's exported image tower, prepared now in child processes if it is not there yet
+    (the text tower comes along); ImageEncoderUnavailable if it cannot be."""
+    from . import prepare
+
+    folder = export_dir(model_id)
+    if folder is None:  # a Hub model whose weights are not on this machine yet
+        prepare.run_step("fetch", "image", model_id, None, notify)
+        folder = export_dir(model_id)
+    if folder is not None and (folder / "settings.json").exists():
+        return folder
+    folder = textencoder.export_into_cache(folder, model_id, lambda work: prepare.prepare("image", model_id, work,
+                                                                                          notify),
+                                           ImageEncoderUnavailable)
+    text_folder = textencoder.export_dir(model_id)
+    if text_folder is not None and not (text_folder / "settings.json").exists():
+        try:
+            textencoder.export_into_cache(text_folder, model_id,
+                                          lambda work: prepare.prepare("text", model_id, work, notify),
+                                          textencoder.TextEncoderUnavailable)
+        except textencoder.TextEncoderUnavailable as exc:
+            notify(f"The text encoder could not be prepared ({exc}); find will use torch.")
+    return folder

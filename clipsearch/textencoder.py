@@ -11,6 +11,14 @@ few hundred milliseconds and imports neither torch nor transformers.
 The cache is keyed by the model id and a hash of its weight files, found on
 disk without importing transformers (a local folder, or the Hugging Face
 cache's layout), so retrained or updated weights get a new export.
+
+Exporting is split in two halves that can run in separate processes (prepare.py):
+the torch half writes the graph with its weights streamed to a file beside it,
+never held as whole in-memory copies (the exporter's own way needs four copies:
+1.8 GB for ViT-B/32's image tower); the onnxruntime half folds, quantises and
+checks it without torch. onnxruntime is always imported with its telemetry off
+(`import_onnxruntime`): it would otherwise write a device id and an event
+database under ~/.cache/Microsoft.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from .errors import ClipsearchError
 
 if TYPE_CHECKING:
     from .encoder import Encoder
@@ -61,6 +71,23 @@ AGREEMENT_PROMPTS = (
 
 class TextEncoderUnavailable(Exception):
     """The fast text encoder cannot be used here; the caller falls back to torch. The message says why."""
+
+
+class ExportFailed(Exception):
+    """An export step failed in a child process; the message names the original error ("RuntimeError: ...")."""
+
+
+def import_onnxruntime() -> Any:
+    """onnxruntime, with its telemetry off: no device id or event database under ~/.cache/Microsoft.
+
+    ORT_DISABLE_TELEMETRY must be set before the first import (disable_telemetry_events()
+    alone does not stop the files being written on Linux); ImportError if it is not installed.
+    """
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime
+
+    onnxruntime.disable_telemetry_events()
+    return onnxruntime
 
 
 def cache_root() -> Path:
@@ -173,7 +200,7 @@ class OnnxTextEncoder:
         settings = json.loads((folder / "settings.json").read_text())
         graph = settings["auto"] if precision == "auto" else precision
         try:
-            import onnxruntime
+            onnxruntime = import_onnxruntime()
             from tokenizers import Tokenizer
         except ImportError as exc:
             raise TextEncoderUnavailable(f"{exc.name or 'onnxruntime'} is not installed") from None
@@ -253,8 +280,11 @@ def export(encoder: Encoder) -> Path:
 
     Needs torch, transformers, onnx and onnxruntime.
     """
-    return export_into_cache(export_dir(encoder.model_id), encoder.model_id,
-                             lambda work: _export_into(encoder, work), TextEncoderUnavailable)
+    def write(work: Path) -> dict[str, Any]:
+        write_torch_half(encoder, work)
+        return finish(work, encoder.model_id)
+
+    return export_into_cache(export_dir(encoder.model_id), encoder.model_id, write, TextEncoderUnavailable)
 
 
 def export_into_cache(folder: Path | None, model_id: str, write: Callable[[Path], dict[str, Any]],
@@ -266,7 +296,8 @@ def export_into_cache(folder: Path | None, model_id: str, write: Callable[[Path]
         raise unavailable(f"the weights of {model_id} were not found on disk")
     try:
         import onnx  # noqa: F401  (fail before the slow export)
-        import onnxruntime  # noqa: F401
+
+        import_onnxruntime()
     except ImportError as exc:
         raise unavailable(f"{exc.name or 'onnxruntime'} is not installed") from None
     marker = failure_marker(folder)
@@ -286,10 +317,11 @@ def export_into_cache(folder: Path | None, model_id: str, write: Callable[[Path]
             if folder.exists():
                 shutil.rmtree(folder)
             os.replace(work, folder)
-        except unavailable:
+        except (unavailable, ClipsearchError):  # a reason of its own, or the model itself cannot load: not recorded
             raise
         except Exception as exc:  # noqa: BLE001 - a model the exporter cannot handle: never fail the command
-            reason = f"export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            detail = str(exc).splitlines()[0] if str(exc) else ""
+            reason = f"export failed: {detail if isinstance(exc, ExportFailed) else f'{type(exc).__name__}: {detail}'}"
             write_json_atomically(marker, {"reason": reason})  # so that later runs do not retry it every time
             raise unavailable(reason) from None
         finally:
@@ -303,22 +335,29 @@ def failure_marker(folder: Path) -> Path:
     return folder.with_name(folder.name + ".failed.json")
 
 
-def _export_into(encoder: Encoder, work: Path) -> dict[str, Any]:
-    """Write both graphs and the tokenizer into `work`; returns the settings (with the agreement figures)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    inputs = _export_graph(encoder, work / "text.fp32.onnx")
-    quantize_dynamic(work / "text.fp32.onnx", work / "text.int8.onnx", weight_type=QuantType.QInt8)
-    settings: dict[str, Any] = {
-        "model": encoder.model_id, "format": EXPORT_FORMAT, "inputs": inputs, **_tokenizer_settings(encoder),
-    }
+def write_torch_half(encoder: Encoder, work: Path) -> None:
+    """The half of an export that needs torch: the raw graph with its weights, the tokenizer, the settings and
+    the torch model's vectors of AGREEMENT_PROMPTS (reference.npy), all into `work`."""
+    inputs = _export_graph(encoder, work / "text.raw.onnx")
     (work / "tokenizer.json").write_text(_quick_loading(encoder._tokenizer.backend_tokenizer.to_str()))
-    write_json_atomically(work / "settings.json", {**settings, "auto": "fp32"})
-    reference = encoder.embed_texts(list(AGREEMENT_PROMPTS))
+    np.save(work / "reference.npy", encoder.embed_texts(list(AGREEMENT_PROMPTS)))
+    write_json_atomically(work / "settings.json", {
+        "model": encoder.model_id, "format": EXPORT_FORMAT, "inputs": inputs, **_tokenizer_settings(encoder),
+        "auto": "fp32",
+    })
+
+
+def finish(work: Path, model_id: str) -> dict[str, Any]:
+    """The half without torch: fold and quantise the raw graph, then measure how well each graph agrees with the
+    model; returns the settings."""
+    settings = json.loads((work / "settings.json").read_text())
+    fold_and_quantise(work, "text")
+    reference = np.load(work / "reference.npy")
     for graph in ("fp32", "int8"):
-        exported = OnnxTextEncoder.open(work, encoder.model_id, graph, keep_optimised=False)
+        exported = OnnxTextEncoder.open(work, model_id, graph, keep_optimised=False)
         vectors = exported.embed_texts(list(AGREEMENT_PROMPTS))
         settings[f"{graph}_min_cosine"] = float(np.min(np.sum(vectors * reference, axis=1)))
+    (work / "reference.npy").unlink()
     if settings["fp32_min_cosine"] < MIN_AGREEMENT:
         raise TextEncoderUnavailable(
             f"the exported graph disagrees with the model (cosine {settings['fp32_min_cosine']:.4f})")
@@ -347,7 +386,7 @@ def _tokenizer_settings(encoder: Encoder) -> dict[str, Any]:
 
 
 def _export_graph(encoder: Encoder, target: Path) -> list[str]:
-    """torch.onnx (the TorchScript exporter) of get_text_features(...).pooler_output; returns the input names."""
+    """The raw graph (export_module) of get_text_features(...).pooler_output; returns the input names."""
     import torch
 
     model = encoder._model
@@ -365,11 +404,70 @@ def _export_graph(encoder: Encoder, target: Path) -> list[str]:
                                 padding="max_length" if encoder._pad_to_max else True, truncation=True,
                                 max_length=encoder._max_text_tokens(), return_tensors="pt")
     axes = {name: {0: "batch", 1: "tokens"} for name in names}
-    with torch.inference_mode(False), torch.no_grad():
-        torch.onnx.export(TextTower().eval(), tuple(sample[n] for n in names), str(target), input_names=names,
-                          output_names=["text_embeds"], dynamic_axes={**axes, "text_embeds": {0: "batch"}},
-                          opset_version=18, dynamo=False)
+    export_module(TextTower().eval(), tuple(sample[n] for n in names), target, names, "text_embeds",
+                  {**axes, "text_embeds": {0: "batch"}})
     return names
+
+
+def export_module(module: Any, sample: tuple[Any, ...], target: Path, input_names: list[str], output_name: str,
+                  dynamic_axes: dict[str, dict[int, str]]) -> None:
+    """torch.onnx (the TorchScript exporter) of `module` into `target`, its weights written one at a time into a
+    file beside it (TARGET.weights) instead of being copied into the graph in memory.
+
+    The exporter's own way holds the weights four times at once (folded, in its protobuf, serialised,
+    as Python bytes); here the graph is exported without them (its parameters become inputs) and each
+    input is then turned into an initializer whose data lies in the file. The weights' transposes are left
+    unfolded: `fold_and_quantise` folds them with onnxruntime, in a process without torch.
+    """
+    import onnx
+    import torch
+
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(module, sample, str(target), input_names=input_names, output_names=[output_name],
+                          dynamic_axes=dynamic_axes, opset_version=18, dynamo=False, export_params=False,
+                          do_constant_folding=False)
+    graph = onnx.load(str(target))
+    tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    weights = target.with_suffix(".weights")
+    kept = []
+    with open(weights, "wb") as out:
+        for value in graph.graph.input:
+            if value.name in input_names:
+                kept.append(value)
+                continue
+            array = tensors[value.name].detach().cpu().contiguous().numpy()  # a view: no copy of the weights
+            initializer = onnx.TensorProto(name=value.name, dims=array.shape,
+                                           data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype))
+            initializer.data_location = onnx.TensorProto.EXTERNAL
+            for key, field in (("location", weights.name), ("offset", out.tell()), ("length", array.nbytes)):
+                entry = initializer.external_data.add()
+                entry.key, entry.value = key, str(field)
+            out.write(array.data)
+            graph.graph.initializer.append(initializer)
+    del graph.graph.input[:]
+    graph.graph.input.extend(kept)
+    onnx.save(graph, str(target))
+
+
+def fold_and_quantise(work: Path, tower: str) -> None:
+    """TOWER.raw.onnx (from export_module) -> TOWER.fp32.onnx, its weights' transposes folded by onnxruntime (basic
+    optimisations only, none specific to this processor) and kept in a file beside it, and TOWER.int8.onnx, its
+    dynamic int8 quantisation; the raw files are removed. Needs no torch."""
+    onnxruntime = import_onnxruntime()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    raw, fp32 = work / f"{tower}.raw.onnx", work / f"{tower}.fp32.onnx"
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(fp32)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                     f"{tower}.fp32.weights")
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    onnxruntime.InferenceSession(str(raw), options, providers=["CPUExecutionProvider"])
+    raw.unlink()
+    raw.with_suffix(".weights").unlink()
+    quantize_dynamic(fp32, work / f"{tower}.int8.onnx", weight_type=QuantType.QInt8)
 
 
 def write_json_atomically(path: Path, data: Any) -> None:

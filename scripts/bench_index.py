@@ -2,6 +2,7 @@
 
     python scripts/bench_index.py [--images 200] [--megapixels 12] [--device cpu|cuda] [--precision auto]
                                   [--repeat 3] [--photos FOLDER] [--model FOLDER]
+    python scripts/bench_index.py --precision auto,int8,fp32,bf16 [--repeat 1]   # a table, one process each
 
 Random weights cost exactly what trained ones do, so no download is needed.
 Prints one line per figure:
@@ -13,15 +14,19 @@ Prints one line per figure:
   median over --repeat runs on a fresh index, with its share of the lower ceiling. On a
   CPU both stages share the same cores, so the script also prints the bound of doing
   both on them, 1 / (1/decode + 1/model), and end-to-end's share of that.
+With a list of precisions it prints a table instead: for each, in a process of its own,
+the path `index` took, the end-to-end and model-only images/s, and the process's peak RSS.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -148,6 +153,45 @@ def model_rate(encoder: ImageEncoder, count: int, batch_size: int) -> float:
     return done / (time.perf_counter() - started)
 
 
+def end_to_end_rate(photos: list[Path], encoder: ImageEncoder, options: IndexOptions, repeat: int) -> list[float]:
+    """Images/s of `repeat` index runs of `photos` on a fresh index each time."""
+    rates = []
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory() as scratch:
+            with Store.open(Path(scratch) / "index.db") as store:
+                report = index_folders([photos[0].parent], store, encoder=encoder, options=options)
+            assert report.encoded == len(photos), report
+            rates.append(len(photos) / report.seconds)
+    return rates
+
+
+def precision_table(args: argparse.Namespace, precisions: list[str]) -> None:
+    """Run this script once per precision (--brief), each in a process of its own, and print a table with each
+    process's peak RSS."""
+    common = ["--images", str(args.images), "--megapixels", str(args.megapixels), "--batch-size",
+              str(args.batch_size), "--repeat", str(args.repeat)]
+    for flag, value in (("--device", args.device), ("--workers", args.workers), ("--model", args.model),
+                        ("--photos", args.photos)):
+        if value:
+            common += [flag, str(value)]
+    if not args.photos:  # made once here, so that no child's peak includes making them
+        camera_photos(CACHE / f"photos-{args.megapixels:g}mp", args.images, args.megapixels)
+    print(f"{'precision':10}{'path taken':44}{'index img/s':>12}{'model img/s':>12}{'peak RSS MB':>12}")
+    for precision in precisions:
+        child = subprocess.Popen([sys.executable, __file__, *common, "--precision", precision, "--brief"],
+                                 stdout=subprocess.PIPE, text=True)
+        assert child.stdout is not None
+        output = child.stdout.read()
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own peak, not the largest child's so far
+        code = os.waitstatus_to_exitcode(status)
+        if code != 0:
+            print(f"{precision:10}failed (exit {code})")
+            continue
+        result = json.loads(output.strip().splitlines()[-1])
+        print(f"{precision:10}{result['path'][:43]:44}{result['index']:12.1f}{result['model']:12.1f}"
+              f"{usage.ru_maxrss / 1024:12.0f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=200)
@@ -157,9 +201,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--model", default=None, help="Model id or folder [default: random ViT-B/32 shape].")
-    parser.add_argument("--precision", default="auto", choices=[p.value for p in ImagePrecision])
+    parser.add_argument("--precision", default="auto",
+                        help="One of auto, int8, fp32, bf16, or a comma-separated list of them for a table.")
     parser.add_argument("--photos", type=Path, default=None, help="Index these JPEGs instead of generated ones.")
+    parser.add_argument("--brief", action="store_true", help="Only the end-to-end and model rates, as one JSON line.")
     args = parser.parse_args()
+    precisions = args.precision.split(",")
+    for precision in precisions:
+        ImagePrecision(precision)  # ValueError names a wrong one
+    if len(precisions) > 1:
+        precision_table(args, precisions)
+        return
 
     model = args.model or str(vit_b32_model(CACHE / "vit-b32-random"))
     if args.photos:
@@ -169,8 +221,18 @@ def main() -> None:
     options = IndexOptions(batch_size=args.batch_size, precision=ImagePrecision(args.precision))
     if args.workers:
         options.workers = args.workers
-    encoder = load_image_encoder(model, args.device, args.precision, notify=print)
+    paths: list[str] = []
+    encoder = load_image_encoder(model, args.device, args.precision,
+                                 notify=lambda line: paths.append(line) if line.startswith("Image encoder") else None)
     kind = f"{type(encoder).__name__} {getattr(encoder, 'precision', '')}"
+    if args.brief:
+        model_only = model_rate(encoder, max(64, args.images // 2), options.batch_size)
+        rates = end_to_end_rate(photos, encoder, options, args.repeat)
+        path = paths[-1].removeprefix("Image encoder: ") if paths else kind
+        print(json.dumps({"path": path, "index": statistics.median(rates), "model": model_only}))
+        return
+    for line in paths:
+        print(line)
     mean_mb = statistics.mean(p.stat().st_size for p in photos) / 1e6
     print(f"setup: {len(photos)} JPEGs ({mean_mb:.1f} MB each), model {Path(model).name}, device {encoder.device} "
           f"({kind}), batch {options.batch_size}, {options.workers} decode threads, {os.cpu_count()} cores")
@@ -187,13 +249,7 @@ def main() -> None:
     model_only = model_rate(encoder, max(128, args.images), options.batch_size)
     print(f"model only: {model_only:.1f} images/s")
 
-    rates = []
-    for _ in range(args.repeat):
-        with tempfile.TemporaryDirectory() as scratch:
-            with Store.open(Path(scratch) / "index.db") as store:
-                report = index_folders([photos[0].parent], store, encoder=encoder, options=options)
-            assert report.encoded == len(photos), report
-            rates.append(len(photos) / report.seconds)
+    rates = end_to_end_rate(photos, encoder, options, args.repeat)
     end_to_end = statistics.median(rates)
     lower = min(decode, model_only)
     print(f"index end to end: {end_to_end:.1f} images/s (median of {len(rates)}: "
@@ -204,4 +260,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

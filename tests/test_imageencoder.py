@@ -1,4 +1,5 @@
-"""Index precision and the torch-free image path: ONNX export, int8/bf16 agreement, fallbacks, fingerprints."""
+"""Index precision and the torch-free image path: ONNX export, int8/bf16 agreement, the measured choice of path
+(on made-up processors, never the host's flags), first-run preparation in child processes, fallbacks, fingerprints."""
 
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from clipsearch import fingerprint, imageencoder, images, search, textencoder
-from clipsearch.encoder import Encoder
+from clipsearch import cpu, fingerprint, imageencoder, images, prepare, search, textencoder
+from clipsearch.encoder import Encoder, ModelError
 from clipsearch.imageencoder import OnnxImageEncoder, load_image_encoder, probe_pixels
 from clipsearch.indexer import IndexOptions, index_folders
 from clipsearch.options import ImagePrecision
@@ -24,6 +26,8 @@ from .conftest import REPO, TINY_MODEL
 
 pytest.importorskip("onnxruntime")
 
+AVX2 = frozenset({"sse4_2", "avx2", "fma"})
+BF16 = AVX2 | {"avx512f", "avx512_bf16", "amx_bf16"}
 QUERIES = ["a red circle", "a blue square", "a yellow star", "a green triangle", "a purple hexagon", "a white heart"]
 
 
@@ -63,44 +67,138 @@ def test_bf16_autocast_agrees_with_fp32(encoder, scene_library):
 
 @pytest.mark.parametrize("precision", ["bf16", "int8"])
 def test_each_precision_gives_the_same_top_results(tmp_path, scene_library, encoder, precision):
-    """The tiny model's top-5 for each query holds the same photos at fp32 and at `precision` (in an order that may
-    differ among near-equal scores: five blue squares score alike)."""
+    """Each photo in the tiny model's top-5 at `precision` is one that fp32 ranks there too, or ties with fp32's
+    fifth within 0.005 (five blue squares score alike at fp32, 0.4765 and 0.4762 fifth and sixth, so either may
+    take fifth place)."""
     folder = scene_library[0][0].parent
     tops = {}
     for name in ("fp32", precision):
         with Store.open(tmp_path / f"{name}.db") as store:
             index_folders([folder], store, TINY_MODEL, "cpu", IndexOptions(precision=ImagePrecision(name)))
-            tops[name] = [{hit.path for hit in search.find(query, store, lambda: encoder, top=5)} for query in QUERIES]
-    assert tops[precision] == tops["fp32"]
+            tops[name] = [{hit.path: hit.score for hit in search.find(query, store, lambda: encoder, top=20)}
+                          for query in QUERIES]
+    for query, at_fp32, at_precision in zip(QUERIES, tops["fp32"], tops[precision]):
+        fifth = sorted(at_fp32.values(), reverse=True)[4]
+        for path in list(at_precision)[:5]:
+            assert at_fp32.get(path, -1.0) >= fifth - 0.005, (query, path)
 
 
-def test_cpu_index_loads_the_onnx_graph_and_falls_back_to_torch(monkeypatch):
+def test_the_processor_flags_are_read_or_injected(monkeypatch):
+    monkeypatch.setenv("CLIPSEARCH_CPU_FLAGS", "avx2, avx512_bf16 fma")
+    assert cpu.cpu_features() == {"avx2", "avx512_bf16", "fma"} and cpu.native_bf16(cpu.cpu_features())
+    monkeypatch.setenv("CLIPSEARCH_CPU_FLAGS", "")
+    assert cpu.cpu_features() == frozenset() and not cpu.native_bf16(cpu.cpu_features())
+    monkeypatch.delenv("CLIPSEARCH_CPU_FLAGS")
+    assert isinstance(cpu.cpu_features(), frozenset)  # this host's, whatever they are: no test depends on them
+
+
+@pytest.mark.parametrize("features", [AVX2, BF16], ids=["avx2", "bf16-hardware"])
+def test_the_fastest_measured_path_wins_and_bf16_only_on_bf16_hardware(features):
+    assert cpu.fastest({"int8": 41.0, "fp32": 30.0, "bf16": 12.0}, features) == "int8"
+    assert cpu.fastest({"fp32": 30.0, "int8": 22.0}, features) == "fp32"  # int8 is not faster everywhere
+    bf16_fastest = {"int8": 20.0, "fp32": 15.0, "bf16": 60.0}
+    assert cpu.fastest(bf16_fastest, features) == ("bf16" if features == BF16 else "int8")
+    assert cpu.fastest(bf16_fastest, features, graphs_only=True) == "int8"
+    assert cpu.fastest({}, features) == "fp32"
+
+
+def prepared_copy(tmp_path, monkeypatch, **changes) -> Path:
+    """The tiny model's exported image tower in a cache of its own, its settings changed by `changes`
+    (None removes a key, as in an export made before speeds were recorded)."""
+    exported = imageencoder.export_dir(TINY_MODEL)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = imageencoder.export_dir(TINY_MODEL)
+    shutil.copytree(exported, folder)
+    settings = json.loads((folder / "settings.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            settings.pop(key, None)
+        else:
+            settings[key] = value
+    (folder / "settings.json").write_text(json.dumps(settings))
+    return folder
+
+
+@pytest.mark.parametrize("features", [AVX2, BF16], ids=["avx2", "bf16-hardware"])
+def test_auto_takes_the_recorded_fastest_path(tmp_path, monkeypatch, features):
+    """What `auto` loads follows the record; bf16 torch only where it was measured fastest and the processor has
+    bf16 hardware. (Before: a processor with bf16 flags got torch bf16 wherever int8 disagreed, unmeasured.)"""
+    graph = json.loads((imageencoder.export_dir(TINY_MODEL) / "settings.json").read_text())["auto"]
+    prepared_copy(tmp_path, monkeypatch, speed={graph: 500.0, "bf16": 900.0}, fastest="bf16")
     notices: list[str] = []
-    chosen = load_image_encoder(TINY_MODEL, "cpu", "auto", notices.append)
-    assert isinstance(chosen, OnnxImageEncoder) and not notices
-    assert isinstance(load_image_encoder(TINY_MODEL, "cpu", "bf16"), Encoder)
+    chosen = load_image_encoder(TINY_MODEL, "cpu", "auto", notices.append, features=features)
+    if features == BF16:
+        assert isinstance(chosen, Encoder) and chosen.precision == "bf16"
+        assert notices == [f"Image encoder: torch bf16 (measured fastest, images/s: bf16 900, {graph} 500)."]
+    else:  # a record made on another processor: the fastest graph
+        assert isinstance(chosen, OnnxImageEncoder) and chosen.precision == graph
+        assert notices == [f"Image encoder: onnx {graph} (measured fastest, images/s: bf16 900, {graph} 500)."]
+    assert imageencoder.describe(TINY_MODEL, features=features).startswith(
+        "torch bf16 (measured" if features == BF16 else f"onnx {graph} (measured")
 
-    # A processor with bf16 hardware: auto takes bf16 autocast where the int8 graph disagreed with the model.
-    monkeypatch.setattr(imageencoder, "native_bf16", lambda: True)
-    exported_auto = json.loads((imageencoder.export_dir(TINY_MODEL) / "settings.json").read_text())["auto"]
-    on_bf16_hardware = load_image_encoder(TINY_MODEL, "cpu", "auto")
-    if exported_auto == "int8":
-        assert isinstance(on_bf16_hardware, OnnxImageEncoder) and on_bf16_hardware.precision == "int8"
-    else:
-        assert isinstance(on_bf16_hardware, Encoder) and on_bf16_hardware.precision == "bf16"
-    assert isinstance(load_image_encoder(TINY_MODEL, "cpu", "fp32"), OnnxImageEncoder)
+    prepared_copy(tmp_path / "2", monkeypatch, speed={graph: 500.0, "bf16": 100.0}, fastest=graph)
+    assert isinstance(load_image_encoder(TINY_MODEL, "cpu", "auto", features=features), OnnxImageEncoder)
+    explicit: list[str] = []
+    fp32 = load_image_encoder(TINY_MODEL, "cpu", "fp32", explicit.append, features=features)
+    assert isinstance(fp32, OnnxImageEncoder) and explicit == ["Image encoder: onnx fp32 (--precision fp32)."]
 
-    monkeypatch.setattr(imageencoder, "native_bf16", lambda: False)
+
+@pytest.mark.parametrize("features", [AVX2, BF16], ids=["avx2", "bf16-hardware"])
+def test_an_export_without_a_speed_record_keeps_its_graph_and_never_guesses_bf16(tmp_path, monkeypatch, features):
+    """settings.json written before speeds were measured: `auto` opens its graph, in this process, without torch."""
+    folder = prepared_copy(tmp_path, monkeypatch, speed=None, fastest=None)
+    graph = json.loads((folder / "settings.json").read_text())["auto"]
+    script = textwrap.dedent(f"""
+        import sys
+        from clipsearch.imageencoder import load_image_encoder, probe_pixels
+        notes = []
+        flags = frozenset({sorted(features)!r})
+        chosen = load_image_encoder({TINY_MODEL!r}, "cpu", "auto", notes.append, features=flags)
+        chosen.embed_pixels(probe_pixels(chosen.preprocess, 2))
+        print(type(chosen).__name__, chosen.precision, "torch" in sys.modules, notes)
+    """)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split(maxsplit=3)[:3] == ["OnnxImageEncoder", graph, "False"]
+    assert "speed not measured" in out.stdout
+
+
+def test_without_onnxruntime_index_falls_back_to_torch_fp32_even_on_bf16_hardware(monkeypatch):
+    notices: list[str] = []
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
-    fallback = load_image_encoder(TINY_MODEL, "cpu", "auto", notices.append)
-    assert isinstance(fallback, Encoder) and fallback.precision in ("fp32", "bf16")
+    fallback = load_image_encoder(TINY_MODEL, "cpu", "auto", notices.append, features=BF16)
+    assert isinstance(fallback, Encoder) and fallback.precision == "fp32"
     assert notices == ["Using torch for the image encoder (onnxruntime is not installed)."]
+    assert isinstance(load_image_encoder(TINY_MODEL, "cpu", "bf16", features=AVX2), Encoder)
 
 
-def test_first_index_exports_once_then_runs_without_torch(tmp_path, small_library):
-    """A fresh cache: the first run prepares both encoders with a notice; the next imports no torch at all."""
+def test_the_export_times_the_paths_that_agree(tmp_path, monkeypatch, encoder):
+    """On bf16 hardware (made up here, so bf16 is emulated and slow) bf16 is timed too; elsewhere it is not.
+    Each agreeing graph gets a rate, and the fastest of them is recorded."""
+    shared = json.loads((imageencoder.export_dir(TINY_MODEL) / "settings.json").read_text())
+    agreeing = {graph for graph in ("fp32", "int8") if shared[f"{graph}_min_cosine"] >= 0.999}
+    assert set(shared["speed"]) == agreeing | ({"bf16"} if "bf16" in shared["speed"] else set())
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    settings = json.loads((imageencoder.export(encoder, features=BF16) / "settings.json").read_text())
+    assert settings["bf16_min_cosine"] >= 0.999
+    assert set(settings["speed"]) == agreeing | {"bf16"} and min(settings["speed"].values()) > 0
+    assert settings["fastest"] == max(settings["speed"], key=settings["speed"].get)
+    graphs = {graph: rate for graph, rate in settings["speed"].items() if graph != "bf16"}
+    assert settings["auto"] == max(graphs, key=graphs.get)
+    assert sorted(p.name for p in settings_folder(tmp_path).iterdir()) == [
+        "image.fp32.onnx", "image.fp32.weights", "image.int8.onnx", "settings.json"]
+
+
+def settings_folder(tmp_path) -> Path:
+    return next((tmp_path / "cache" / "clipsearch" / "image-encoders").glob("*tiny-clip*"))
+
+
+@pytest.mark.parametrize("flags", ["sse4_2 avx2", "avx2 avx512_bf16 amx_bf16"])
+def test_first_index_prepares_in_child_processes_and_never_imports_torch(tmp_path, small_library, flags):
+    """A fresh cache: the first run prepares both encoders in child processes, saying each step, and the index
+    process imports no torch, then or on the next run, on a processor with bf16 hardware (made up) or without."""
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "XDG_DATA_HOME": str(tmp_path / "data"),
-           "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": str(REPO), "CLIPSEARCH_CPU_FLAGS": flags}
     script = textwrap.dedent(f"""
         import sys
         from clipsearch import Library
@@ -114,13 +212,19 @@ def test_first_index_exports_once_then_runs_without_torch(tmp_path, small_librar
     """)
     first = subprocess.run([sys.executable, "-c", script, str(small_library)], env=env, capture_output=True,
                            text=True, check=True).stdout.strip().split(maxsplit=2)
-    assert first[:2] == ["12", "True"] and "Preparing the image encoder" in first[2]
-    assert list((tmp_path / "cache" / "clipsearch" / "text-encoders").iterdir())  # the text tower came along
+    assert first[:2] == ["12", "False"]
+    for step in ("image encoder (once): exporting", "image encoder (once): quantising",
+                 "image encoder (once): checking and timing", "text encoder (once): exporting", "Image encoder: onnx"):
+        assert step in first[2]
+    assert list((tmp_path / "cache" / "clipsearch" / "text-encoders").glob("*/text.int8.onnx"))  # came along
+    settings = json.loads(next((tmp_path / "cache" / "clipsearch" / "image-encoders").glob("*/settings.json"))
+                          .read_text())
+    assert ("bf16" in settings["speed"]) == ("avx512_bf16" in flags)
     (small_library / "new.png").write_bytes((small_library / sorted(os.listdir(small_library))[0]).read_bytes())
     Image.new("RGB", (300, 200), (200, 30, 30)).save(small_library / "red.png")
     second = subprocess.run([sys.executable, "-c", script, str(small_library)], env=env, capture_output=True,
                             text=True, check=True).stdout.strip().split(maxsplit=2)
-    assert second == ["1", "False", "[]"]
+    assert second[:2] == ["1", "False"] and "Image encoder: onnx" in second[2]
 
 
 def test_index_precision_option(cli, small_library, tmp_path):
@@ -182,6 +286,7 @@ def test_an_image_tower_the_exporter_cannot_handle_falls_back_to_torch_once(monk
         raise RuntimeError("Unsupported: an operator this exporter does not know")
 
     monkeypatch.setattr(imageencoder, "_export_graph", broken_export)
+    monkeypatch.setattr(prepare, "run_step", prepare.step)  # the steps in this process, where the patch applies
     notes: list[str] = []
 
     class Notes(Progress):
@@ -195,3 +300,13 @@ def test_an_image_tower_the_exporter_cannot_handle_falls_back_to_torch_once(monk
         assert ("to try again" in notes[-1]) == (run == 1)
     assert len(calls) == 1
     assert textencoder.failure_marker(imageencoder.export_dir(TINY_MODEL)).exists()
+
+
+def test_a_failing_preparation_step_is_reported_from_its_child_process(tmp_path):
+    notes: list[str] = []
+    with pytest.raises(ModelError, match="does not exist or is not a complete model"):
+        prepare.run_step("fetch", "image", str(tmp_path / "no-model-here"), None, notes.append)
+    (tmp_path / "work").mkdir()
+    with pytest.raises(textencoder.ExportFailed, match=r"FileNotFoundError: .*settings\.json"):
+        prepare.run_step("finish", "image", TINY_MODEL, tmp_path / "work", notes.append)
+    assert notes == ["Preparing the image encoder (once): quantising..."]

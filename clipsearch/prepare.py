@@ -1,0 +1,138 @@
+"""A model's first run: its encoders prepared in child processes, one tower and one step at a time.
+
+Exporting both towers in the index process took 2.4 GB for ViT-B/32 (torch, the
+model, the exporter's copies of the weights and the quantiser's all at once), and
+left torch loaded for the rest of the run. Here each step runs in a child that
+exits when it is done, which returns all of its memory:
+
+    fetch   load the model once, which downloads a Hub model's weights
+    torch   load the model and write one tower's raw graph and reference vectors (0.9 GB)
+    finish  fold, quantise, check and time that tower's graphs, without torch
+
+The index process itself never imports torch. Each child reports its notices and
+its outcome as JSON lines on stdout:
+
+    python -m clipsearch.prepare fetch|torch|finish image|text MODEL [WORK]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from . import textencoder
+from .encoder import ModelError
+
+PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+STEP_WORDS = {"torch": "exporting", "finish": "quantising"}
+
+
+def prepare(tower: str, model_id: str, work: Path, notify: Callable[[str], None]) -> dict[str, Any]:
+    """Export `tower` of `model_id` into `work` (the torch step, then the finish step); returns its settings."""
+    run_step("torch", tower, model_id, work, notify)
+    run_step("finish", tower, model_id, work, notify)
+    return dict(json.loads((work / "settings.json").read_text()))
+
+
+def run_step(name: str, tower: str, model_id: str, work: Path | None, notify: Callable[[str], None]) -> None:
+    """Run one step in a child process, passing its notices to `notify`, and raise what it raised: ModelError,
+    the tower's ...Unavailable, or textencoder.ExportFailed for anything else (which the caller records)."""
+    if name in STEP_WORDS:
+        notify(f"Preparing the {tower} encoder (once): {STEP_WORDS[name]}...")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_PARENT, os.environ.get("PYTHONPATH")]))}
+    outcome: dict[str, str] = {}
+    with tempfile.TemporaryFile("w+") as errors:
+        child = subprocess.Popen([sys.executable, "-m", "clipsearch.prepare", name, tower, model_id, str(work or "")],
+                                 stdout=subprocess.PIPE, stderr=errors, stdin=subprocess.DEVNULL, text=True, env=env)
+        assert child.stdout is not None
+        for line in child.stdout:
+            message = _message(line)
+            if "notice" in message:
+                notify(f"Preparing the {tower} encoder (once): {message['notice']}")
+            elif "error" in message:
+                outcome = message
+        code = child.wait()
+        errors.seek(0)
+        last_error_line = (errors.read().strip().splitlines() or [""])[-1]
+    if code == 0:
+        return
+    if code == -signal.SIGINT:
+        raise KeyboardInterrupt
+    if not outcome:
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+        raise textencoder.ExportFailed(f"the {name} step {how} ({last_error_line or 'no message'})")
+    kind, text = outcome["error"], outcome["message"]
+    if kind == "ModelError":
+        raise ModelError(text)
+    if kind.endswith("Unavailable"):
+        raise _unavailable(tower)(text)
+    raise textencoder.ExportFailed(f"{kind}: {text}")
+
+
+def _message(line: str) -> dict[str, str]:
+    """A JSON line of ours, or {} for anything else a library printed on stdout."""
+    if not line.startswith('{"clipsearch"'):
+        return {}
+    try:
+        return dict(json.loads(line))
+    except ValueError:
+        return {}
+
+
+def _unavailable(tower: str) -> type[Exception]:
+    from .imageencoder import ImageEncoderUnavailable
+
+    return ImageEncoderUnavailable if tower == "image" else textencoder.TextEncoderUnavailable
+
+
+def step(name: str, tower: str, model_id: str, work: Path | None, notify: Callable[[str], None]) -> None:
+    """Do one step in this process (the child's work; tests may call it directly)."""
+    from . import imageencoder
+
+    if name == "finish":
+        assert work is not None
+        if tower == "image":
+            settings = imageencoder.finish(work, model_id, notify=notify)
+        else:
+            settings = textencoder.finish(work, model_id)
+        textencoder.write_json_atomically(work / "settings.json", settings)
+        return
+    from .encoder import Encoder
+
+    model = Encoder.load(model_id, "cpu")  # also downloads a Hub model's weights
+    if name == "torch":
+        assert work is not None
+        if tower == "image":
+            imageencoder.write_torch_half(model, work)
+        else:
+            textencoder.write_torch_half(model, work)
+
+
+def main(argv: list[str] | None = None) -> int:
+    name, tower, model_id, work = (argv if argv is not None else sys.argv[1:])[:4]
+
+    def say(**fields: str) -> None:
+        print(json.dumps({"clipsearch": 1, **fields}), flush=True)
+
+    # The exporter and the quantiser talk through warnings and the root logger; only our lines go to stdout.
+    warnings.simplefilter("ignore")
+    logging.disable(logging.WARNING)
+    try:
+        step(name, tower, model_id, Path(work) if work else None, lambda text: say(notice=text))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which decides
+        say(error=type(exc).__name__, message=str(exc))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -181,3 +181,27 @@ def test_the_optimised_copy_keeps_its_weights_beside_it_and_gives_the_same_vecto
     assert len(copies) == 1 and list(exported.glob(f"{copies[0].name}.*.weights"))
     assert copies[0].stat().st_size < 100_000  # the graph alone: the weights are in the file beside it
     assert np.allclose(fresh, first, atol=1e-6) and np.allclose(first, again, atol=1e-6)
+
+
+def test_onnx_sessions_write_nothing_under_the_home_folder(tmp_path, exported):
+    """onnxruntime's telemetry is off: a text and an image session run with a fresh HOME leave it empty, where a
+    bare `import onnxruntime` writes ~/.cache/Microsoft/DeveloperTools/.onnxruntime/deviceid and a database."""
+    from clipsearch import imageencoder
+
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("XDG_CACHE_HOME", "ORT_DISABLE_TELEMETRY")}  # this process may have set it
+    bare, ours = tmp_path / "bare-home", tmp_path / "home"
+    bare.mkdir()
+    ours.mkdir()
+    subprocess.run([sys.executable, "-c", "import onnxruntime"], env={**env, "HOME": str(bare)}, check=True)
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from clipsearch.imageencoder import OnnxImageEncoder, probe_pixels
+        from clipsearch.textencoder import OnnxTextEncoder
+        OnnxTextEncoder.open(Path({str(exported)!r}), {TINY_MODEL!r}).embed_texts(["a dog"])
+        image = OnnxImageEncoder.open(Path({str(imageencoder.export_dir(TINY_MODEL))!r}), {TINY_MODEL!r})
+        image.embed_pixels(probe_pixels(image.preprocess, 2))
+    """)
+    subprocess.run([sys.executable, "-c", script], env={**env, "HOME": str(ours)}, check=True)
+    assert [p.name for p in bare.rglob("*") if p.is_file()], "onnxruntime no longer writes anything: the test is moot"
+    assert list(ours.rglob("*")) == []

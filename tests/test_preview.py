@@ -79,7 +79,7 @@ def test_previews_show_each_hit_as_a_kitty_image_beside_its_score(tmp_path):
     scenes.draw(scenes.Scene("red", "circle", "grey", 320, 240, 0.5, 0.5, 0.3, 0.0, 1)).save(path)
     written: list[str] = []
     preview.show_previews([Hit(str(path), 0.3125, 320, 240, 1000), Hit(str(tmp_path / "gone.jpg"), 0.25)],
-                          Protocol.kitty, 3, written.append)
+                          Protocol.kitty, 3, written.append, columns=400)
     first, second = written
     *commands, text = first.split("\x1b\\")
     controls = [command.split(";", 1)[0] for command in commands]
@@ -174,7 +174,7 @@ def test_sixel_of_a_many_coloured_picture_decodes_to_that_picture(tmp_path):
     photo = tmp_path / "gradient.jpg"  # and through a thumbnail of a real file, as `find --preview` does
     picture.resize((400, 150)).save(photo, quality=95)
     written: list[str] = []
-    preview.show_previews([Hit(str(photo), 0.5, 400, 150, 1000)], Protocol.sixel, 2, written.append)
+    preview.show_previews([Hit(str(photo), 0.5, 400, 150, 1000)], Protocol.sixel, 2, written.append, columns=400)
     sequence, text = written[0].rsplit("\x1b\\", 1)
     painted, registers = decode_sixel(sequence + "\x1b\\")
     assert painted.shape == (15, 40) and (painted >= 0).all() and len(registers) > 30

@@ -51,7 +51,9 @@ def test_search_page_shows_a_grid_of_the_best_matches(client, scene_library):
     assert sum(p.endswith("-red-circle.jpg") for p in paths[:3]) == 3
     assert page.text.count('src="/thumb?path=') == server.PAGE_SIZE
     assert re.search(r'<span class="score">0\.\d{3}</span>', page.text)
-    assert re.search(r'<span>\d{4}-\d\d-\d\d</span> · <span>320×240</span> · <span>[\d.]+\xa0KB</span>', page.text), "date, size and file size"
+    # each part kept whole (a no-break space in the size)
+    meta = r'<span>\d{4}-\d\d-\d\d</span> · <span>320×240</span> · <span>[\d.]+\xa0KB</span>'
+    assert re.search(meta, page.text), "date, size and file size"
     more = re.search(r'<a class="more" href="([^"]+)"', page.text).group(1)
     assert "page=2" in more
     following = client.get(html.unescape(more) + "&partial=1")
@@ -236,7 +238,7 @@ def test_dedupe_page_with_no_duplicates_and_a_bad_folder(client, tmp_path):
 
 def test_serve_warns_when_listening_beyond_this_machine(cli, scene_index, monkeypatch):
     served = []
-    monkeypatch.setattr(server, "run", lambda app, host, port, **options: served.append((host, port)))
+    monkeypatch.setattr(server, "run", lambda app, host, port, *options: served.append((host, port)))
     local = cli("serve", "--db", scene_index, "--port", "8123")
     assert local.exit_code == 0 and served[-1] == ("127.0.0.1", 8123)
     assert "warning" not in local.stderr and "http://localhost:8123/" in local.stderr

@@ -139,9 +139,7 @@ def test_prefer_from_the_config_decides_what_dedupe_keeps_and_the_flag_replaces_
         [group] = [g for g in json.loads(result.stdout) if g["tier"] == "exact"]
         return group["keep"], group["reason"]
 
-    by_path = "shortest path (ties on has camera EXIF, original format (not a lossless re-encode), most pixels, " \
-              "taken first)"
-    assert exact_group() == (str(original), by_path)
+    assert exact_group() == (str(original), "shortest path")
     config_file.write_text(f'prefer = ["{small_library}/exports"]\n')
     assert exact_group() == (str(copy), "in a preferred folder")
     # --prefer replaces the config's list: were it added to it, both files would be preferred and the path decide.

@@ -324,7 +324,7 @@ def choose_path(settings: dict[str, Any], precision: str, features: frozenset[st
 
 
 def describe(model_id: str, precision: str = "auto", features: frozenset[str] | None = None) -> str:
-    """Which path `index` on a CPU would take for `model_id`, in words, without loading anything
+    """Which path `index` would take for `model_id`, in words, without loading anything
     ("onnx int8 (measured fastest, images/s: int8 41, fp32 30)"); for `info`."""
     folder = export_dir(model_id)
     if folder is None or not (folder / "settings.json").exists():
@@ -332,7 +332,8 @@ def describe(model_id: str, precision: str = "auto", features: frozenset[str] | 
         return "torch fp32 (the ONNX export failed)" if failed else "not prepared yet (the next index run prepares it)"
     path, why = choose_path(json.loads((folder / "settings.json").read_text()), ImagePrecision(precision).value,
                             cpu.cpu_features() if features is None else features)
-    return f"{'torch' if path == 'bf16' else 'onnx'} {path} ({why})"
+    described = f"{'torch' if path == 'bf16' else 'onnx'} {path} ({why})"
+    return f"torch on a GPU if there is one, else {described}" if accelerator_possible() else described
 
 
 def _prepared_folder(model_id: str, notify: Callable[[str], None]) -> Path:

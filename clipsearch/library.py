@@ -268,6 +268,8 @@ class Library:
     def info(self) -> dict[str, Any]:
         """Where the index is, which model built it, the folders and dates it covers, and how many images,
         failures and tags it holds."""
+        from .imageencoder import describe as describe_image_encoder
+
         store = self.store
         recorded = store.model()
         taken_from, taken_to = store.date_range()
@@ -275,6 +277,7 @@ class Library:
             "index": str(store.path),
             "model": recorded[0] if recorded else None,
             "dimensions": recorded[1] if recorded else None,
+            "image_encoder": describe_image_encoder(recorded[0]) if recorded else None,  # what `index` takes
             "images": store.count(),
             "folders": [{"path": folder, "images": store.count(folder)} for folder in store.indexed_folders()],
             "taken_from": taken_from,

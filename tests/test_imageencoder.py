@@ -310,3 +310,12 @@ def test_a_failing_preparation_step_is_reported_from_its_child_process(tmp_path)
     with pytest.raises(textencoder.ExportFailed, match=r"FileNotFoundError: .*settings\.json"):
         prepare.run_step("finish", "image", TINY_MODEL, tmp_path / "work", notes.append)
     assert notes == ["Preparing the image encoder (once): quantising..."]
+
+
+def test_info_says_which_image_encoder_index_takes(cli, small_library, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPSEARCH_CPU_FLAGS", "sse4_2 avx2")
+    db = tmp_path / "index.db"
+    assert cli("index", small_library, "--db", db, "--model", TINY_MODEL, "--quiet").exit_code == 0
+    graph = json.loads((imageencoder.export_dir(TINY_MODEL) / "settings.json").read_text())["auto"]
+    info = json.loads(cli("info", "--db", db, "--json").stdout)
+    assert f"onnx {graph} (measured fastest, images/s: {graph} " in info["image_encoder"]

@@ -168,7 +168,8 @@ def export(encoder: Encoder, features: frozenset[str] | None = None) -> Path:
     """
     def write(work: Path) -> dict[str, Any]:
         write_torch_half(encoder, work, features)
-        return finish(work, encoder.model_id, features)
+        textencoder.fold_and_quantise(work, "image")
+        return check(work, encoder.model_id, features)
 
     return textencoder.export_into_cache(export_dir(encoder.model_id), encoder.model_id, write,
                                          ImageEncoderUnavailable)
@@ -199,14 +200,11 @@ def write_torch_half(encoder: Encoder, work: Path, features: frozenset[str] | No
     textencoder.write_json_atomically(work / "settings.json", settings)
 
 
-def finish(work: Path, model_id: str, features: frozenset[str] | None = None,
-           notify: Callable[[str], None] = lambda message: None) -> dict[str, Any]:
-    """The half without torch: fold and quantise the raw graph, measure how well each graph agrees with the model
-    and how fast each one that agrees is, and record the fastest path; returns the settings."""
+def check(work: Path, model_id: str, features: frozenset[str] | None = None) -> dict[str, Any]:
+    """After textencoder.fold_and_quantise, without torch: how well each graph agrees with the model and how fast
+    each one that agrees is, and the fastest path; returns the settings."""
     features = cpu.cpu_features() if features is None else features
     settings = json.loads((work / "settings.json").read_text())
-    textencoder.fold_and_quantise(work, "image")
-    notify("checking and timing...")
     reference = np.load(work / "reference.npy")
     probes = probe_pixels(Preprocess(*settings["preprocess"]))
     speed = settings.pop("speed", {})

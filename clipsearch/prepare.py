@@ -5,14 +5,15 @@ model, the exporter's copies of the weights and the quantiser's all at once), an
 left torch loaded for the rest of the run. Here each step runs in a child that
 exits when it is done, which returns all of its memory:
 
-    fetch   load the model once, which downloads a Hub model's weights
-    torch   load the model and write one tower's raw graph and reference vectors (0.9 GB)
-    finish  fold, quantise, check and time that tower's graphs, without torch
+    fetch     load the model once, which downloads a Hub model's weights
+    torch     load the model and write one tower's raw graph and reference vectors (1.0 GB)
+    quantise  fold and quantise that graph, without torch (1.2 GB: onnxruntime's quantiser copies the model twice)
+    check     check the graphs against the reference vectors and time them, without torch
 
 The index process itself never imports torch. Each child reports its notices and
 its outcome as JSON lines on stdout:
 
-    python -m clipsearch.prepare fetch|torch|finish image|text MODEL [WORK]
+    python -m clipsearch.prepare fetch|torch|quantise|check image|text MODEL [WORK]
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ from . import textencoder
 from .encoder import ModelError
 
 PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
-STEP_WORDS = {"torch": "exporting", "finish": "quantising"}
+STEP_WORDS = {"torch": "exporting", "quantise": "quantising", "check": "checking"}
 
 
 def prepare(tower: str, model_id: str, work: Path, notify: Callable[[str], None]) -> dict[str, Any]:
-    """Export `tower` of `model_id` into `work` (the torch step, then the finish step); returns its settings."""
-    run_step("torch", tower, model_id, work, notify)
-    run_step("finish", tower, model_id, work, notify)
+    """Export `tower` of `model_id` into `work`, one step per child process; returns its settings."""
+    for name in ("torch", "quantise", "check"):
+        run_step(name, tower, model_id, work, notify)
     return dict(json.loads((work / "settings.json").read_text()))
 
 
@@ -47,7 +48,8 @@ def run_step(name: str, tower: str, model_id: str, work: Path | None, notify: Ca
     """Run one step in a child process, passing its notices to `notify`, and raise what it raised: ModelError,
     the tower's ...Unavailable, or textencoder.ExportFailed for anything else (which the caller records)."""
     if name in STEP_WORDS:
-        notify(f"Preparing the {tower} encoder (once): {STEP_WORDS[name]}...")
+        timing = " and timing" if name == "check" and tower == "image" else ""
+        notify(f"Preparing the {tower} encoder (once): {STEP_WORDS[name]}{timing}...")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_PARENT, os.environ.get("PYTHONPATH")]))}
     outcome: dict[str, str] = {}
     with tempfile.TemporaryFile("w+") as errors:
@@ -98,12 +100,13 @@ def step(name: str, tower: str, model_id: str, work: Path | None, notify: Callab
     """Do one step in this process (the child's work; tests may call it directly)."""
     from . import imageencoder
 
-    if name == "finish":
+    if name == "quantise":
         assert work is not None
-        if tower == "image":
-            settings = imageencoder.finish(work, model_id, notify=notify)
-        else:
-            settings = textencoder.finish(work, model_id)
+        textencoder.fold_and_quantise(work, tower)
+        return
+    if name == "check":
+        assert work is not None
+        settings = imageencoder.check(work, model_id) if tower == "image" else textencoder.check(work, model_id)
         textencoder.write_json_atomically(work / "settings.json", settings)
         return
     from .encoder import Encoder

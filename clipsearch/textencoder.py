@@ -12,11 +12,11 @@ The cache is keyed by the model id and a hash of its weight files, found on
 disk without importing transformers (a local folder, or the Hugging Face
 cache's layout), so retrained or updated weights get a new export.
 
-Exporting is split in two halves that can run in separate processes (prepare.py):
+Exporting is split in steps that can run in separate processes (prepare.py):
 the torch half writes the graph with its weights streamed to a file beside it,
 never held as whole in-memory copies (the exporter's own way needs four copies:
-1.8 GB for ViT-B/32's image tower); the onnxruntime half folds, quantises and
-checks it without torch. onnxruntime is always imported with its telemetry off
+1.8 GB for ViT-B/32's image tower); then onnxruntime folds and quantises it, and
+the graphs are checked against the model, without torch. onnxruntime is always imported with its telemetry off
 (`import_onnxruntime`): it would otherwise write a device id and an event
 database under ~/.cache/Microsoft.
 """
@@ -282,7 +282,8 @@ def export(encoder: Encoder) -> Path:
     """
     def write(work: Path) -> dict[str, Any]:
         write_torch_half(encoder, work)
-        return finish(work, encoder.model_id)
+        fold_and_quantise(work, "text")
+        return check(work, encoder.model_id)
 
     return export_into_cache(export_dir(encoder.model_id), encoder.model_id, write, TextEncoderUnavailable)
 
@@ -347,11 +348,9 @@ def write_torch_half(encoder: Encoder, work: Path) -> None:
     })
 
 
-def finish(work: Path, model_id: str) -> dict[str, Any]:
-    """The half without torch: fold and quantise the raw graph, then measure how well each graph agrees with the
-    model; returns the settings."""
+def check(work: Path, model_id: str) -> dict[str, Any]:
+    """After `fold_and_quantise`, without torch: how well each graph agrees with the model; returns the settings."""
     settings = json.loads((work / "settings.json").read_text())
-    fold_and_quantise(work, "text")
     reference = np.load(work / "reference.npy")
     for graph in ("fp32", "int8"):
         exported = OnnxTextEncoder.open(work, model_id, graph, keep_optimised=False)

@@ -308,8 +308,8 @@ def test_a_failing_preparation_step_is_reported_from_its_child_process(tmp_path)
         prepare.run_step("fetch", "image", str(tmp_path / "no-model-here"), None, notes.append)
     (tmp_path / "work").mkdir()
     with pytest.raises(textencoder.ExportFailed, match=r"FileNotFoundError: .*settings\.json"):
-        prepare.run_step("finish", "image", TINY_MODEL, tmp_path / "work", notes.append)
-    assert notes == ["Preparing the image encoder (once): quantising..."]
+        prepare.run_step("check", "image", TINY_MODEL, tmp_path / "work", notes.append)
+    assert notes == ["Preparing the image encoder (once): checking and timing..."]
 
 
 def test_info_says_which_image_encoder_index_takes(cli, small_library, tmp_path, monkeypatch):

@@ -42,6 +42,10 @@ class NothingFoundError(ClipsearchError):
     exit_code = EXIT_NOTHING
 
 
+class MissingIndexError(NothingFoundError):
+    """No index at the path given (or an empty SQLite file there): exit 1, as the README's table says."""
+
+
 class IndexUnusableError(ClipsearchError):
     """The index exists but cannot be used as asked."""
 

@@ -19,20 +19,22 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from . import search
+from .errors import BadInputError
 from .options import DEFAULT_MAX_TAGS, KeepPolicy, resolve_model
 from .paths import normalise_path
 from .store import Store
-from .tagstore import TagStore
+from .store.tags import TagStore
 
 if TYPE_CHECKING:  # each command imports the modules it uses when it runs, so a query loads only its own
-    from starlette.applications import Starlette
+    from typing import BinaryIO
 
-    from . import indexer, moves
-    from .dedupe import Group
-    from .encoder import Encoder
-    from .queryencoder import QueryEncoder
-    from .sidecars import ExportReport, SidecarStyle
-    from .tags import TagReport
+    from .dedupe import moves
+    from .dedupe.groups import Group
+    from .indexing import job as indexer
+    from .models.query import LoadedModels, QueryEncoder
+    from .models.torch_encoder import Encoder
+    from .tags.auto import TagReport
+    from .tags.sidecars import ExportReport, SidecarStyle
 
 PathLike = str | os.PathLike[str]
 
@@ -45,21 +47,51 @@ class Duplicates:
     not_hashed: list[tuple[str, str]]  # (path, reason): only exact copies of these are found
 
 
+@dataclass
+class Photo:
+    """One indexed image as `Library.photo` describes it: the file facts the index recorded, its photo
+    metadata and its tags."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    width: int | None
+    height: int | None
+    taken: str | None  # ISO date and time, from EXIF, else the file's time (then `taken_from_file`)
+    taken_from_file: bool
+    camera: str | None  # "Canon EOS R5"
+    tags: list[dict[str, Any]]  # {"tag", "score", "source"}, best first
+
+
 class Library:
     """A photo library's index: index folders, then search, deduplicate and tag them.
 
     `db` is the index file (default: $CLIPSEARCH_DB, else ~/.local/share/clipsearch/index.db);
     `model` a Hugging Face id or local folder (default: the index's own model);
     `device` cuda, mps or cpu (default: the fastest available). Close it, or use `with`.
+    `query_model`, when given, gives the model that embeds every query instead (an already loaded
+    one, or a test's stand-in).
+
+    A Library is used by one thread at a time (SQLite connections stay in their thread): another
+    thread takes `for_thread()`, which shares the loaded models.
     """
 
     def __init__(self, db: PathLike | None = None, model: str | None = None, device: str | None = None,
-                 notify: Callable[[str], None] | None = None):
+                 notify: Callable[[str], None] | None = None, *, query_model: Callable[[], Any] | None = None):
         self.db, self.model, self.device = db, model, device
         self.notify: Callable[[str], None] = notify or (lambda message: None)
+        self.query_model = query_model
         self._store: Store | None = None
         self._encoder: Encoder | None = None
         self._query_encoders: dict[str, QueryEncoder] = {}
+        self._models: dict[tuple[str, str], LoadedModels] = {}  # shared with the copies of for_thread()
+
+    def for_thread(self) -> Library:
+        """This library for another thread: its own connection to the index, the same loaded models."""
+        twin = Library(self._store.path if self._store else self.db, self.model, self.device, self.notify,
+                       query_model=self.query_model)
+        twin._encoder, twin._models = self._encoder, self._models
+        return twin
 
     # -- the index file -------------------------------------------------------
 
@@ -95,7 +127,7 @@ class Library:
     def index(self, *folders: PathLike, options: indexer.IndexOptions | None = None,
               progress: indexer.Progress | None = None) -> indexer.IndexReport:
         """Bring the index up to date with `folders` (created if missing): new, changed and deleted files."""
-        from . import indexer
+        from .indexing import job as indexer
 
         store = self._open(create=True)
         report = indexer.index_folders(folders, store, self.model, self.device, options, progress,
@@ -107,13 +139,28 @@ class Library:
 
     def query_encoder(self, precision: str = "auto") -> QueryEncoder:
         """What find and similar embed queries with (models load on first need, not here)."""
-        from .queryencoder import QueryEncoder
+        from .models.query import LoadedModels, QueryEncoder
 
         if precision not in self._query_encoders:
             model_id = resolve_model(self.store, self.model)
+            models = self._models.setdefault((model_id, precision), LoadedModels())
             self._query_encoders[precision] = QueryEncoder(self.store, model_id, self.device, precision,
-                                                           notify=self.notify)
+                                                           notify=self.notify, models=models)
         return self._query_encoders[precision]
+
+    def _query_model(self, precision: str = "auto") -> Callable[[], Any]:
+        if self.query_model is not None:
+            return self.query_model
+        encoder = self.query_encoder(precision)
+        return lambda: encoder
+
+    def warm_up(self) -> None:
+        """Load the text model queries use now, and run it once, so the first query is as fast as the next
+        (`serve` does this before it listens). Loads the ONNX text tower when there is one, not torch."""
+        model_id = resolve_model(self.store, self.model)
+        self.notify(f"Loading model {model_id}...")
+        model = self.query_model() if self.query_model is not None else self.query_encoder().text_encoder()
+        model.embed_texts(["a photo"])  # the model's own call: nothing is remembered in the index
 
     def find(self, query: Sequence[str] | str | None = None, *, top: int = 10, folder: PathLike | None = None,
              threshold: float | None = None, tags: Sequence[str] = (), after: str | None = None,
@@ -123,17 +170,76 @@ class Library:
         `after`/`before` are dates ("2024", "2024-06", "2024-06-15": from the start / to the end of that
         period) and `camera` text in the camera's make or model (any case)."""
         filters = search.Filters.parse(after, before, camera)
-        encoder = self.query_encoder(precision)
-        return search.find(query, self.store, lambda: encoder, top, _text(folder), threshold, tags=tags,
-                           filters=filters)
+        return search.find(query, self.store, self._query_model(precision), top, _text(folder), threshold,
+                           tags=tags, filters=filters)
 
     def similar(self, image: PathLike, *, top: int = 10, folder: PathLike | None = None,
                 threshold: float | None = None, after: str | None = None, before: str | None = None,
                 camera: str | None = None) -> list[search.Hit]:
         """Images most like `image` (indexed or not), which itself is not listed; filters as in `find`."""
         filters = search.Filters.parse(after, before, camera)
-        encoder = self.query_encoder()
-        return search.similar(image, self.store, lambda: encoder, top, _text(folder), threshold, filters=filters)
+        return search.similar(image, self.store, self._query_model(), top, _text(folder), threshold,
+                              filters=filters)
+
+    # -- single photos (what the web app shows) -------------------------------
+
+    def indexed_file(self, path: str) -> dict[str, Any] | None:
+        """path, size, mtime_ns, width and height the index recorded for exactly `path` (no normalising), or
+        None when it is not indexed."""
+        row = self.store.file_row(path)
+        return {key: row[key] for key in ("path", "size", "mtime_ns", "width", "height")} if row else None
+
+    def photo(self, path: str) -> Photo | None:
+        """What the index knows of the image at exactly `path`: file facts, date taken, camera, tags."""
+        from .indexing import metadata
+
+        row = self.store.file_row(path)
+        if row is None:
+            return None
+        facts = self.store.image_rows([row["id"]]).get(row["id"], {})
+        tags = TagStore(self.store).tags_of([row["id"]]).get(row["id"], [])
+        return Photo(row["path"], row["size"], row["mtime_ns"], row["width"], row["height"], facts.get("taken"),
+                     facts.get("taken_source") == metadata.FROM_FILE,
+                     metadata.camera_name(facts.get("camera_make"), facts.get("camera_model")), tags)
+
+    def modified_times(self, paths: Sequence[str]) -> dict[str, int]:
+        """path -> modification time (ns) the index recorded, for each of `paths` that is indexed."""
+        return self.store.mtimes(list(paths))
+
+    @staticmethod
+    def thumbnail_key(path: str, size: int, info: os.stat_result | None = None) -> str:
+        """Names one rendition of one version of a file (an ETag): from `info`, else the file's stat."""
+        from .indexing import thumbnails
+
+        return thumbnails.thumbnail_key(path, size, info)
+
+    @staticmethod
+    def thumbnail(path: str, size: int, opened: BinaryIO | None = None) -> bytes:
+        """A JPEG of `path` at most `size` pixels on its long side, cached; read from `opened` when given (a
+        file the caller opened and checked). BadInputError saying why when the file cannot be read."""
+        from .indexing import images, thumbnails
+
+        try:
+            return thumbnails.thumbnail(path, size, opened=opened)[0]
+        except images.ImageError as exc:
+            raise BadInputError(str(exc)) from None
+
+    @staticmethod
+    def check_image(data: bytes) -> None:
+        """BadInputError saying why unless `data` is an image clipsearch can read (an upload, before it is kept)."""
+        from .indexing import images
+
+        try:
+            images.open_oriented(data, 64)
+        except images.ImageError as exc:
+            raise BadInputError(str(exc)) from None
+
+    @staticmethod
+    def image_extensions() -> frozenset[str]:
+        """The file extensions (".jpg", with the dot) of the image formats clipsearch reads."""
+        from .indexing import images
+
+        return images.supported_extensions()
 
     # -- duplicates -----------------------------------------------------------
 
@@ -146,8 +252,8 @@ class Library:
         Images indexed before fingerprints or photo metadata existed get them first (the files are read,
         not the model): the keep choice reads camera EXIF and dates.
         """
-        from . import indexer
-        from .dedupe import DedupeOptions, find_duplicates
+        from .dedupe.groups import DedupeOptions, find_duplicates
+        from .indexing import job as indexer
 
         store, scope = self.store, _text(folder)
         if folder is not None and not Path(folder).is_dir():
@@ -164,29 +270,29 @@ class Library:
 
         Files keep their folders relative to `folder` (or to the folder a group's members share).
         """
-        from . import moves
+        from .dedupe import moves
 
         return moves.plan_moves(groups, _folder(to), self.store, _text(folder))
 
     def check_destination(self, to: PathLike, folder: PathLike | None = None) -> None:
         """BadInputError unless `to` is a safe place for moved duplicates (not inside the library): checked
         before a dedupe is run and shown, so a refusal comes first, not after the whole report."""
-        from . import moves
+        from .dedupe import moves
 
         moves.check_destination(os.path.expanduser(os.fspath(to)), self.store, _text(folder))
 
     def move_duplicates(self, plan: list[moves.Move], to: PathLike | None = None) -> moves.MoveReport:
         """Carry out `plan`, writing a manifest first (in `to`, or the data folder for the trash) to undo it."""
-        from . import moves
+        from .dedupe import moves
 
-        manifest = moves.default_manifest_path(_folder(to))
-        report = moves.apply_moves(plan, self.store, manifest)
+        with self.store.writer():  # a busy index is refused before the manifest's folder is made
+            report = moves.apply_moves(plan, self.store, moves.default_manifest_path(_folder(to)))
         self.store.refresh_vector_cache()
         return report
 
     def undo_moves(self, manifest: PathLike) -> moves.UndoReport:
         """Put back every file a `move_duplicates` run moved, and its index row and tags."""
-        from . import moves
+        from .dedupe import moves
 
         report = moves.undo_moves(os.path.expanduser(os.fspath(manifest)), self.store)
         self.store.refresh_vector_cache()
@@ -199,7 +305,7 @@ class Library:
             on_progress: Callable[[int], None] | None = None) -> TagReport:
         """Zero-shot tags for the indexed images (under `folders`) from `vocab` (default: the index's last
         vocabulary, else the built-in one); only images not yet tagged with these settings are scored."""
-        from .tags import TagOptions, tag_images, vocabulary_for
+        from .tags.auto import TagOptions, tag_images, vocabulary_for
 
         vocabulary = vocabulary_for(self.store, vocab)
         options = TagOptions(threshold, max_tags, retag)
@@ -213,13 +319,13 @@ class Library:
 
     def add_tags(self, image: PathLike, *names: str) -> list[dict[str, Any]]:
         """Give one indexed image manual tags; returns its tags afterwards."""
-        from .tags import edit_tags
+        from .tags.auto import edit_tags
 
         return edit_tags(self.store, image, add=list(names))
 
     def remove_tags(self, image: PathLike, *names: str) -> list[dict[str, Any]]:
         """Take tags off one image (a removed auto tag stays away); returns its tags afterwards."""
-        from .tags import edit_tags
+        from .tags.auto import edit_tags
 
         return edit_tags(self.store, image, remove=list(names))
 
@@ -233,42 +339,16 @@ class Library:
 
     def export_sidecars(self, *folders: PathLike, style: SidecarStyle | None = None) -> ExportReport:
         """Write the stored tags into XMP sidecars beside the photos (under `folders`), merging existing ones."""
-        from . import sidecars
+        from .tags import sidecars
 
         return sidecars.export_sidecars(self.tags_by_path(*folders), style or sidecars.SidecarStyle.digikam)
-
-    def _encoder_factory(self) -> Callable[[], Encoder]:
-        """The torch model, loaded on the first call (the model is checked against the index now)."""
-        model_id = resolve_model(self.store, self.model)
-
-        def load() -> Encoder:
-            if self._encoder is None or self._encoder.model_id != model_id:
-                from .encoder import Encoder
-
-                self._encoder = Encoder.load(model_id, self.device)
-            return self._encoder
-
-        return load
-
-    # -- the web app ----------------------------------------------------------
-
-    def web_app(self) -> Starlette:
-        """The `serve` web app over this index, with the model loaded and warmed up (so the first search
-        is as fast as the next). Run it with `server.run(app, host, port)`; it opens its own connections."""
-        from . import server
-
-        model_id = resolve_model(self.store, self.model)
-        self.notify(f"Loading model {model_id}...")
-        encoder = self._encoder_factory()()
-        encoder.embed_texts(["a photo"])
-        return server.create_app(self.store.path, lambda: encoder)
 
     # -- about the index ------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
         """Where the index is, which model built it, the folders and dates it covers, and how many images,
         failures and tags it holds."""
-        from .imageencoder import describe as describe_image_encoder
+        from .models.onnx_image import describe as describe_image_encoder
 
         store = self.store
         recorded = store.model()

@@ -10,6 +10,7 @@ valid UTF-8 paths are stored exactly as before.
 
 from __future__ import annotations
 
+import base64
 import os
 from urllib.parse import quote, unquote
 
@@ -82,3 +83,14 @@ def scope_sql(folder: str | None, column: str = "path") -> tuple[str, list[str |
     low, high = folder_range(folder)
     return (f"WHERE {column} >= CAST(? AS TEXT) AND {column} < CAST(? AS TEXT)",
             [sql_text(low), sql_text(high)])
+
+
+def path_json(path: str) -> dict:
+    """A path for JSON output: "path" always valid Unicode; "path_bytes" (base64 of the exact bytes) as well
+    when the name is not valid UTF-8."""
+    try:
+        path.encode("utf-8")
+        return {"path": path}
+    except UnicodeEncodeError:
+        raw = path.encode("utf-8", "surrogateescape")
+        return {"path": raw.decode("utf-8", "backslashreplace"), "path_bytes": base64.b64encode(raw).decode("ascii")}

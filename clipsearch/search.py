@@ -17,11 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import metadata
 from .errors import BadInputError, NothingFoundError, check_finite
+from .indexing import metadata
 from .paths import normalise_path
-from .store import Store, StoreError, Vectors
-from .tagstore import TagStore
+from .store import Store, StoreError
+from .store.tags import TagStore
+from .store.vectors import Vectors
 
 MAX_WEIGHT = float(np.finfo(np.float32).max)  # the largest weight a float32 vector can be multiplied by
 _WEIGHT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(.+)$", re.S)
@@ -99,7 +100,7 @@ def _period(text: str, option: str) -> tuple[str, str]:
 
 
 def _image_extension(extension: str) -> bool:
-    from . import images  # Pillow's plugin registry: only for text that has an extension at all
+    from .indexing import images  # Pillow's plugin registry: only for text that has an extension at all
 
     return extension in images.supported_extensions()
 
@@ -269,7 +270,7 @@ def embed_terms(terms: list[Term], store: Store, get_encoder: Callable) -> np.nd
 
 
 def _embed_files(encoder, paths: list[str]) -> np.ndarray:
-    from . import images  # decoding: only for image terms that are not in the index
+    from .indexing import images  # decoding: only for image terms that are not in the index
 
     pixels = []
     for path in paths:
@@ -300,7 +301,7 @@ def find(
     if not query and not tags:
         raise QueryError("Give a query, or --tag TAG to list tagged images.")
     if tags:
-        from .tags import clean_tag  # the same rules as when tags are stored (length, control characters)
+        from .tags.auto import clean_tag  # the same rules as when tags are stored (length, control characters)
 
         tags = [clean_tag(tag) for tag in tags]
     check_finite(threshold, "--threshold")

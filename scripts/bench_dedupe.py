@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clipsearch.fingerprint import HASH_BYTES
+from clipsearch.indexing.fingerprint import HASH_BYTES
 from clipsearch.store import ImageRecord, Store, encode_vector
 
 DIM = 512

@@ -57,7 +57,7 @@ def main() -> None:
     if not (db.exists() and model.is_dir() and rclip.exists()):
         raise SystemExit("Run ../shared/bench/vs-rclip.sh once first.")
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from clipsearch import textencoder
+    from clipsearch.models import onnx_text as textencoder
 
     def cs(text: str) -> tuple[float, float]:
         return timed([str(CLIPSEARCH), "find", text, "--db", str(db), "--top", "10"])

@@ -38,9 +38,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # clipsearch_dev: not installed
 
-from clipsearch import fingerprint, images
-from clipsearch.imageencoder import ImageEncoder, load_image_encoder
-from clipsearch.indexer import IndexOptions, index_folders
+from clipsearch.indexing import fingerprint, images
+from clipsearch.indexing.job import IndexOptions, index_folders
+from clipsearch.models.onnx_image import ImageEncoder, load_image_encoder
 from clipsearch.options import ImagePrecision
 from clipsearch.store import Store
 from clipsearch_dev import scenes

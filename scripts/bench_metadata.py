@@ -23,7 +23,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clipsearch import images, metadata
+from clipsearch.indexing import images, metadata
 from clipsearch.search import Filters, _filtered, top_k
 from clipsearch.store import ImageRecord, Store, encode_vector
 from clipsearch_dev import scenes

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipsearch import textencoder
+from clipsearch.models import onnx_text as textencoder
 from clipsearch.search import top_k
 from clipsearch.store import ImageRecord, Store, encode_vector
 

@@ -31,9 +31,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_search import CACHE, build
 
-from clipsearch import search, server
-from clipsearch.encoder import Encoder
+from clipsearch import search
+from clipsearch.models.torch_encoder import Encoder
 from clipsearch.store import Store
+from clipsearch.web import app as server
 
 TINY_MODEL = Path(__file__).resolve().parent.parent / "models" / "tiny-clip"
 QUERIES = ["a red circle", "a blue square", "a yellow star on grass", "a green triangle", "a purple cross",

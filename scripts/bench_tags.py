@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_index import CACHE, vit_b32_model
 
-from clipsearch import tags
-from clipsearch.encoder import Encoder
+from clipsearch.models.torch_encoder import Encoder
 from clipsearch.store import ImageRecord, Store, encode_vector
-from clipsearch.tagstore import TagStore
+from clipsearch.store.tags import TagStore
+from clipsearch.tags import auto as tags
 
 
 def main() -> None:

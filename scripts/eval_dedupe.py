@@ -32,9 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clipsearch.dedupe import DedupeOptions, find_duplicates
-from clipsearch.encoder import Encoder
-from clipsearch.indexer import index_folders
+from clipsearch.dedupe.groups import DedupeOptions, find_duplicates
+from clipsearch.indexing.job import index_folders
+from clipsearch.models.torch_encoder import Encoder
 from clipsearch.store import Store
 from clipsearch_dev import scenes
 

@@ -20,11 +20,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from clipsearch import tags
-from clipsearch.encoder import Encoder
-from clipsearch.indexer import index_folders
+from clipsearch.indexing.job import index_folders
+from clipsearch.models.torch_encoder import Encoder
 from clipsearch.store import Store
-from clipsearch.tagstore import TagStore
+from clipsearch.store.tags import TagStore
+from clipsearch.tags import auto as tags
 from clipsearch_dev import scenes
 
 REPO = Path(__file__).resolve().parent.parent

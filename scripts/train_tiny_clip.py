@@ -35,7 +35,7 @@ from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPToken
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # clipsearch_dev: not installed
 
-from clipsearch import images
+from clipsearch.indexing import images
 from clipsearch_dev import scenes
 
 SEED = 1234

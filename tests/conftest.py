@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from clipsearch.cli import app
-from clipsearch.encoder import Encoder
-from clipsearch.indexer import IndexOptions, index_folders
+from clipsearch.indexing.job import IndexOptions, index_folders
+from clipsearch.models.torch_encoder import Encoder
 from clipsearch.store import Store
 from clipsearch_dev import scenes
 
@@ -36,7 +36,8 @@ def shared_cache_home(tmp_path_factory) -> Path:
 def exported_text_encoder(shared_cache_home, encoder) -> Path:
     """The tiny model's text and image towers exported once, up front, so no test's output depends on running
     first (an index run on the CPU uses the exported image tower); returns the text encoder's folder."""
-    from clipsearch import imageencoder, textencoder
+    from clipsearch.models import onnx_image as imageencoder
+    from clipsearch.models import onnx_text as textencoder
 
     previous = os.environ.get("XDG_CACHE_HOME")
     os.environ["XDG_CACHE_HOME"] = str(shared_cache_home)

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from clipsearch import server
+from clipsearch.web import app as server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 LAUNCH_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -98,7 +98,7 @@ def test_search_in_a_real_browser(running_server, tmp_path):
 @pytest.fixture(scope="module")
 def camera_library(tmp_path_factory, encoder):
     """A library with duplicates, camera EXIF and long folder names, indexed; (library, index path)."""
-    from clipsearch.indexer import IndexOptions, index_folders
+    from clipsearch.indexing.job import IndexOptions, index_folders
     from clipsearch.store import Store
     from clipsearch_dev import scenes
 

@@ -54,7 +54,7 @@ def test_help_imports_none_of_the_heavy_libraries(args):
 
 
 def test_cli_holds_no_sql_and_short_commands():
-    source = (ROOT / "clipsearch" / "cli.py").read_text()
+    source = (ROOT / "clipsearch" / "cli" / "__init__.py").read_text()
     assert not re.search(r"\b(SELECT|INSERT|UPDATE|DELETE FROM)\b|sqlite|Store\.open", source)
     for path, command in COMMANDS:
         if command.callback is None:

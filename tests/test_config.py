@@ -96,7 +96,7 @@ def test_config_shows_prefer_and_device_with_their_source(cli, config_file, tmp_
 
     from rich.console import Console
 
-    from clipsearch import output
+    from clipsearch.cli import output
 
     monkeypatch.setattr(output, "stdout", Console(width=400, soft_wrap=True))  # one line per setting
     table = cli("config")

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipsearch.dedupe import DedupeOptions, KeepPolicy, find_duplicates, neighbour_pairs
-from clipsearch.indexer import IndexOptions, fill_fingerprints, index_folders
+from clipsearch.dedupe.groups import DedupeOptions, KeepPolicy, find_duplicates, neighbour_pairs
+from clipsearch.indexing.job import IndexOptions, fill_fingerprints, index_folders
 from clipsearch.store import Store
 from clipsearch_dev import scenes
 
@@ -272,7 +272,7 @@ def test_moves_refuse_what_could_lose_data(writable_library, cli, tmp_path):
 
 
 def test_tiny_model_ships_its_dedupe_thresholds():
-    from clipsearch import tuning
+    from clipsearch.models import tuning
 
     assert tuning.for_model(TINY_MODEL)["near_threshold"] == 0.90
     assert tuning.for_model("laion/CLIP-ViT-B-32-laion2B-s34B-b79K")["near_threshold"] == 0.93
@@ -377,7 +377,8 @@ def test_keep_choice_ties_go_to_the_date_taken_then_the_file_time_then_the_short
 def _check_near_groups_against_the_kept_file(db_path, groups) -> None:
     """The README's promise, recomputed from the index itself: every member of a near group passes both
     checks (cosine and perceptual hash, colour too) against the file kept, not just against a neighbour."""
-    from clipsearch import fingerprint, tuning
+    from clipsearch.indexing import fingerprint
+    from clipsearch.models import tuning
 
     with Store.open(db_path) as store:
         table, matrix = store.file_table(), store.vectors().matrix
@@ -423,7 +424,8 @@ def test_a_chain_of_brightened_edits_splits_around_the_kept_file(tmp_path, encod
 
     from PIL import ImageEnhance
 
-    from clipsearch import fingerprint, tuning
+    from clipsearch.indexing import fingerprint
+    from clipsearch.models import tuning
 
     folder = tmp_path / "edits"
     folder.mkdir()

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from clipsearch import search
-from clipsearch.encoder import Encoder, pick_device
-from clipsearch.indexer import IndexOptions, index_folders
+from clipsearch.indexing.job import IndexOptions, index_folders
+from clipsearch.models.torch_encoder import Encoder, pick_device
 from clipsearch.store import Store
 
 from .conftest import TINY_MODEL

@@ -15,10 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipsearch import cpu, fingerprint, imageencoder, images, prepare, search, textencoder
-from clipsearch.encoder import Encoder, ModelError
-from clipsearch.imageencoder import OnnxImageEncoder, load_image_encoder, probe_pixels
-from clipsearch.indexer import IndexOptions, index_folders
+from clipsearch import search
+from clipsearch.indexing import fingerprint, images
+from clipsearch.indexing.job import IndexOptions, index_folders
+from clipsearch.models import cpu, export_cache, prepare
+from clipsearch.models import onnx_image as imageencoder
+from clipsearch.models.onnx_image import OnnxImageEncoder, load_image_encoder, probe_pixels
+from clipsearch.models.torch_encoder import Encoder, ModelError
 from clipsearch.options import ImagePrecision
 from clipsearch.store import Store
 
@@ -150,7 +153,7 @@ def test_an_export_without_a_speed_record_keeps_its_graph_and_never_guesses_bf16
     graph = json.loads((folder / "settings.json").read_text())["auto"]
     script = textwrap.dedent(f"""
         import sys
-        from clipsearch.imageencoder import load_image_encoder, probe_pixels
+        from clipsearch.models.onnx_image import load_image_encoder, probe_pixels
         notes = []
         flags = frozenset({sorted(features)!r})
         chosen = load_image_encoder({TINY_MODEL!r}, "cpu", "auto", notes.append, features=flags)
@@ -202,7 +205,7 @@ def test_first_index_prepares_in_child_processes_and_never_imports_torch(tmp_pat
     script = textwrap.dedent(f"""
         import sys
         from clipsearch import Library
-        from clipsearch.indexer import Progress
+        from clipsearch.indexing.job import Progress
         notes = []
         class Notes(Progress):
             def notice(self, message): notes.append(message)
@@ -260,7 +263,7 @@ def test_fingerprints_match_imagehash_phash_and_are_cheap_to_reduce(tmp_path):
 
 
 def test_a_damaged_graph_is_a_clear_error_naming_the_folder(monkeypatch, tmp_path, encoder):
-    from clipsearch.encoder import ModelError
+    from clipsearch.models.torch_encoder import ModelError
 
     exported = imageencoder.export_dir(TINY_MODEL)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -276,7 +279,7 @@ def test_a_damaged_graph_is_a_clear_error_naming_the_folder(monkeypatch, tmp_pat
 def test_an_image_tower_the_exporter_cannot_handle_falls_back_to_torch_once(monkeypatch, tmp_path, small_library):
     """An exporter error never fails `index`: torch indexes, and the failure is remembered, not retried."""
     from clipsearch import Library
-    from clipsearch.indexer import Progress
+    from clipsearch.indexing.job import Progress
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     calls: list[str] = []
@@ -299,7 +302,7 @@ def test_an_image_tower_the_exporter_cannot_handle_falls_back_to_torch_once(monk
         assert "export failed: RuntimeError: Unsupported" in notes[-1] and notes[-1].startswith("Using torch")
         assert ("to try again" in notes[-1]) == (run == 1)
     assert len(calls) == 1
-    assert textencoder.failure_marker(imageencoder.export_dir(TINY_MODEL)).exists()
+    assert export_cache.failure_marker(imageencoder.export_dir(TINY_MODEL)).exists()
 
 
 def test_a_failing_preparation_step_is_reported_from_its_child_process(tmp_path):
@@ -307,7 +310,7 @@ def test_a_failing_preparation_step_is_reported_from_its_child_process(tmp_path)
     with pytest.raises(ModelError, match="does not exist or is not a complete model"):
         prepare.run_step("fetch", "image", str(tmp_path / "no-model-here"), None, notes.append)
     (tmp_path / "work").mkdir()
-    with pytest.raises(textencoder.ExportFailed, match=r"FileNotFoundError: .*settings\.json"):
+    with pytest.raises(export_cache.ExportFailed, match=r"FileNotFoundError: .*settings\.json"):
         prepare.run_step("check", "image", TINY_MODEL, tmp_path / "work", notes.append)
     assert notes == ["Preparing the image encoder (once): checking and timing..."]
 

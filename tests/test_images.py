@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipsearch import images
+from clipsearch.indexing import images
 from clipsearch_dev import scenes
 
 PREP = images.Preprocess(shortest_edge=64, crop_height=64, crop_width=64)
@@ -166,7 +166,7 @@ def test_formats_come_from_pillows_registry():
 
 
 def test_every_format_indexes_one_file(tmp_path, encoder):
-    from clipsearch.indexer import index_folders
+    from clipsearch.indexing.job import index_folders
     from clipsearch.store import Store
 
     written = _one_file_per_writable_format(tmp_path / "formats")

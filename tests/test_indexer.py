@@ -4,9 +4,9 @@ import stat
 
 import pytest
 
-from clipsearch import vectorcache
-from clipsearch.indexer import IndexingError, IndexOptions, Progress, index_folders
+from clipsearch.indexing.job import IndexingError, IndexOptions, Progress, index_folders
 from clipsearch.store import ModelMismatchError, Store
+from clipsearch.store import vectors as vectorcache
 
 from .conftest import TINY_MODEL, set_mtime
 
@@ -245,7 +245,7 @@ def test_index_quiet_draws_no_progress_bar_on_a_terminal(cli, small_library, tmp
 
     from rich.console import Console
 
-    from clipsearch import progress
+    from clipsearch.cli import progress
 
     def index(db_name: str, *extra: str) -> str:
         screen = io.StringIO()  # stands for a terminal: the bar is drawn only on one

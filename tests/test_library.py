@@ -109,7 +109,7 @@ def test_wheel_ships_py_typed_and_no_test_scenes(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("clipsearch-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "clipsearch/py.typed" in names and "clipsearch/library.py" in names
-    assert "clipsearch/data/vocabulary.txt" in names
+    assert "clipsearch/tags/vocabulary.txt" in names
     assert not [n for n in names if "scenes" in n or n.startswith("clipsearch_dev")]
 
 

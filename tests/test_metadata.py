@@ -8,8 +8,9 @@ import pytest
 from PIL import Image, features
 from PIL.TiffImagePlugin import IFDRational
 
-from clipsearch import indexer, metadata
-from clipsearch.indexer import IndexOptions, index_folders
+from clipsearch.indexing import job as indexer
+from clipsearch.indexing import metadata
+from clipsearch.indexing.job import IndexOptions, index_folders
 from clipsearch.store import MIGRATIONS, SCHEMA_VERSION, Store
 from clipsearch_dev import scenes
 
@@ -79,7 +80,7 @@ def test_exif_date_camera_and_gps_are_stored_at_index_time(camera_library, encod
 
 
 def test_heic_and_raw_metadata_come_from_the_file_itself(tmp_path):
-    from clipsearch import images
+    from clipsearch.indexing import images
 
     heic = write_photo(tmp_path / "phone.heic", 6, "Apple", "iPhone 15", "2025:02:03 04:05:06")
     decoded = images.decode_file(heic, images.Preprocess())
@@ -256,7 +257,7 @@ def _schema_3_index(db_path, photos: list, encoder) -> None:
 
     import numpy as np
 
-    from clipsearch import images
+    from clipsearch.indexing import images
     from clipsearch.paths import normalise_path
     from clipsearch.store import encode_vector
 
@@ -339,7 +340,7 @@ def test_a_genuine_schema_3_index_is_migrated_and_filled_without_the_model(encod
 @pytest.mark.skipif(not features.check("avif"),
                     reason="this Pillow was built without AVIF support (PIL.features.check('avif') is false)")
 def test_avif_date_camera_and_gps_are_read(tmp_path, encoder):
-    from clipsearch import images
+    from clipsearch.indexing import images
 
     folder = tmp_path / "photos"
     avif = write_photo(folder / "phone.avif", 15, "samsung", "SM-S918B", "2025:07:08 09:10:11",

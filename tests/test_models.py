@@ -46,7 +46,7 @@ def test_model_accepts_a_siglip_style_checkpoint(tiny_siglip, cli, small_library
 
 
 def test_siglip_preprocessing_is_its_fixed_size(tiny_siglip):
-    from clipsearch.encoder import Encoder
+    from clipsearch.models.torch_encoder import Encoder
 
     encoder = Encoder.load(str(tiny_siglip), "cpu")
     assert (encoder.preprocess.crop_height, encoder.preprocess.crop_width) == (48, 48)

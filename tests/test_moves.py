@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from clipsearch import Library, moves
-from clipsearch.indexer import index_folders
+from clipsearch import Library
+from clipsearch.dedupe import moves
+from clipsearch.indexing.job import index_folders
 from clipsearch.store import Store
 
 from .conftest import REPO

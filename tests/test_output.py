@@ -7,7 +7,7 @@ import re
 import pytest
 from rich.console import Console
 
-from clipsearch import output
+from clipsearch.cli import output
 
 from .conftest import TINY_MODEL
 

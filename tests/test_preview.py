@@ -10,8 +10,9 @@ import re
 import numpy as np
 from PIL import Image
 
-from clipsearch import preview, thumbnails
-from clipsearch.preview import Protocol
+from clipsearch.cli import preview
+from clipsearch.cli.preview import Protocol
+from clipsearch.indexing import thumbnails
 from clipsearch.search import Hit
 from clipsearch_dev import scenes
 

@@ -17,11 +17,16 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from clipsearch import errors, images, moves, output, scan, search, sidecars, tags
+from clipsearch import errors, search
 from clipsearch import store as store_module
-from clipsearch.indexer import index_folders
+from clipsearch.cli import output
+from clipsearch.dedupe import moves
+from clipsearch.indexing import images, scan
+from clipsearch.indexing.job import index_folders
 from clipsearch.store import ImageRecord, Store, StoreError
-from clipsearch.tagstore import TagStore
+from clipsearch.store.tags import TagStore
+from clipsearch.tags import auto as tags
+from clipsearch.tags import sidecars
 from clipsearch_dev.scenes import tag_vocabulary
 
 from .conftest import TINY_MODEL
@@ -467,7 +472,10 @@ def test_case14_huge_files_are_refused_unread(cli, small_library, tmp_path):
 
 def test_every_library_error_carries_its_exit_code_and_anything_else_is_an_internal_error(cli, small_library,
                                                                                          tmp_path, monkeypatch):
-    from clipsearch import dedupe, encoder, indexer, store
+    from clipsearch import store
+    from clipsearch.dedupe import groups as dedupe
+    from clipsearch.indexing import job as indexer
+    from clipsearch.models import torch_encoder as encoder
 
     for error, code in [(store.StoreError, 3), (store.MissingIndexError, 1), (store.ModelMismatchError, 3),
                         (search.QueryError, 2), (search.EmptyIndexError, 1), (encoder.ModelError, 2),

@@ -3,7 +3,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from clipsearch.scan import FileEntry, compare, walk_images
+from clipsearch.indexing.scan import FileEntry, compare, walk_images
 from clipsearch.store import StoredFile
 
 

@@ -7,17 +7,23 @@ import io
 import os
 import re
 import shutil
+import socket
+import subprocess
+import sys
+import textwrap
 from urllib.parse import quote
 
 import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from clipsearch import server
-from clipsearch.indexer import IndexOptions, index_folders
+from clipsearch.indexing.job import IndexOptions, index_folders
 from clipsearch.store import Store
-from clipsearch.tagstore import TagStore
+from clipsearch.store.tags import TagStore
+from clipsearch.web import app as server
 from clipsearch_dev import scenes
+
+from .conftest import REPO
 
 ORIGIN = "http://127.0.0.1"
 
@@ -385,3 +391,37 @@ def test_photo_page_shows_camera_and_date_taken(dated_library, encoder):
     plain = client.get("/photo", params={"path": str(library / "plain.jpg")}).text
     assert re.search(r'<dd class="camera">\s*<span class="meta">unknown</span>', plain)
     assert "no date in its EXIF" in plain
+
+
+def test_serve_starts_and_answers_a_text_query_without_torch(scene_index, tmp_path):
+    """`clipsearch serve` embeds queries as `find` does (the exported ONNX text tower, remembered queries): with
+    the text encoder exported (conftest does it), starting and answering a text search never imports torch."""
+    script = textwrap.dedent(f"""
+        import sys
+        from starlette.testclient import TestClient
+        from clipsearch.web import app as web
+
+        def run(application, host, port, *options):  # instead of uvicorn: one request, then report
+            page = TestClient(application, base_url="http://127.0.0.1").get("/", params={{"q": "a red circle"}})
+            print("ANSWER", page.status_code, page.text.count('class="card"'))
+            print("IMPORTED", ",".join(m for m in ("torch", "transformers") if m in sys.modules))
+
+        web.run = run
+        from clipsearch.cli import main
+        sys.argv = ["clipsearch", "serve", "--db", {str(scene_index)!r}, "--port", "{_free_port()}"]
+        main()
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0, result.stderr
+    answer = next(line.split() for line in result.stdout.splitlines() if line.startswith("ANSWER"))
+    assert answer[1] == "200" and int(answer[2]) > 0
+    imported = next(line for line in result.stdout.splitlines() if line.startswith("IMPORTED"))
+    assert imported.split() == ["IMPORTED"], f"serve imported {imported.split()[1:]}"
+    assert "Serving 160 photos" in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

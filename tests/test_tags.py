@@ -10,9 +10,10 @@ import subprocess
 
 import pytest
 
-from clipsearch import sidecars, tags
 from clipsearch.store import Store
-from clipsearch.tagstore import TagStore
+from clipsearch.store.tags import TagStore
+from clipsearch.tags import auto as tags
+from clipsearch.tags import sidecars
 from clipsearch_dev import scenes
 
 from .conftest import TINY_MODEL

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipsearch import textencoder
-from clipsearch.queryencoder import QueryEncoder
+from clipsearch.models import export_cache
+from clipsearch.models import onnx_text as textencoder
+from clipsearch.models.onnx_text import AGREEMENT_PROMPTS, OnnxTextEncoder, TextEncoderUnavailable
+from clipsearch.models.query import QueryEncoder
 from clipsearch.store import Store
-from clipsearch.textencoder import AGREEMENT_PROMPTS, OnnxTextEncoder, TextEncoderUnavailable
 
 from .conftest import TINY_MODEL
 
@@ -77,9 +78,9 @@ def test_hub_models_are_found_in_the_hugging_face_cache_layout(tmp_path, monkeyp
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("c0ffee")
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
-    assert textencoder.model_folder("org/clip-model") == repo / "snapshots" / "c0ffee"
+    assert export_cache.model_folder("org/clip-model") == repo / "snapshots" / "c0ffee"
     assert textencoder.export_dir("org/clip-model") is not None
-    assert textencoder.model_folder("org/not-downloaded") is None
+    assert export_cache.model_folder("org/not-downloaded") is None
     assert textencoder.export_dir("org/not-downloaded") is None
 
 
@@ -186,7 +187,7 @@ def test_the_optimised_copy_keeps_its_weights_beside_it_and_gives_the_same_vecto
 def test_onnx_sessions_write_nothing_under_the_home_folder(tmp_path, exported):
     """onnxruntime's telemetry is off: a text and an image session run with a fresh HOME leave it empty, where a
     bare `import onnxruntime` writes ~/.cache/Microsoft/DeveloperTools/.onnxruntime/deviceid and a database."""
-    from clipsearch import imageencoder
+    from clipsearch.models import onnx_image as imageencoder
 
     env = {name: value for name, value in os.environ.items()
            if name not in ("XDG_CACHE_HOME", "ORT_DISABLE_TELEMETRY")}  # this process may have set it
@@ -196,8 +197,8 @@ def test_onnx_sessions_write_nothing_under_the_home_folder(tmp_path, exported):
     subprocess.run([sys.executable, "-c", "import onnxruntime"], env={**env, "HOME": str(bare)}, check=True)
     script = textwrap.dedent(f"""
         from pathlib import Path
-        from clipsearch.imageencoder import OnnxImageEncoder, probe_pixels
-        from clipsearch.textencoder import OnnxTextEncoder
+        from clipsearch.models.onnx_image import OnnxImageEncoder, probe_pixels
+        from clipsearch.models.onnx_text import OnnxTextEncoder
         OnnxTextEncoder.open(Path({str(exported)!r}), {TINY_MODEL!r}).embed_texts(["a dog"])
         image = OnnxImageEncoder.open(Path({str(imageencoder.export_dir(TINY_MODEL))!r}), {TINY_MODEL!r})
         image.embed_pixels(probe_pixels(image.preprocess, 2))

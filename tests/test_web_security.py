@@ -14,15 +14,17 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 
 import pytest
 from starlette.testclient import TestClient
 
-from clipsearch import moves, server
-from clipsearch.dedupe import DedupeOptions, find_duplicates
-from clipsearch.indexer import IndexOptions, index_folders
+from clipsearch.dedupe import moves
+from clipsearch.dedupe.groups import DedupeOptions, find_duplicates
+from clipsearch.indexing.job import IndexOptions, index_folders
 from clipsearch.store import Store
+from clipsearch.web import app as server
 from clipsearch_dev import scenes
 
 ORIGIN = "http://127.0.0.1"
@@ -418,3 +420,41 @@ def test_serve_passes_allow_host_and_the_upload_cap_to_the_app(cli, scene_index,
     assert web.max_upload_bytes == 5 * 1024 * 1024
     assert not web.uploads.exists(), "the uploads folder goes when the server stops"
     assert cli("serve", "--db", scene_index, "--max-upload-mb", "0").exit_code == 2
+
+
+def test_twenty_searches_complete_while_a_slow_one_runs(live_server, duplicates):
+    """One text search stuck in the model (3 s) holds up neither the event loop nor the other worker threads:
+    20 searches that need no model (tags, dates, photos like an indexed one) all answer meanwhile."""
+    base, app = live_server
+    app.state.slow.delay = 3.0
+    with Store.open(duplicates[1], create=False) as store:
+        photos = sorted(store.file_table()["path"])
+    slow: dict = {}
+
+    def slow_search() -> None:
+        started = time.monotonic()
+        with urllib.request.urlopen(base + "/?q=a+slowly+embedded+green+thing", timeout=30) as answer:
+            slow["answer"] = (answer.status, time.monotonic() - started)
+
+    worker = threading.Thread(target=slow_search)
+    worker.start()
+    time.sleep(0.5)  # the slow search is in the model now
+    urls = [base + "/?" + urllib.parse.urlencode({"like": photos[n % len(photos)], "after": "1990"})
+            for n in range(20)]
+    answers: list = []
+    started = time.monotonic()
+
+    def fetch(url: str) -> None:
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            answers.append((answer.status, answer.read().count(b'class="card"'), time.monotonic() - started))
+
+    fetchers = [threading.Thread(target=fetch, args=(url,)) for url in urls]
+    for fetcher in fetchers:
+        fetcher.start()
+    for fetcher in fetchers:
+        fetcher.join(30)
+    assert "answer" not in slow, "the slow search was still running while the others answered"
+    worker.join(30)
+    assert len(answers) == 20 and all(status == 200 and cards > 0 for status, cards, _ in answers), answers
+    assert max(seconds for *_, seconds in answers) < 2.4, "a search waited for the slow one"
+    assert slow["answer"][0] == 200 and slow["answer"][1] >= 3.0

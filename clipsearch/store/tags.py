@@ -12,8 +12,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from .paths import scope_sql, sql_text
-from .store import Store, now
+from ..paths import scope_sql, sql_text
+from . import Store, now
 
 
 class TagStore:

@@ -141,7 +141,9 @@ def read_file(path: str) -> PhotoMetadata:
     """
     from PIL import Image
 
-    from . import images  # noqa: F401  (registers the HEIC opener)
+    from . import formats
+
+    formats.register()
 
     try:
         with Image.open(path) as image:

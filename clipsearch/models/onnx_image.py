@@ -44,13 +44,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import cpu, textencoder
-from .encoder import Encoder, ModelError, pick_device
-from .images import Preprocess
-from .options import ImagePrecision
+from ..options import ImagePrecision
+from . import cpu, export_cache
+from .preprocess import Preprocess
+from .torch_encoder import Encoder, ModelError, pick_device
 
 EXPORT_FORMAT = 1  # bump when the files written by `export` change meaning
-MIN_AGREEMENT = textencoder.MIN_AGREEMENT
+MIN_AGREEMENT = export_cache.MIN_AGREEMENT
 TIMED_PROBES = 8  # pictures per timed batch when the candidates are measured
 TIMED_RUNS = 3  # timed batches per candidate, after one warm-up: the median counts
 
@@ -72,11 +72,11 @@ class ImageEncoderUnavailable(Exception):
 
 def cache_root() -> Path:
     """$XDG_CACHE_HOME/clipsearch/image-encoders (~/.cache by default)."""
-    return textencoder.cache_root().parent / "image-encoders"
+    return export_cache.cache_base() / "image-encoders"
 
 
 def export_dir(model_id: str) -> Path | None:
-    return textencoder.export_dir(model_id, cache_root(), EXPORT_FORMAT)
+    return export_cache.export_dir(model_id, cache_root(), EXPORT_FORMAT)
 
 
 @dataclass
@@ -105,7 +105,7 @@ class OnnxImageEncoder:
         settings = json.loads((folder / "settings.json").read_text())
         graph = settings["auto"] if precision == "auto" else precision
         try:
-            onnxruntime = textencoder.import_onnxruntime()
+            onnxruntime = export_cache.import_onnxruntime()
         except ImportError:
             raise ImageEncoderUnavailable("onnxruntime is not installed") from None
         if not (folder / f"image.{graph}.onnx").is_file():
@@ -116,7 +116,7 @@ class OnnxImageEncoder:
 
         def create() -> None:
             try:
-                session.set_result(textencoder._session(onnxruntime, folder, graph, keep_optimised, tower="image",
+                session.set_result(export_cache.session(onnxruntime, folder, graph, keep_optimised, tower="image",
                                                         threads=threads or os.cpu_count() or 1))
             except Exception as exc:  # noqa: BLE001 - a damaged file, or an onnxruntime that cannot run it
                 session.set_exception(exc)
@@ -168,10 +168,10 @@ def export(encoder: Encoder, features: frozenset[str] | None = None) -> Path:
     """
     def write(work: Path) -> dict[str, Any]:
         write_torch_half(encoder, work, features)
-        textencoder.fold_and_quantise(work, "image")
+        export_cache.fold_and_quantise(work, "image")
         return check(work, encoder.model_id, features)
 
-    return textencoder.export_into_cache(export_dir(encoder.model_id), encoder.model_id, write,
+    return export_cache.export_into_cache(export_dir(encoder.model_id), encoder.model_id, write,
                                          ImageEncoderUnavailable)
 
 
@@ -197,11 +197,11 @@ def write_torch_half(encoder: Encoder, work: Path, features: frozenset[str] | No
                 settings["speed"] = {"bf16": images_per_second(encoder, probes)}
         finally:
             encoder.precision = previous
-    textencoder.write_json_atomically(work / "settings.json", settings)
+    export_cache.write_json_atomically(work / "settings.json", settings)
 
 
 def check(work: Path, model_id: str, features: frozenset[str] | None = None) -> dict[str, Any]:
-    """After textencoder.fold_and_quantise, without torch: how well each graph agrees with the model and how fast
+    """After export_cache.fold_and_quantise, without torch: how well each graph agrees with the model and how fast
     each one that agrees is, and the fastest path; returns the settings."""
     features = cpu.cpu_features() if features is None else features
     settings = json.loads((work / "settings.json").read_text())
@@ -241,7 +241,7 @@ def images_per_second(encoder: ImageEncoder, probes: np.ndarray) -> float:
 
 
 def _export_graph(encoder: Encoder, target: Path) -> None:
-    """The raw graph (textencoder.export_module) of uint8 NHWC pixels -> get_image_features(...).pooler_output."""
+    """The raw graph (export_cache.export_module) of uint8 NHWC pixels -> get_image_features(...).pooler_output."""
     import torch
 
     model, mean, std = encoder._model, encoder._mean.float().cpu(), encoder._std.float().cpu()
@@ -256,7 +256,7 @@ def _export_graph(encoder: Encoder, target: Path) -> None:
             return self.model.get_image_features(pixel_values=batch).pooler_output
 
     sample = torch.from_numpy(probe_pixels(encoder.preprocess, 2))
-    textencoder.export_module(ImageTower().eval(), (sample,), target, ["pixels"], "image_embeds",
+    export_cache.export_module(ImageTower().eval(), (sample,), target, ["pixels"], "image_embeds",
                               {"pixels": {0: "batch"}, "image_embeds": {0: "batch"}})
 
 
@@ -326,7 +326,7 @@ def describe(model_id: str, precision: str = "auto", features: frozenset[str] | 
     ("onnx int8 (measured fastest, images/s: int8 41, fp32 30)"); for `info`."""
     folder = export_dir(model_id)
     if folder is None or not (folder / "settings.json").exists():
-        failed = folder is not None and textencoder.failure_marker(folder).exists()
+        failed = folder is not None and export_cache.failure_marker(folder).exists()
         return "torch fp32 (the ONNX export failed)" if failed else "not prepared yet (the next index run prepares it)"
     path, why = choose_path(json.loads((folder / "settings.json").read_text()), ImagePrecision(precision).value,
                             cpu.cpu_features() if features is None else features)
@@ -345,15 +345,8 @@ def _prepared_folder(model_id: str, notify: Callable[[str], None]) -> Path:
         folder = export_dir(model_id)
     if folder is not None and (folder / "settings.json").exists():
         return folder
-    folder = textencoder.export_into_cache(folder, model_id, lambda work: prepare.prepare("image", model_id, work,
+    folder = export_cache.export_into_cache(folder, model_id, lambda work: prepare.prepare("image", model_id, work,
                                                                                           notify),
                                            ImageEncoderUnavailable)
-    text_folder = textencoder.export_dir(model_id)
-    if text_folder is not None and not (text_folder / "settings.json").exists():
-        try:
-            textencoder.export_into_cache(text_folder, model_id,
-                                          lambda work: prepare.prepare("text", model_id, work, notify),
-                                          textencoder.TextEncoderUnavailable)
-        except textencoder.TextEncoderUnavailable as exc:
-            notify(f"The text encoder could not be prepared ({exc}); find will use torch.")
+    prepare.text_tower_too(model_id, notify)
     return folder

@@ -24,8 +24,8 @@ from enum import Enum
 
 from PIL import Image
 
-from . import images, thumbnails
-from .search import Hit
+from .. import Hit, Library
+from ..errors import BadInputError
 
 PREVIEW_ENV = "CLIPSEARCH_PREVIEW"
 CELL_HEIGHT_PX = 20  # a typical terminal cell; sixel images are not scaled by the terminal
@@ -157,11 +157,11 @@ def _sixel_runs(bits) -> str:
 
 
 def image_sequence(path: str, protocol: Protocol, rows: int) -> str:
-    """The escape sequence showing `path`'s thumbnail, `rows` cells high (cached, see thumbnails.py)."""
+    """The escape sequence showing `path`'s thumbnail, `rows` cells high (cached: `Library.thumbnail`)."""
     if protocol is Protocol.sixel:
-        data, _ = thumbnails.thumbnail(path, rows * CELL_HEIGHT_PX)
+        data = Library.thumbnail(path, rows * CELL_HEIGHT_PX)
         return sixel_sequence(Image.open(io.BytesIO(data)))
-    data, _ = thumbnails.thumbnail(path, rows * CELL_HEIGHT_PX * 2)  # twice the pixels: sharp on HiDPI screens
+    data = Library.thumbnail(path, rows * CELL_HEIGHT_PX * 2)  # twice the pixels: sharp on HiDPI screens
     if protocol is Protocol.iterm:
         return iterm_sequence(data, rows)
     png = io.BytesIO()
@@ -178,7 +178,7 @@ def show_previews(hits: Sequence[Hit], protocol: Protocol, rows: int, write: Cal
     for rank, hit in enumerate(hits, 1):
         try:
             picture = image_sequence(hit.path, protocol, rows)
-        except images.ImageError as exc:
+        except BadInputError as exc:
             picture = f"[no preview: {exc}]"
         dims = f"{hit.width}x{hit.height}" if hit.width else ""
         caption = f"  {rank:>2}  {hit.score:.3f}  {dims}  "

@@ -37,11 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
-from .dedupe import Group
-from .errors import BadInputError
-from .paths import normalise_path
-from .store import Store
-from .tagstore import TagStore
+from ..errors import BadInputError
+from ..paths import normalise_path
+from ..store import Store
+from ..store.tags import TagStore
+from .groups import Group
 
 MANIFEST_FORMAT = 1
 KEY_META = "manifest_key"  # the index's secret for signing manifest records (meta table)

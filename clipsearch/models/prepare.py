@@ -13,7 +13,7 @@ exits when it is done, which returns all of its memory:
 The index process itself never imports torch. Each child reports its notices and
 its outcome as JSON lines on stdout:
 
-    python -m clipsearch.prepare fetch|torch|quantise|check image|text MODEL [WORK]
+    python -m clipsearch.models.prepare fetch|torch|quantise|check image|text MODEL [WORK]
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from . import textencoder
-from .encoder import ModelError
+from . import export_cache, onnx_text
+from .torch_encoder import ModelError
 
-PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
 STEP_WORDS = {"torch": "exporting", "quantise": "quantising", "check": "checking"}
 
 
@@ -46,14 +46,15 @@ def prepare(tower: str, model_id: str, work: Path, notify: Callable[[str], None]
 
 def run_step(name: str, tower: str, model_id: str, work: Path | None, notify: Callable[[str], None]) -> None:
     """Run one step in a child process, passing its notices to `notify`, and raise what it raised: ModelError,
-    the tower's ...Unavailable, or textencoder.ExportFailed for anything else (which the caller records)."""
+    the tower's ...Unavailable, or export_cache.ExportFailed for anything else (which the caller records)."""
     if name in STEP_WORDS:
         timing = " and timing" if name == "check" and tower == "image" else ""
         notify(f"Preparing the {tower} encoder (once): {STEP_WORDS[name]}{timing}...")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [PACKAGE_PARENT, os.environ.get("PYTHONPATH")]))}
     outcome: dict[str, str] = {}
     with tempfile.TemporaryFile("w+") as errors:
-        child = subprocess.Popen([sys.executable, "-m", "clipsearch.prepare", name, tower, model_id, str(work or "")],
+        command = [sys.executable, "-m", "clipsearch.models.prepare", name, tower, model_id, str(work or "")]
+        child = subprocess.Popen(command,
                                  stdout=subprocess.PIPE, stderr=errors, stdin=subprocess.DEVNULL, text=True, env=env)
         assert child.stdout is not None
         for line in child.stdout:
@@ -71,13 +72,13 @@ def run_step(name: str, tower: str, model_id: str, work: Path | None, notify: Ca
         raise KeyboardInterrupt
     if not outcome:
         how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-        raise textencoder.ExportFailed(f"the {name} step {how} ({last_error_line or 'no message'})")
+        raise export_cache.ExportFailed(f"the {name} step {how} ({last_error_line or 'no message'})")
     kind, text = outcome["error"], outcome["message"]
     if kind == "ModelError":
         raise ModelError(text)
     if kind.endswith("Unavailable"):
         raise _unavailable(tower)(text)
-    raise textencoder.ExportFailed(f"{kind}: {text}")
+    raise export_cache.ExportFailed(f"{kind}: {text}")
 
 
 def _message(line: str) -> dict[str, str]:
@@ -91,33 +92,33 @@ def _message(line: str) -> dict[str, str]:
 
 
 def _unavailable(tower: str) -> type[Exception]:
-    from .imageencoder import ImageEncoderUnavailable
+    from .onnx_image import ImageEncoderUnavailable
 
-    return ImageEncoderUnavailable if tower == "image" else textencoder.TextEncoderUnavailable
+    return ImageEncoderUnavailable if tower == "image" else onnx_text.TextEncoderUnavailable
 
 
 def step(name: str, tower: str, model_id: str, work: Path | None, notify: Callable[[str], None]) -> None:
     """Do one step in this process (the child's work; tests may call it directly)."""
-    from . import imageencoder
+    from . import onnx_image
 
     if name == "quantise":
         assert work is not None
-        textencoder.fold_and_quantise(work, tower)
+        export_cache.fold_and_quantise(work, tower)
         return
     if name == "check":
         assert work is not None
-        settings = imageencoder.check(work, model_id) if tower == "image" else textencoder.check(work, model_id)
-        textencoder.write_json_atomically(work / "settings.json", settings)
+        settings = onnx_image.check(work, model_id) if tower == "image" else onnx_text.check(work, model_id)
+        export_cache.write_json_atomically(work / "settings.json", settings)
         return
-    from .encoder import Encoder
+    from .torch_encoder import Encoder
 
     model = Encoder.load(model_id, "cpu")  # also downloads a Hub model's weights
     if name == "torch":
         assert work is not None
         if tower == "image":
-            imageencoder.write_torch_half(model, work)
+            onnx_image.write_torch_half(model, work)
         else:
-            textencoder.write_torch_half(model, work)
+            onnx_text.write_torch_half(model, work)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,6 +136,20 @@ def main(argv: list[str] | None = None) -> int:
         say(error=type(exc).__name__, message=str(exc))
         return 1
     return 0
+
+
+
+def text_tower_too(model_id: str, notify: Callable[[str], None]) -> None:
+    """After the image tower, the text tower of the same model, unless it is prepared already: `find` then
+    needs no torch either. A failure is a notice (find falls back to torch), not an error."""
+    text_folder = onnx_text.export_dir(model_id)
+    if text_folder is None or (text_folder / "settings.json").exists():
+        return
+    try:
+        export_cache.export_into_cache(text_folder, model_id, lambda work: prepare("text", model_id, work, notify),
+                                       onnx_text.TextEncoderUnavailable)
+    except onnx_text.TextEncoderUnavailable as exc:
+        notify(f"The text encoder could not be prepared ({exc}); find will use torch.")
 
 
 if __name__ == "__main__":

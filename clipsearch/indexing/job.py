@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import BadInputError
+from ..models.onnx_image import ImageEncoder, load_image_encoder
+from ..options import DEFAULT_WORKERS, ImagePrecision, resolve_model
+from ..paths import normalise_path
+from ..store import METADATA_COLUMNS, ImageRecord, Store, encode_vector
+from ..store.tags import TagStore
 from . import images, metadata
-from .errors import BadInputError
-from .imageencoder import ImageEncoder, load_image_encoder
-from .options import DEFAULT_WORKERS, ImagePrecision, resolve_model
-from .paths import normalise_path
 from .scan import Changes, FileEntry, compare, walk_images
-from .store import METADATA_COLUMNS, ImageRecord, Store, encode_vector
-from .tagstore import TagStore
 
 
 class IndexingError(BadInputError):

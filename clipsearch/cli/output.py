@@ -6,7 +6,6 @@ Results go to stdout; messages and progress for people go to stderr, so
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
@@ -16,18 +15,16 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..paths import path_json
+from ..units import human_size
+
 if TYPE_CHECKING:  # only for annotations: the CLI imports this module for --help too
     from rich.console import Console
     from rich.text import Text
 
-    from .config import Config
-    from .dedupe import Group
-    from .indexer import IndexReport
-    from .moves import Move, MoveReport, UndoReport
-    from .options import SidecarStyle
-    from .search import Hit
-    from .sidecars import ExportReport
-    from .tags import TagReport
+    from .. import ExportReport, Group, Hit, IndexReport, Move, MoveReport, TagReport, UndoReport
+    from ..config import Config
+    from ..options import SidecarStyle
 
 class _Console:
     """A rich Console made on first use: a query piped into another program prints no rich output, and
@@ -104,17 +101,6 @@ def shown(text: str) -> str:
     return _UNPRINTABLE.sub(escaped, text)
 
 
-def path_json(path: str) -> dict:
-    """A path for JSON output: "path" always valid Unicode; "path_bytes" (base64 of the exact bytes) as well
-    when the name is not valid UTF-8."""
-    try:
-        path.encode("utf-8")
-        return {"path": path}
-    except UnicodeEncodeError:
-        raw = path.encode("utf-8", "surrogateescape")
-        return {"path": raw.decode("utf-8", "backslashreplace"), "path_bytes": base64.b64encode(raw).decode("ascii")}
-
-
 def write_path(line: str, null: bool = False) -> None:
     """One path (or a line ending in one) on stdout, for pipes and xargs: the exact bytes of the name, ended by
     a newline, or by a NUL with `null` (`--null`, for `xargs -0`: the one ending no file name can contain).
@@ -134,15 +120,6 @@ class Format(str, Enum):
     json = "json"
 
 
-def _human_size(size: int | None) -> str:
-    if size is None:
-        return ""
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return ""
 
 
 def shorten_path(text: str, width: int) -> str:
@@ -287,7 +264,7 @@ def _show_group(number: int, group: Group) -> None:
     """One group as aligned lines that fit the terminal: the path gets the room left, shortened in its
     folders; where under 24 characters would be left, it goes on a line of its own below."""
     stdout.print(f"[bold]{number}. {_TIER_TITLES[group.tier]}[/]  [dim]keep: {escape(group.reason)}[/]")
-    cells = [(f"{m.width}x{m.height}" if m.width else "?", _human_size(m.size), _member_date(m), _match(group, m))
+    cells = [(f"{m.width}x{m.height}" if m.width else "?", human_size(m.size), _member_date(m), _match(group, m))
              for m in group.members]
     widths = [max(len(row[i]) for row in cells) for i in range(4)]
     lead = 8 + sum(width + 2 for width in widths if width)  # "  keep  " and two spaces after each field
@@ -324,7 +301,7 @@ def show_groups(groups: Sequence[Group], fmt: Format, null: bool = False) -> Non
     by_tier = {tier: sum(1 for g in groups if g.tier == tier) for tier in _TIER_TITLES}
     stderr.print(
         f"[bold]{len(groups)}[/] groups ({', '.join(f'{n} {_TIER_TITLES[t]}' for t, n in by_tier.items() if n)}): "
-        f"{len(extra)} files could go, {_human_size(sum(m.size for m in extra))}. Nothing was changed; "
+        f"{len(extra)} files could go, {human_size(sum(m.size for m in extra))}. Nothing was changed; "
         "use --move-to DIR or --trash to act."
     )
 

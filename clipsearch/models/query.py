@@ -2,7 +2,7 @@
 
 A text term is answered, in order, from the vectors the index remembers for
 texts it was asked before (no model at all), from the ONNX text encoder
-(textencoder.py: no torch, a few hundred milliseconds), exported on first use,
+(onnx_text.py: no torch, a few hundred milliseconds), exported on first use,
 and only as a fallback from the torch model. An image term that is not in the
 index needs the torch image tower. `QueryEncoder` has the interface of
 `encoder.Encoder` that `search` uses, so callers pass it where a model goes.
@@ -11,19 +11,30 @@ index needs the torch image tower. `QueryEncoder` has the interface of
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import textencoder
-from .store import Store
-from .textencoder import OnnxTextEncoder, TextEncoderUnavailable
+from ..store import Store
+from . import export_cache, onnx_text
+from .onnx_text import OnnxTextEncoder, TextEncoderUnavailable
 
 if TYPE_CHECKING:  # the torch model and Pillow: imported only when a query needs them
-    from .encoder import Encoder
-    from .images import Preprocess
+    from .preprocess import Preprocess
+    from .torch_encoder import Encoder
+
+
+class LoadedModels:
+    """The models of one QueryEncoder, shared by its copies for other threads (`QueryEncoder.on`): loaded once,
+    and used by one thread at a time (a tokenizer fails when two threads use it at once)."""
+
+    def __init__(self) -> None:
+        self.text: OnnxTextEncoder | Encoder | None = None
+        self.torch: Encoder | None = None
+        self.lock = threading.RLock()
 
 
 class QueryEncoder:
@@ -34,13 +45,16 @@ class QueryEncoder:
     """
 
     def __init__(self, store: Store, model_id: str, device: str | None = None, precision: str = "auto",
-                 notify: Callable[[str], None] | None = None):
-        if precision not in textencoder.PRECISIONS:
-            raise ValueError(f"precision must be one of {textencoder.PRECISIONS}, not {precision!r}")
+                 notify: Callable[[str], None] | None = None, models: LoadedModels | None = None):
+        if precision not in onnx_text.PRECISIONS:
+            raise ValueError(f"precision must be one of {onnx_text.PRECISIONS}, not {precision!r}")
         self.store, self.model_id, self.device, self.precision = store, model_id, device, precision
         self.notify = notify or (lambda message: None)
-        self._text: OnnxTextEncoder | Encoder | None = None
-        self._torch: Encoder | None = None
+        self.models = models or LoadedModels()
+
+    def on(self, store: Store) -> QueryEncoder:
+        """The same models, remembering queries in `store`: for another thread, which has its own connection."""
+        return QueryEncoder(store, self.model_id, self.device, self.precision, self.notify, self.models)
 
     # -- the Encoder interface used by search ------------------------------
 
@@ -49,14 +63,16 @@ class QueryEncoder:
         return self.image_encoder().preprocess
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        return self.image_encoder().embed_pixels(pixels)
+        with self.models.lock:
+            return self.image_encoder().embed_pixels(pixels)
 
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         """Unit vectors of `texts`: remembered ones from the index, the rest embedded and then remembered."""
         known = self.store.remembered_queries(self.model_id, self.precision, list(dict.fromkeys(texts)))
         new = [text for text in dict.fromkeys(texts) if text not in known]
         if new:
-            vectors = dict(zip(new, self.text_encoder().embed_texts(new)))
+            with self.models.lock:
+                vectors = dict(zip(new, self.text_encoder().embed_texts(new)))
             self.store.remember_queries(self.model_id, self.precision, vectors)
             known.update(vectors)
         return np.stack([known[text] for text in texts])
@@ -65,17 +81,19 @@ class QueryEncoder:
 
     def image_encoder(self) -> Encoder:
         """The torch model, on the requested device (loaded once)."""
-        if self._torch is None:
-            from .encoder import Encoder
+        with self.models.lock:
+            if self.models.torch is None:
+                from .torch_encoder import Encoder
 
-            self._torch = Encoder.load(self.model_id, self.device)
-        return self._torch
+                self.models.torch = Encoder.load(self.model_id, self.device)
+            return self.models.torch
 
     def text_encoder(self) -> OnnxTextEncoder | Encoder:
         """The ONNX text encoder, exported first if needed; the torch model when that cannot work."""
-        if self._text is None:
-            self._text = self._load_text_encoder()
-        return self._text
+        with self.models.lock:
+            if self.models.text is None:
+                self.models.text = self._load_text_encoder()
+            return self.models.text
 
     def _load_text_encoder(self) -> OnnxTextEncoder | Encoder:
         try:
@@ -95,15 +113,15 @@ class QueryEncoder:
         return self.image_encoder()
 
     def _export(self) -> OnnxTextEncoder:
-        from .encoder import Encoder
+        from .torch_encoder import Encoder
 
         self.notify("Preparing the text encoder (once)...")
         cpu = self.image_encoder() if self.image_encoder().device == "cpu" else Encoder.load(self.model_id, "cpu")
-        textencoder.export(cpu)  # a failure is recorded there, and raised as TextEncoderUnavailable
+        onnx_text.export(cpu)  # a failure is recorded there, and raised as TextEncoderUnavailable
         return OnnxTextEncoder.load(self.model_id, self.precision)
 
 
 def _failure_marker(model_id: str) -> Path | None:
     """Where a failed export is recorded, so later queries do not retry it (nor load torch for it) every time."""
-    folder = textencoder.export_dir(model_id)
-    return textencoder.failure_marker(folder) if folder else None
+    folder = onnx_text.export_dir(model_id)
+    return export_cache.failure_marker(folder) if folder else None

@@ -19,7 +19,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from .options import SidecarStyle
+from ..options import SidecarStyle
 
 SUBJECT = "Xmp.dc.subject"
 EMPTY_PACKET = (

@@ -32,12 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import tuning
-from .errors import BadInputError, check_finite
-from .options import DEFAULT_MAX_TAGS
-from .paths import normalise_path
-from .store import Store
-from .tagstore import TagStore
+from ..errors import BadInputError, check_finite
+from ..models import tuning
+from ..options import DEFAULT_MAX_TAGS
+from ..paths import normalise_path
+from ..store import Store
+from ..store.tags import TagStore
 
 TEMPLATES = ("a photo of {}", "a picture of {}", "{}")
 BUILT_IN = "built-in"
@@ -112,7 +112,7 @@ def parse_vocabulary(text: str, source: str) -> Vocabulary:
 def load_vocabulary(path: str | os.PathLike | None = None) -> Vocabulary:
     """The user's vocabulary file, or the built-in one shipped in the package."""
     if path is None:
-        text = resources.files("clipsearch").joinpath("data/vocabulary.txt").read_text(encoding="utf-8")
+        text = resources.files("clipsearch.tags").joinpath("vocabulary.txt").read_text(encoding="utf-8")
         return parse_vocabulary(text, BUILT_IN)
     try:
         text = Path(path).expanduser().read_text(encoding="utf-8")

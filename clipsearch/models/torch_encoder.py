@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BadInputError
-from .images import Preprocess
-from .options import DEVICES, model_id_from
+from ..errors import BadInputError
+from ..options import DEVICES, model_id_from
+from .preprocess import Preprocess
 
 
 class ModelError(BadInputError):

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 import typer
 from typer.exceptions import TyperException
 
-from . import __version__
-from .errors import (
+from .. import __version__
+from ..errors import (
     EXIT_BAD_INPUT,
     EXIT_INDEX,
     EXIT_INTERNAL,
@@ -45,7 +45,7 @@ from .errors import (
     ClipsearchError,
     Terminated,
 )
-from .options import (
+from ..options import (
     DB_ENV,
     DEFAULT_MAX_FILE_MB,
     DEFAULT_MAX_MEGAPIXELS,
@@ -63,8 +63,7 @@ from .options import (
 from .output import Format, escape, shown, stderr
 
 if TYPE_CHECKING:
-    from .library import Library
-    from .search import Hit
+    from .. import Hit, Library
 
 __all__ = ["EXIT_BAD_INPUT", "EXIT_INDEX", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_NOTHING", "app", "main"]
 _debug = False  # set by the global --debug flag
@@ -105,7 +104,7 @@ app = typer.Typer(
 def _apply_config(ctx: typer.Context, value: str | None) -> str | None:
     """Eager, so it runs before the other options are read: the config file's settings (and those of
     library `value`) become this command's defaults, below flags and environment variables."""
-    from . import config
+    from .. import config
 
     with _errors():
         settings = config.load().settings(value)
@@ -187,7 +186,7 @@ def _errors() -> Iterator[None]:
 @contextmanager
 def _library(db: Path | None, model: str | None = None, device: str | None = None) -> Iterator[Library]:
     """The index as the Python API sees it, with errors mapped to exit codes and notices on stderr."""
-    from .library import Library
+    from ..library import Library
 
     with _errors(), Library(db, model, device, notify=lambda message: stderr.print(escape(message))) as library:
         yield library
@@ -227,7 +226,7 @@ def index_command(
     Unchanged files are skipped without reading them; renamed and copied files reuse their vector.
     Safe to interrupt: the next run continues where this one stopped.
     """
-    from .indexer import IndexOptions
+    from .. import IndexOptions
     from .output import show_index_report
     from .progress import progress_shown
 
@@ -565,20 +564,20 @@ def serve_command(
     device: str | None = DeviceOption,
 ) -> None:
     """A local web app: search with thumbnails, photo pages with similar photos, duplicate review."""
-    from . import server
+    from ..web import app as server  # the other front end, which goes through the Library too
     from .output import show_serving
 
     with _errors():
         _check_port_free(host, port)  # before seconds of model loading, not after
     with _library(db, model, device) as lib:
-        web_app, count, db_path = lib.web_app(), lib.count(), lib.store.path
-    url = show_serving(host, port, count, db_path, local=host in server.LOCAL_HOSTS)
-    if open_browser:
-        import threading
-        import webbrowser
+        lib.warm_up()  # the text model find uses: the ONNX text tower when it is exported, not torch
+        url = show_serving(host, port, lib.count(), lib.store.path, local=host in server.LOCAL_HOSTS)
+        if open_browser:
+            import threading
+            import webbrowser
 
-        threading.Timer(1.0, webbrowser.open, [url]).start()
-    server.run(web_app, host, port, allow_host, max_upload_mb)
+            threading.Timer(1.0, webbrowser.open, [url]).start()
+        server.run(server.create_app(lib), host, port, allow_host, max_upload_mb)
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -586,7 +585,7 @@ def _check_port_free(host: str, port: int) -> None:
     import errno
     import socket
 
-    from .errors import BadInputError
+    from ..errors import BadInputError
 
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
@@ -630,7 +629,7 @@ def config_command(
     The config file is ~/.config/clipsearch/config.toml ($XDG_CONFIG_HOME, or $CLIPSEARCH_CONFIG); it may
     set db, model, device, top, exclude and prefer, and [library.NAME] tables selected with --library NAME.
     """
-    from . import config
+    from .. import config
     from .output import show_settings
 
     values = {"db": str(db) if db else None, "model": model, "device": device, "top": top}

@@ -24,14 +24,18 @@ A local server is still reachable from any web page the user opens, so:
 - Uploads are capped (50 MB by default), refused with 413 before the body is
   read when too large, streamed to disk, and deleted when the server stops.
 
-Model and SQL work runs in worker threads, never on the event loop, so a slow
-query does not hold up the stylesheet; the model itself is used by one thread
-at a time. The model is loaded once by the caller and reused.
+Everything goes through `clipsearch.Library`, as the command line does: text
+queries take the same path as `find` (remembered queries, then the ONNX text
+tower, so `serve` starts without torch when it is exported), and dedupe, moves
+and undo are the library's. Model and SQL work runs in worker threads (sync
+routes, or run_in_threadpool), never on the event loop, so a slow query does not
+hold up the stylesheet; each thread has its own `Library.for_thread()` (its own
+SQLite connection) and the model, loaded once, is used by one thread at a time.
 
 A file name that is not valid UTF-8 (a surrogate-escaped str, see paths.py)
 travels in links and form fields as its exact bytes, percent-encoded, and is
 read back the same way (`_query`, `_form_path`); pages show it with `\\xff`
-escapes. SQL lives in store.py.
+escapes. This package imports nothing of clipsearch but the facade (tests/test_architecture.py).
 """
 
 from __future__ import annotations
@@ -68,11 +72,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import dedupe, images, indexer, metadata, moves, search, thumbnails
-from .errors import ClipsearchError, IndexBusyError, IndexUnusableError
-from .paths import is_utf8, normalise_path, readable, url_quote, url_unquote
-from .store import Store
-from .tagstore import TagStore
+from .. import Filters, Group, Hit, Library, Member
+from ..errors import BadInputError, ClipsearchError, IndexBusyError, IndexUnusableError
+from ..paths import is_utf8, normalise_path, readable, url_quote, url_unquote
+from ..units import human_size
 
 PAGE_SIZE = 48
 SIMILAR_ON_PHOTO_PAGE = 18
@@ -91,19 +94,12 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"same-origin"),  # not no-referrer: that makes browsers send `Origin: null` on our forms
     (b"x-content-type-options", b"nosniff"),
 ]
-_WEB = Path(__file__).resolve().parent / "web"
+_WEB = Path(__file__).resolve().parent
 
 
 def _human_size(size: int | None) -> str:
     """1.2 MB; the number and unit joined by a no-break space, so they never wrap apart."""
-    if not size:
-        return ""
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f}\u00a0{unit}" if unit == "B" else f"{value:.1f}\u00a0{unit}"
-        value /= 1024
-    return ""
+    return human_size(size, "\u00a0")
 
 
 def _date(mtime_ns: int | None) -> str:
@@ -200,13 +196,11 @@ class _Serialised:
 
 
 class WebApp:
-    """The app's state: where the index is, the model (loaded once), who may call, uploads, and a form token."""
+    """The app's state: the library (one per worker thread), who may call, uploads, and a form token."""
 
-    def __init__(self, db_path: str | os.PathLike, get_encoder: Callable, allow_hosts: Sequence[str] = (),
+    def __init__(self, library: Library, allow_hosts: Sequence[str] = (),
                  max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB):
-        self.db_path = Path(db_path)
-        model_lock = threading.Lock()
-        self.get_encoder = lambda: _Serialised(get_encoder(), model_lock)
+        self.root = library
         self.csrf = secrets.token_urlsafe(24)  # forms that change something must come from our own pages
         self.hosts: set[str] = set()
         self.any_address = False  # listening on every address: any IP address as Host (a rebinding needs a name)
@@ -216,7 +210,7 @@ class WebApp:
         _remove_stale_uploads()
         self.uploads = Path(tempfile.mkdtemp(prefix=f"{UPLOADS_PREFIX}{os.getpid()}-"))
         self._local = threading.local()
-        self.templates = Environment(loader=PackageLoader("clipsearch", "web/templates"),
+        self.templates = Environment(loader=PackageLoader("clipsearch.web", "templates"),
                                      autoescape=select_autoescape(["html"]), finalize=_shown)
         self.templates.filters["human_size"] = _human_size
         self.templates.filters["form_value"] = url_quote  # a path in a form field; `_form_path` reads it back
@@ -242,12 +236,12 @@ class WebApp:
     def remove_uploads(self) -> None:
         shutil.rmtree(self.uploads, ignore_errors=True)
 
-    def store(self) -> Store:
-        """One connection per thread (SQLite connections stay in the thread that opened them)."""
-        store = getattr(self._local, "store", None)
-        if store is None:
-            store = self._local.store = Store.open(self.db_path, create=False)
-        return store
+    def library(self) -> Library:
+        """This thread's Library: its own connection to the index, the models shared (loaded once)."""
+        library = getattr(self._local, "library", None)
+        if library is None:
+            library = self._local.library = self.root.for_thread()
+        return library
 
     def page(self, request: Request, template: str, status: int = 200, **context) -> HTMLResponse:
         html = self.templates.get_template(template).render(request=request, csrf=self.csrf, **context)
@@ -262,7 +256,7 @@ class WebApp:
         and modification time the index recorded. Callers read from the returned
         handle, so a file swapped after the check is not what gets sent.
         """
-        row = self.store().file_row(path) if path and "\0" not in path else None
+        row = self.library().indexed_file(path) if path and "\0" not in path else None
         if path is None or row is None:
             raise HTTPException(404, "Not in the index.")
         nofollow = getattr(os, "O_NOFOLLOW", 0)
@@ -287,9 +281,9 @@ class WebApp:
         handle.close()
         return row
 
-    def cards(self, hits: list[search.Hit]) -> list[dict]:
+    def cards(self, hits: list[Hit]) -> list[dict]:
         """What a grid cell shows: the hit plus its name and date."""
-        dates = self.store().mtimes([hit.path for hit in hits])
+        dates = self.library().modified_times([hit.path for hit in hits])
         return [{"path": hit.path, "name": os.path.basename(hit.path), "score": hit.score, "width": hit.width,
                  "height": hit.height, "size": hit.bytes, "mtime_ns": dates.get(hit.path),
                  "taken": hit.taken, "camera": hit.camera} for hit in hits]
@@ -339,13 +333,19 @@ class _TooLarge(Exception):
     """An upload's body passed the size cap."""
 
 
-def create_app(db_path: str | os.PathLike, get_encoder: Callable, allow_hosts: Sequence[str] = (),
-               max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> Starlette:
-    """The web app over the index at `db_path`; `get_encoder()` gives the (already loaded) model.
+def create_app(library: Library | str | os.PathLike, get_encoder: Callable | None = None,
+               allow_hosts: Sequence[str] = (), max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB) -> Starlette:
+    """The web app over `library` (or the index at that path), its queries embedded as `find` does them, or
+    by the model `get_encoder()` gives when given (a loaded one; tests pass a stand-in).
 
     It answers to localhost, 127.0.0.1 and [::1], plus `allow_hosts` (`run` adds the address it listens on).
     """
-    web = WebApp(db_path, get_encoder, allow_hosts, max_upload_mb)
+    if not isinstance(library, Library):
+        library = Library(library)
+    if get_encoder is not None:
+        model_lock = threading.Lock()
+        library.query_model = lambda: _Serialised(get_encoder(), model_lock)
+    web = WebApp(library, allow_hosts, max_upload_mb)
 
     def search_page(request: Request) -> Response:
         params = _query(request)
@@ -359,30 +359,29 @@ def create_app(db_path: str | os.PathLike, get_encoder: Callable, allow_hosts: S
             page = max(1, int(params.get("page", "1")))
         except ValueError:
             page = 1
-        store = web.store()
+        lib = web.library()
         here = {"q": query, "in_": folder or "", "tag": tags, "like": like, "upload": upload, "after": after,
                 "before": before, "camera": camera}
         context: dict = {"query": query, "folder": folder or "", "tags": tags, "like": like, "upload": upload,
                          "page": page, "after": after, "before": before, "camera": camera, "here": here}
         try:
-            filters = search.Filters.parse(after or None, before or None, camera or None)
-        except (search.QueryError, OverflowError) as exc:  # OverflowError: a day past the year 9999
-            message = str(exc) if isinstance(exc, search.QueryError) else f"{after or before} is too far in the future."
+            filters = Filters.parse(after or None, before or None, camera or None)
+        except (BadInputError, OverflowError) as exc:  # OverflowError: a day past the year 9999
+            message = str(exc) if isinstance(exc, BadInputError) else f"{after or before} is too far in the future."
             return web.page(request, "search.html", 400, cards=[], error=message, **context)
         if not (query or tags or like or upload):  # the start page: what there is to search
-            return web.page(request, "search.html", cards=None, count=store.count(), filtered=bool(filters),
-                            tag_counts=TagStore(store).tag_counts()[:40], **context)
+            return web.page(request, "search.html", cards=None, count=lib.count(), filtered=bool(filters),
+                            tag_counts=lib.tags()[:40], **context)
         top = page * PAGE_SIZE
         try:
-            if like:
-                web.indexed_file(like)
-                hits = search.similar(like, store, web.get_encoder, top, folder, filters=filters)
-            elif upload:
-                hits = search.similar(_upload_path(web, upload), store, web.get_encoder, top, folder,
-                                      filters=filters)
+            if like or upload:
+                image = web.indexed_file(like)["path"] if like else _upload_path(web, upload)
+                hits = lib.similar(image, top=top, folder=folder, after=after or None, before=before or None,
+                                   camera=camera or None)
             else:
-                hits = search.find(query or None, store, web.get_encoder, top, folder, tags=tags, filters=filters)
-        except search.QueryError as exc:
+                hits = lib.find(query or None, top=top, folder=folder, tags=tags, after=after or None,
+                                before=before or None, camera=camera or None)
+        except BadInputError as exc:
             return web.page(request, "search.html", 400, cards=[], error=str(exc), **context)
         cards = web.cards(hits[(page - 1) * PAGE_SIZE:])
         more = len(hits) == top
@@ -391,15 +390,15 @@ def create_app(db_path: str | os.PathLike, get_encoder: Callable, allow_hosts: S
 
     def photo_page(request: Request) -> Response:
         row = web.indexed_file(_query(request).get("path"))
-        store = web.store()
-        facts = store.image_rows([row["id"]]).get(row["id"], {})
-        similar = web.cards(search.similar(row["path"], store, web.get_encoder, SIMILAR_ON_PHOTO_PAGE))
-        photo_tags = TagStore(store).tags_of([row["id"]]).get(row["id"], [])
-        taken = facts.get("taken")
-        return web.page(request, "photo.html", photo=row, name=os.path.basename(row["path"]), cards=similar,
-                        photo_tags=photo_tags, photo_taken=taken.replace("T", " ")[:16] if taken else "",
-                        taken_from_file=facts.get("taken_source") == metadata.FROM_FILE,
-                        photo_camera=metadata.camera_name(facts.get("camera_make"), facts.get("camera_model")) or "")
+        lib = web.library()
+        photo = lib.photo(row["path"])
+        if photo is None:  # removed from the index since the line above
+            raise HTTPException(404, "Not in the index.")
+        similar = web.cards(lib.similar(photo.path, top=SIMILAR_ON_PHOTO_PAGE))
+        taken = photo.taken
+        return web.page(request, "photo.html", photo=photo, name=os.path.basename(photo.path), cards=similar,
+                        photo_tags=photo.tags, photo_taken=taken.replace("T", " ")[:16] if taken else "",
+                        taken_from_file=photo.taken_from_file, photo_camera=photo.camera or "")
 
     def thumbnail(request: Request) -> Response:
         try:
@@ -410,13 +409,13 @@ def create_app(db_path: str | os.PathLike, get_encoder: Callable, allow_hosts: S
             raise HTTPException(400, f"size must be one of {', '.join(map(str, THUMB_SIZES))}")
         row, handle = web.open_indexed(_query(request).get("path"))
         with handle:
-            etag = '"' + thumbnails.thumbnail_key(row["path"], size, os.fstat(handle.fileno())) + '"'
+            etag = '"' + Library.thumbnail_key(row["path"], size, os.fstat(handle.fileno())) + '"'
             headers = {"ETag": etag, "Cache-Control": "no-cache"}  # revalidate: a 304 costs nothing
             if etag in [tag.strip() for tag in request.headers.get("if-none-match", "").split(",")]:
                 return Response(status_code=304, headers=headers)
             try:
-                data, _ = thumbnails.thumbnail(row["path"], size, opened=handle)
-            except images.ImageError as exc:
+                data = Library.thumbnail(row["path"], size, opened=handle)
+            except BadInputError as exc:
                 raise HTTPException(404, f"No thumbnail: {exc}") from None
         return Response(data, media_type="image/jpeg", headers=headers)
 
@@ -470,13 +469,9 @@ def create_app(db_path: str | os.PathLike, get_encoder: Callable, allow_hosts: S
         params = _query(request)
         folder = params.get("in", "").strip() or None
         with_similar = params.get("similar") == "1"
-        store = web.store()
-        try:
-            if folder and not os.path.isdir(folder):
-                raise dedupe.DedupeError(f"{folder} is not a folder.")
-            _fill_fingerprints(web.db_path, folder)
-            groups = dedupe.find_duplicates(store, folder, dedupe.DedupeOptions(similar=with_similar))
-        except (dedupe.DedupeError, search.QueryError) as exc:
+        try:  # fingerprints and photo metadata of older rows are filled first, as `clipsearch dedupe` does
+            groups = web.library().dedupe(folder, similar=with_similar).groups
+        except BadInputError as exc:
             return web.page(request, "message.html", 400, title="Cannot look for duplicates", message=str(exc))
         folders = [os.path.dirname(m.path) for g in groups for m in g.members]
         root = os.path.commonpath(folders) if folders else ""
@@ -539,7 +534,7 @@ def _dedupe_move(web: WebApp, request: Request, form) -> Response:
     if not destination:
         return web.page(request, "message.html", 400, title="No review folder",
                         message="Give a folder to move the extra files to (outside your library).")
-    store = web.store()
+    library = web.library()
     groups = []
     count = str(form.get("groups", "0"))
     for number in range(int(count) if count.isdigit() else 0):
@@ -551,7 +546,7 @@ def _dedupe_move(web: WebApp, request: Request, form) -> Response:
             raise HTTPException(400, f"Group {number + 1}: the file to keep is not one of its members.")
         rows = {row["path"]: row for row in (web.indexed_file(p) for p in members)}
         chosen = [_member(rows[p]) for p in [keep] + [p for p in members if p != keep]]
-        groups.append(dedupe.Group(str(form.get(f"tier{number}", "near")), chosen[0], "chosen in the web app",
+        groups.append(Group(str(form.get(f"tier{number}", "near")), chosen[0], "chosen in the web app",
                                    chosen[1:]))
     if not groups:
         return web.page(request, "message.html", 400, title="Nothing chosen", message="Tick the groups to act on.")
@@ -559,30 +554,24 @@ def _dedupe_move(web: WebApp, request: Request, form) -> Response:
     existing = destination
     while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
         existing = os.path.dirname(existing)
-    try:
-        with store.writer():  # busy: refused before the review folder is made
-            plan = moves.plan_moves(groups, destination, store, folder)
-            manifest = moves.default_manifest_path(destination)
-            web.manifests.add(str(manifest))
-            report = moves.apply_moves(plan, store, manifest)
-    except moves.MoveError as exc:
+    try:  # busy: refused before the review folder is made
+        report = library.move_duplicates(library.plan_moves(groups, destination, folder), destination)
+    except BadInputError as exc:
         _remove_empty_folders(destination, existing)
         return web.page(request, "message.html", 400, title="Nothing was moved", message=str(exc))
     except BaseException:
         _remove_empty_folders(destination, existing)
         raise
-    store.refresh_vector_cache()
+    web.manifests.add(str(report.manifest))
     return web.page(request, "moved.html", report=report)
 
 
 def _dedupe_undo(web: WebApp, request: Request, manifest: str) -> Response:
     """Put back what a manifest this server wrote moved (in a worker thread: files and SQL)."""
-    store = web.store()
     try:
-        report = moves.undo_moves(manifest, store)
-    except moves.MoveError as exc:
+        report = web.library().undo_moves(manifest)
+    except BadInputError as exc:
         return web.page(request, "message.html", 400, title="Cannot undo", message=str(exc))
-    store.refresh_vector_cache()
     return web.page(request, "undone.html", report=report)
 
 
@@ -621,12 +610,12 @@ def _save_upload(web: WebApp, source: BinaryIO, name: str) -> str | None:
         if not size:
             raise HTTPException(400, "Choose or drop an image file.")
         try:
-            images.open_oriented(partial.read_bytes(), 64)
-        except images.ImageError as exc:
+            Library.check_image(partial.read_bytes())
+        except BadInputError as exc:
             raise HTTPException(400, f"{name}: not a usable image: {exc}") from None
         key = digest.hexdigest()[:32]
         extension = os.path.splitext(name)[1].lower()
-        extension = extension if extension in images.supported_extensions() else ".jpg"
+        extension = extension if extension in Library.image_extensions() else ".jpg"
         for old in web.uploads.glob(f"{key}.*"):
             old.unlink()
         os.replace(partial, web.uploads / f"{key}{extension}")
@@ -668,14 +657,8 @@ def _check_token(web: WebApp, token) -> None:
         raise HTTPException(403, "This form is out of date (the server restarted?); reload the page.")
 
 
-def _fill_fingerprints(db_path: Path, folder: str | None) -> None:
-    """Perceptual hashes of images indexed before dedupe existed (reads files, so not on the event loop)."""
-    with Store.open(db_path, create=False) as store:
-        indexer.fill_fingerprints(store, folder)
-
-
-def _member(row: dict) -> dedupe.Member:
-    return dedupe.Member(row["path"], row["width"], row["height"], row["size"], row["mtime_ns"])
+def _member(row: dict) -> Member:
+    return Member(row["path"], row["width"], row["height"], row["size"], row["mtime_ns"])
 
 
 def run(app: Starlette, host: str, port: int, allow_hosts: Sequence[str] = (),

@@ -29,13 +29,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import fingerprint, tuning
-from .errors import BadInputError, check_finite
-from .images import RAW_EXTENSIONS
-from .metadata import FROM_FILE
-from .options import KeepPolicy
-from .paths import normalise_path
-from .store import Store
+from ..errors import BadInputError, check_finite
+from ..indexing import fingerprint
+from ..indexing.images import RAW_EXTENSIONS
+from ..indexing.metadata import FROM_FILE
+from ..models import tuning
+from ..options import KeepPolicy
+from ..paths import normalise_path, path_json
+from ..store import Store
 
 # Formats a camera never writes but exports and conversions do: a PNG beside a JPEG is the copy.
 LOSSLESS_EXTENSIONS = frozenset({".png", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tga", ".qoi"})
@@ -89,8 +90,6 @@ class Member:
         from datetime import datetime, timezone
 
         modified = datetime.fromtimestamp(self.mtime_ns / 1e9, timezone.utc).isoformat(timespec="seconds")
-        from .output import path_json  # "path" always valid Unicode, "path_bytes" too when not UTF-8
-
         return {**path_json(self.path), "keep": keep, "width": self.width, "height": self.height,
                 "bytes": self.size, "modified": modified, "taken": self.taken,
                 "similarity": None if self.similarity is None else round(self.similarity, 4),
@@ -110,8 +109,6 @@ class Group:
 
     def to_dict(self) -> dict:
         """JSON-ready, with find --json's convention for names that are not UTF-8 ("keep_bytes" beside "keep")."""
-        from .output import path_json
-
         keep = path_json(self.keep.path)
         named = {"keep": keep["path"], **({"keep_bytes": keep["path_bytes"]} if "path_bytes" in keep else {})}
         return {"tier": self.tier, **named, "reason": self.reason,

@@ -18,16 +18,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from . import fingerprint, metadata
-from .errors import BadInputError
-from .options import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_MEGAPIXELS
+from ..errors import BadInputError
+from ..models.preprocess import Preprocess
+from ..options import DEFAULT_MAX_FILE_MB, DEFAULT_MAX_MEGAPIXELS
+from . import fingerprint, formats, metadata
 
-try:  # HEIC/HEIF from phones; Pillow itself reads AVIF.
-    import pillow_heif
-
-    pillow_heif.register_heif_opener()
-except ImportError:  # pragma: no cover - optional at runtime
-    pillow_heif = None  # type: ignore[assignment]
+pillow_heif = formats.register()  # HEIC/HEIF, before supported_extensions() reads Pillow's registry
 
 # We enforce our own, clearer pixel limit (see `decode`).
 Image.MAX_IMAGE_PIXELS = None
@@ -73,16 +69,6 @@ def is_raw(path: str) -> bool:
 
 class ImageError(Exception):
     """A file that cannot be turned into pixels; the message is the reason."""
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How a model wants its pixels: resize the short side, then centre-crop."""
-
-    shortest_edge: int = 224
-    crop_height: int = 224
-    crop_width: int = 224
-    resample: int = Image.Resampling.BICUBIC
 
 
 @dataclass

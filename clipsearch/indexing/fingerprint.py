@@ -57,11 +57,6 @@ def fingerprints(image: Image.Image) -> tuple[bytes, float]:
     return phash, colourfulness(small)
 
 
-def perceptual_hash(image: Image.Image) -> bytes:
-    """imagehash's pHash (hash_size=16) as 32 bytes; see `fingerprints`."""
-    return fingerprints(image)[0]
-
-
 def hash_matrix(hashes: list[bytes | None]) -> np.ndarray:
     """Stored hashes as an (n, 4) uint64 array; missing ones as zeros."""
     blank = bytes(HASH_BYTES)

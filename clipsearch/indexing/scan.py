@@ -12,9 +12,9 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from ..paths import normalise_path
+from ..store import StoredFile
 from .images import supported_extensions
-from .paths import normalise_path
-from .store import StoredFile
 
 # Folders that hold no photos of the user's, or copies a photo manager keeps.
 DEFAULT_EXCLUDES = (

@@ -11,7 +11,7 @@ interleave: a second writer waits briefly, then gets `IndexBusyError`.
 
 Paths are stored exactly, bytes that are not UTF-8 included (paths.py). The
 tag tables are created here with the rest of the schema, but read and written
-by tagstore.py; the query cache file is vectorcache.py's.
+by tagstore.py; the query cache file is vectors.py's.
 """
 
 from __future__ import annotations
@@ -28,34 +28,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from . import vectorcache
-from .errors import BadInputError, ClipsearchError, IndexBusyError, IndexUnusableError, NothingFoundError
-from .options import DB_ENV
-from .paths import decode_text, folder_range, is_utf8, normalise_path, scope_sql, sql_text
-from .vectorcache import Vectors
+from ..errors import (
+    BadInputError,
+    ClipsearchError,
+    IndexBusyError,
+    IndexUnusableError,
+    MissingIndexError,
+)
+from ..options import DB_ENV
+from ..paths import decode_text, is_utf8, scope_sql, sql_text
+from . import vectors as vectorcache
+from .vectors import Vectors
 
 if TYPE_CHECKING:  # imported when a write needs it: a query opens the index with sqlite3 alone (-60 ms)
     import sqlite_utils
-
-# Re-exported for code written before paths.py existed.
-__all__ = [
-    "DB_ENV",
-    "SCHEMA_VERSION",
-    "ImageRecord",
-    "MissingIndexError",
-    "ModelMismatchError",
-    "NewerSchemaError",
-    "Store",
-    "StoreError",
-    "StoredFile",
-    "Vectors",
-    "decode_vectors",
-    "default_db_path",
-    "encode_vector",
-    "folder_range",
-    "normalise_path",
-    "storage_error",
-]
 
 SCHEMA_VERSION = 5
 VECTOR_DTYPE = np.dtype("<f2")
@@ -77,10 +63,6 @@ class NewerSchemaError(StoreError):
 
 class ModelMismatchError(StoreError):
     pass
-
-
-class MissingIndexError(StoreError):
-    exit_code = NothingFoundError.exit_code
 
 
 def storage_error(exc: sqlite3.Error, path: Path) -> ClipsearchError | None:
@@ -693,7 +675,7 @@ class Store:
     def vectors(self, folder: str | None = None) -> Vectors:
         """All stored vectors (or those under `folder`) as one matrix, for ranking.
 
-        The whole index comes from the memory-mapped query cache (vectorcache.py),
+        The whole index comes from the memory-mapped query cache (vectors.py),
         which `refresh_vector_cache` rewrites first if it is stale; a folder's rows
         come from the database.
         """

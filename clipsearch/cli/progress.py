@@ -1,8 +1,8 @@
-"""The command line's progress display: a rich bar on stderr over the library's `indexer.Progress`.
+"""The command line's progress display: a rich bar on stderr over the library's `clipsearch.Progress`.
 
 The library reports progress through callbacks and prints nothing; this is
 where a person sees it. It lives outside `cli.py` because it subclasses the
-indexer's `Progress` (which imports numpy), and the CLI imports it only in the
+library's `Progress` (which imports numpy), and the CLI imports it only in the
 commands that show a bar, so `clipsearch --help` stays fast.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from rich.progress import (
@@ -25,9 +26,11 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from . import indexer
+from .. import Progress as LibraryProgress
 from .output import shown, stderr
-from .scan import Changes
+
+if TYPE_CHECKING:
+    from .. import Changes
 
 
 class _RateColumn(ProgressColumn):
@@ -36,7 +39,7 @@ class _RateColumn(ProgressColumn):
         return Text(f"{speed:.1f} img/s" if speed else "", style="cyan")
 
 
-class RichProgress(indexer.Progress):
+class RichProgress(LibraryProgress):
     """Draws a job's progress on stderr (no bar when quiet or not a terminal) and prints each skipped file."""
 
     def __init__(self, bar: Progress | None, quiet: bool = False):

@@ -1,0 +1,2 @@
+"""Duplicates: grouping near-identical photos (groups.py) and moving or trashing the extra copies with an
+undo log (moves.py)."""

@@ -1,7 +1,7 @@
 """The errors a user can cause, each carrying the exit code the CLI gives it.
 
 Every library error derives from `ClipsearchError`, so the command line maps
-them in one place (cli.py) and anything else is, by definition, a bug: an
+them in one place (cli/__init__.py) and anything else is, by definition, a bug: an
 "internal error" with its own exit code. This module imports nothing of ours.
 """
 

@@ -3,7 +3,7 @@
 Every command of the CLI is one call here, so a script needs one import, not
 six: `Library().find("a red car")`. The index is opened on first use (created
 only by `index`), and a model is loaded only by an operation that needs one:
-text queries go through `queryencoder.QueryEncoder` (remembered vectors, then
+text queries go through `models.query.QueryEncoder` (remembered vectors, then
 the torch-free ONNX text tower), tagging and indexing through the torch model.
 Like the rest of the library it prints nothing; `notify` receives the few
 one-line notices a person should see (a one-time export, a fallback).
@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # each command imports the modules it uses when it runs, so a
     from .dedupe import moves
     from .dedupe.groups import Group
     from .indexing import job as indexer
+    from .models.protocols import GetQueryModel
     from .models.query import LoadedModels, QueryEncoder
     from .models.torch_encoder import Encoder
     from .tags.auto import TagReport
@@ -77,7 +78,7 @@ class Library:
     """
 
     def __init__(self, db: PathLike | None = None, model: str | None = None, device: str | None = None,
-                 notify: Callable[[str], None] | None = None, *, query_model: Callable[[], Any] | None = None):
+                 notify: Callable[[str], None] | None = None, *, query_model: GetQueryModel | None = None):
         self.db, self.model, self.device = db, model, device
         self.notify: Callable[[str], None] = notify or (lambda message: None)
         self.query_model = query_model
@@ -148,7 +149,7 @@ class Library:
                                                            notify=self.notify, models=models)
         return self._query_encoders[precision]
 
-    def _query_model(self, precision: str = "auto") -> Callable[[], Any]:
+    def _query_model(self, precision: str = "auto") -> GetQueryModel:
         if self.query_model is not None:
             return self.query_model
         encoder = self.query_encoder(precision)
@@ -302,7 +303,7 @@ class Library:
 
     def tag(self, *folders: PathLike, vocab: PathLike | None = None, threshold: float | None = None,
             max_tags: int = DEFAULT_MAX_TAGS, retag: bool = False,
-            on_progress: Callable[[int], None] | None = None) -> TagReport:
+            progress: indexer.Progress | None = None) -> TagReport:
         """Zero-shot tags for the indexed images (under `folders`) from `vocab` (default: the index's last
         vocabulary, else the built-in one); only images not yet tagged with these settings are scored."""
         from .tags.auto import TagOptions, tag_images, vocabulary_for
@@ -311,7 +312,7 @@ class Library:
         options = TagOptions(threshold, max_tags, retag)
         # A new vocabulary's prompts are text: the exported text tower embeds them, without torch.
         return tag_images(self.store, self.query_encoder().text_encoder, [os.fspath(f) for f in folders],
-                          vocabulary, options, on_progress=on_progress)
+                          vocabulary, options, progress=progress)
 
     def tags(self, folder: PathLike | None = None) -> list[dict[str, Any]]:
         """Each tag with how many images have it (`images`, `auto`, `manual`), most used first."""

@@ -1,6 +1,6 @@
 """Names and defaults shared by the library and the command line's option definitions.
 
-The CLI defines its options when `cli.py` is imported, so everything an option
+The CLI defines its options when `cli/` is imported, so everything an option
 needs (an environment variable's name, a default, the choices of an enum) lives
 here, in a module that imports only the standard library: `clipsearch --help`
 must not load numpy, SQLite helpers or torch. The modules that own these

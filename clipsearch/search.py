@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
@@ -19,6 +19,7 @@ import numpy as np
 
 from .errors import BadInputError, NothingFoundError, check_finite
 from .indexing import metadata
+from .models.protocols import GetQueryModel, QueryModel
 from .paths import normalise_path
 from .store import Store, StoreError
 from .store.tags import TagStore
@@ -250,7 +251,7 @@ def _filtered(store: Store, vectors: Vectors, filters: Filters | None, folder: s
                                              normalise_path(folder) if folder else None))
 
 
-def embed_terms(terms: list[Term], store: Store, get_encoder: Callable) -> np.ndarray:
+def embed_terms(terms: list[Term], store: Store, get_encoder: GetQueryModel) -> np.ndarray:
     """One unit vector per term: stored vectors for indexed images, the model for the rest."""
     vectors: list[np.ndarray | None] = []
     for term in terms:
@@ -269,7 +270,7 @@ def embed_terms(terms: list[Term], store: Store, get_encoder: Callable) -> np.nd
     return np.stack(vectors)  # type: ignore[arg-type]  # every None was filled just above
 
 
-def _embed_files(encoder, paths: list[str]) -> np.ndarray:
+def _embed_files(encoder: QueryModel, paths: list[str]) -> np.ndarray:
     from .indexing import images  # decoding: only for image terms that are not in the index
 
     pixels = []
@@ -284,7 +285,7 @@ def _embed_files(encoder, paths: list[str]) -> np.ndarray:
 def find(
     query: Sequence[str] | str | None,
     store: Store,
-    get_encoder: Callable,
+    get_encoder: GetQueryModel,
     top: int = 10,
     folder: str | None = None,
     threshold: float | None = None,
@@ -329,7 +330,7 @@ def find(
 def similar(
     image: str | os.PathLike,
     store: Store,
-    get_encoder: Callable,
+    get_encoder: GetQueryModel,
     top: int = 10,
     folder: str | None = None,
     threshold: float | None = None,

@@ -124,3 +124,26 @@ def _vocabulary(tmp_path):
     path = tmp_path / "vocabulary.txt"
     path.write_text(scenes.tag_vocabulary(), encoding="utf-8")
     return path
+
+
+def test_tagging_reports_through_the_same_progress_as_indexing(small_library, tmp_path):
+    from clipsearch import Progress
+
+    class Recorder(Progress):
+        def __init__(self) -> None:
+            self.events: list[tuple] = []
+
+        def started(self, description: str, total: int) -> None:
+            self.events.append(("started", description, total))
+
+        def advance(self, count: int = 1) -> None:
+            self.events.append(("advance", count))
+
+    with Library(tmp_path / "photos.db", model=TINY_MODEL, device="cpu") as library:
+        indexing = Recorder()
+        library.index(small_library, progress=indexing)
+        tagging = Recorder()
+        report = library.tag(progress=tagging)
+    assert sum(count for kind, count in indexing.events if kind == "advance") == 12
+    assert report.tagged == 12 and tagging.events[0] == ("started", "Tagging", 12)
+    assert sum(event[1] for event in tagging.events[1:]) == 12

@@ -461,7 +461,7 @@ def tag_command(
         if not export or vocab is not None or threshold is not None or retag:  # --export alone: only export
             with progress_shown(quiet) as progress:
                 report = lib.tag(*targets, vocab=vocab, threshold=threshold, max_tags=max_tags, retag=retag,
-                                 on_progress=progress.counter("Tagging", lib.count()))
+                                 progress=progress)
             show_tag_report(report, fmt)
         if export:
             show_export_report(lib.export_sidecars(*targets, style=sidecar), sidecar, fmt)
@@ -571,13 +571,14 @@ def serve_command(
         _check_port_free(host, port)  # before seconds of model loading, not after
     with _library(db, model, device) as lib:
         lib.warm_up()  # the text model find uses: the ONNX text tower when it is exported, not torch
+        web_app = server.create_app(lib.for_thread())  # a Library of its own, sharing the loaded model
         url = show_serving(host, port, lib.count(), lib.store.path, local=host in server.LOCAL_HOSTS)
-        if open_browser:
-            import threading
-            import webbrowser
+    if open_browser:
+        import threading
+        import webbrowser
 
-            threading.Timer(1.0, webbrowser.open, [url]).start()
-        server.run(server.create_app(lib), host, port, allow_host, max_upload_mb)
+        threading.Timer(1.0, webbrowser.open, [url]).start()
+    server.run(web_app, host, port, allow_host, max_upload_mb)
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -1,14 +1,14 @@
 """The command line's progress display: a rich bar on stderr over the library's `clipsearch.Progress`.
 
 The library reports progress through callbacks and prints nothing; this is
-where a person sees it. It lives outside `cli.py` because it subclasses the
+where a person sees it. It lives outside `cli/__init__.py` because it subclasses the
 library's `Progress` (which imports numpy), and the CLI imports it only in the
 commands that show a bar, so `clipsearch --help` stays fast.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -81,13 +81,9 @@ class RichProgress(LibraryProgress):
         if self.bar is not None:
             self.task = self.bar.add_task("Hashing", total=count)
 
-    def counter(self, description: str, total: int) -> Callable[[int], None] | None:
-        """A bar of its own for a job that only counts (tagging): call the result with each step's size."""
-        if self.bar is None:
-            return None
-        task = self.bar.add_task(description, total=total)
-        bar = self.bar
-        return lambda count: bar.advance(task, count)
+    def started(self, description: str, total: int) -> None:
+        if self.bar is not None:
+            self.task = self.bar.add_task(description, total=total)
 
 
 @contextmanager

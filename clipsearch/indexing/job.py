@@ -1,7 +1,7 @@
 """The index job: scan -> read, hash and decode in a thread pool -> batched encode -> store.
 
 Decoding (Pillow) and inference (onnxruntime on a CPU, torch on a GPU; see
-imageencoder.py) both release the GIL, so a thread pool keeps the model fed
+onnx_image.py) both release the GIL, so a thread pool keeps the model fed
 while it works on the previous batch (threads decode as fast as processes here:
 scripts/bench_index.py measures both). Each batch is
 committed on its own, so an interrupted run resumes where it stopped. The
@@ -67,7 +67,11 @@ class IndexReport:
 
 
 class Progress:
-    """Hooks the job calls as it goes; the CLI draws a progress bar from them. No-ops here."""
+    """How every long job reports as it goes (index, dedupe's fingerprints, tagging); the CLI draws a progress
+    bar from these hooks. No-ops here: override what you need."""
+
+    def started(self, description: str, total: int) -> None:
+        """A job that counts ("Tagging") is about to do `total` steps; `advance` follows."""
 
     def scanned(self, changes: Changes) -> None: ...
 

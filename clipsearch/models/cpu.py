@@ -3,7 +3,7 @@
 `--precision auto` used to pick a path from /proc/cpuinfo's flags: bf16 autocast in torch
 wherever the processor had bf16 hardware. Measured on such a processor, that path was five
 times slower than the fp32 ONNX graph. So the candidates are now timed when a model's
-encoders are prepared (imageencoder.py) and `auto` takes the fastest; the flags only say
+encoders are prepared (onnx_image.py) and `auto` takes the fastest; the flags only say
 whether bf16 is worth timing at all. The decisions take the feature set as a parameter, so
 tests run them on made-up processors; $CLIPSEARCH_CPU_FLAGS stands in for /proc/cpuinfo in
 child processes and test runs.

@@ -40,30 +40,20 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from ..options import ImagePrecision
 from . import cpu, export_cache
 from .preprocess import Preprocess
+from .protocols import ImageEncoder
 from .torch_encoder import Encoder, ModelError, pick_device
 
 EXPORT_FORMAT = 1  # bump when the files written by `export` change meaning
 MIN_AGREEMENT = export_cache.MIN_AGREEMENT
 TIMED_PROBES = 8  # pictures per timed batch when the candidates are measured
 TIMED_RUNS = 3  # timed batches per candidate, after one warm-up: the median counts
-
-
-class ImageEncoder(Protocol):
-    """What the indexer needs of an encoder: its pixel settings and a batch call."""
-
-    model_id: str
-    device: str
-    dim: int
-    preprocess: Preprocess
-
-    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray: ...
 
 
 class ImageEncoderUnavailable(Exception):

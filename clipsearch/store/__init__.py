@@ -11,7 +11,7 @@ interleave: a second writer waits briefly, then gets `IndexBusyError`.
 
 Paths are stored exactly, bytes that are not UTF-8 included (paths.py). The
 tag tables are created here with the rest of the schema, but read and written
-by tagstore.py; the query cache file is vectors.py's.
+by tags.py; the query cache file is vectors.py's.
 """
 
 from __future__ import annotations

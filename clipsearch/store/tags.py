@@ -1,7 +1,7 @@
 """The tag tables of an index: the SQL behind zero-shot and manual tags.
 
-tags.py decides which tags an image gets; this module only stores and reads
-them, so the store (store.py) stays about image rows. The tables themselves
+tags/auto.py decides which tags an image gets; this module only stores and reads
+them, so the store (store/__init__.py) stays about image rows. The tables themselves
 are created by the store's migrations (schema 3), with triggers that drop an
 image's tags when it leaves the index and its auto tags when its content changes.
 """

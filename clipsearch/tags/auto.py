@@ -29,15 +29,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import BadInputError, check_finite
 from ..models import tuning
+from ..models.protocols import GetTextEncoder
 from ..options import DEFAULT_MAX_TAGS
 from ..paths import normalise_path
 from ..store import Store
 from ..store.tags import TagStore
+
+if TYPE_CHECKING:
+    from ..indexing.job import Progress
 
 TEMPLATES = ("a photo of {}", "a picture of {}", "{}")
 BUILT_IN = "built-in"
@@ -202,16 +207,17 @@ class TagReport:
         return self.tagged / self.seconds if self.seconds else 0.0
 
 
-def tag_images(store: Store, get_encoder: Callable, folders: list[str] | None = None,
+def tag_images(store: Store, get_encoder: GetTextEncoder, folders: list[str] | None = None,
                vocabulary: Vocabulary | None = None, options: TagOptions | None = None,
-               on_progress: Callable[[int], None] | None = None, batch: int = 4096) -> TagReport:
-    """Give the indexed images (all, or those under `folders`) tags from `vocabulary`."""
+               progress: Progress | None = None, batch: int = 4096) -> TagReport:
+    """Give the indexed images (all, or those under `folders`) tags from `vocabulary`; `progress` hears
+    `started("Tagging", images to score)` and an `advance` per batch."""
     with store.writer():
-        return _tag_images(store, get_encoder, folders, vocabulary, options, on_progress, batch)
+        return _tag_images(store, get_encoder, folders, vocabulary, options, progress, batch)
 
 
-def _tag_images(store: Store, get_encoder: Callable, folders: list[str] | None, vocabulary: Vocabulary | None,
-                options: TagOptions | None, on_progress: Callable[[int], None] | None, batch: int) -> TagReport:
+def _tag_images(store: Store, get_encoder: GetTextEncoder, folders: list[str] | None, vocabulary: Vocabulary | None,
+                options: TagOptions | None, progress: Progress | None, batch: int) -> TagReport:
     started = time.perf_counter()
     options = options or TagOptions()
     vocabulary = vocabulary or vocabulary_for(store)
@@ -253,6 +259,8 @@ def _tag_images(store: Store, get_encoder: Callable, folders: list[str] | None, 
         tag_store.save_tag_vectors(model_id, vocabulary.version, names, vectors)
     stored = store.vectors()
     position = {int(image_id): row for row, image_id in enumerate(stored.ids)}
+    if progress:
+        progress.started("Tagging", len(wanted))
     for start in range(0, len(wanted), batch):
         ids = [i for i in wanted[start:start + batch] if i in position]
         scores = np.asarray(stored.matrix[[position[i] for i in ids]]) @ vectors.T
@@ -264,8 +272,8 @@ def _tag_images(store: Store, get_encoder: Callable, folders: list[str] | None, 
             report.untagged += not tags
             for tag, _ in tags:
                 report.counts[tag] = report.counts.get(tag, 0) + 1
-        if on_progress:
-            on_progress(len(ids))
+        if progress:
+            progress.advance(len(ids))
     report.seconds = time.perf_counter() - started
     return report
 

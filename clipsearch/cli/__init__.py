@@ -572,7 +572,8 @@ def serve_command(
     with _library(db, model, device) as lib:
         lib.warm_up()  # the text model find uses: the ONNX text tower when it is exported, not torch
         web_app = server.create_app(lib.for_thread())  # a Library of its own, sharing the loaded model
-        url = show_serving(host, port, lib.count(), lib.store.path, local=host in server.LOCAL_HOSTS)
+        count, db_path = lib.count(), lib.store.path
+    url = show_serving(host, port, count, db_path, local=host in server.LOCAL_HOSTS)
     if open_browser:
         import threading
         import webbrowser

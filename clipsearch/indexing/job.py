@@ -25,7 +25,8 @@ from ..errors import BadInputError
 from ..models.onnx_image import ImageEncoder, load_image_encoder
 from ..options import DEFAULT_WORKERS, ImagePrecision, resolve_model
 from ..paths import normalise_path
-from ..store import METADATA_COLUMNS, ImageRecord, Store, encode_vector
+from ..store import ImageRecord, Store, encode_vector
+from ..store.schema import METADATA_COLUMNS
 from ..store.tags import TagStore
 from . import images, metadata
 from .scan import Changes, FileEntry, compare, walk_images

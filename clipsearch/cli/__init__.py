@@ -676,6 +676,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 def main() -> None:
     """The console script: SIGTERM unwinds like Ctrl-C (exit 143, work saved); a closed stdout exits quietly."""
     import signal
+    import sys
 
     signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -683,3 +684,9 @@ def main() -> None:
     except BrokenPipeError:  # a write outside any command (typer's own output), or at exit
         _silence_stdout()
         raise SystemExit(EXIT_PIPE_CLOSED) from None
+    except SystemExit as exc:
+        # click answers a closed stdout outside any command (`clipsearch --help | head -0`) with exit 1, after
+        # wrapping stdout to silence it: that is a closed pipe too, so 141 as for every command.
+        if exc.code == 1 and "PacifyFlushWrapper" in type(sys.stdout).__name__:
+            raise SystemExit(EXIT_PIPE_CLOSED) from None
+        raise

@@ -261,3 +261,22 @@ def test_trash_says_trash_and_a_second_undo_restores_nothing(cli, tmp_path, monk
     sent = cli("dedupe", "--db", db, "--trash", "--yes")
     assert sent.exit_code == 0 and "Sent 3 files to the trash" in sent.stderr and "Moved" not in sent.stderr
     assert len(trashed) == 3
+
+
+def test_similar_to_an_image_outside_the_index_needs_no_torch(small_library, tmp_path):
+    """An image that is not indexed goes through the image tower `index` prepared: no seconds of torch."""
+    db = tmp_path / "index.db"
+    subprocess.run([sys.executable, "-m", "clipsearch", "index", str(small_library), "--db", str(db), "--model",
+                    TINY_MODEL, "--quiet"], check=True, capture_output=True, timeout=120)
+    original = min(small_library.glob("*.jpg"))
+    outside = tmp_path / "elsewhere" / "copy.jpg"
+    outside.parent.mkdir()
+    outside.write_bytes(original.read_bytes())
+    script = ("import sys; from clipsearch import Library; "
+              f"hits = Library({str(db)!r}).similar({str(outside)!r}, top=1); "
+              "print(hits[0].path, round(hits[0].score, 3), 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    path, score, torch_loaded = done.stdout.split()
+    assert path == str(original) and float(score) >= 0.99 and torch_loaded == "False"

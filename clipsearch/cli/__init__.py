@@ -165,7 +165,7 @@ def _errors() -> Iterator[None]:
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt as exc:
         what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
-        stderr.print(f"[yellow]{what}.[/] Work done so far is saved; run the same command again to continue.")
+        stderr.print(f"[yellow]{what}.[/] Work so far is saved; run the same command again to continue.")
         raise typer.Exit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED) from None
     except BrokenPipeError:  # `clipsearch find cat | head -1`: the reader has all it wanted
         _silence_stdout()

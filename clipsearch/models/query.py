@@ -4,7 +4,7 @@ A text term is answered, in order, from the vectors the index remembers for
 texts it was asked before (no model at all), from the ONNX text encoder
 (onnx_text.py: no torch, a few hundred milliseconds), exported on first use,
 and only as a fallback from the torch model. An image term that is not in the
-index needs the torch image tower. `QueryEncoder` has the interface of
+index goes through the image tower `index` prepared (ONNX) on a CPU, else torch. `QueryEncoder` has the interface of
 `encoder.Encoder` that `search` uses, so callers pass it where a model goes.
 """
 
@@ -24,6 +24,7 @@ from .onnx_text import OnnxTextEncoder, TextEncoderUnavailable
 
 if TYPE_CHECKING:  # the torch model and Pillow: imported only when a query needs them
     from .preprocess import Preprocess
+    from .protocols import ImageEncoder
     from .torch_encoder import Encoder
 
 
@@ -33,6 +34,7 @@ class LoadedModels:
 
     def __init__(self) -> None:
         self.text: OnnxTextEncoder | Encoder | None = None
+        self.image: ImageEncoder | None = None
         self.torch: Encoder | None = None
         self.lock = threading.RLock()
 
@@ -79,12 +81,33 @@ class QueryEncoder:
 
     # -- loading ------------------------------------------------------------
 
-    def image_encoder(self) -> Encoder:
-        """The torch model, on the requested device (loaded once)."""
+    def image_encoder(self) -> ImageEncoder:
+        """What embeds an image that is not in the index: on a CPU the image tower `index` prepared (ONNX, no
+        torch: a fraction of a second), else the torch model, announced first since it takes seconds to load."""
+        with self.models.lock:
+            if self.models.image is None:
+                self.models.image = self._onnx_image_encoder() or self.torch_model(
+                    f"Loading model {self.model_id} to embed an image that is not in the index...")
+            return self.models.image
+
+    def _onnx_image_encoder(self) -> ImageEncoder | None:
+        from .onnx_image import ImageEncoderUnavailable, OnnxImageEncoder, accelerator_possible
+
+        if self.device not in (None, "cpu") or (self.device is None and accelerator_possible()):
+            return None
+        try:
+            return OnnxImageEncoder.load(self.model_id)
+        except ImageEncoderUnavailable:
+            return None
+
+    def torch_model(self, notice: str | None = None) -> Encoder:
+        """The torch model, on the requested device (loaded once); `notice` is said before loading it."""
         with self.models.lock:
             if self.models.torch is None:
                 from .torch_encoder import Encoder
 
+                if notice:
+                    self.notify(notice)
                 self.models.torch = Encoder.load(self.model_id, self.device)
             return self.models.torch
 
@@ -110,13 +133,13 @@ class QueryEncoder:
                 except TextEncoderUnavailable as exc:
                     reason = str(exc)
         self.notify(f"Fast text encoder not available ({reason}); using torch, which is slower.")
-        return self.image_encoder()
+        return self.torch_model()
 
     def _export(self) -> OnnxTextEncoder:
         from .torch_encoder import Encoder
 
         self.notify("Preparing the text encoder (once)...")
-        cpu = self.image_encoder() if self.image_encoder().device == "cpu" else Encoder.load(self.model_id, "cpu")
+        cpu = self.torch_model() if self.torch_model().device == "cpu" else Encoder.load(self.model_id, "cpu")
         onnx_text.export(cpu)  # a failure is recorded there, and raised as TextEncoderUnavailable
         return OnnxTextEncoder.load(self.model_id, self.precision)
 

@@ -8,11 +8,13 @@ every failure as an `ImageError` whose message names the problem.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import math
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,11 +83,11 @@ class DecodedImage:
     metadata: metadata.PhotoMetadata = field(default_factory=metadata.PhotoMetadata)  # EXIF date, camera, GPS
 
 
-def read_bytes(path: str) -> bytes:
-    """Read a whole file, translating OS errors into reasons a person understands."""
+@contextlib.contextmanager
+def _reading() -> Iterator[None]:
+    """OS errors while reading a file, as reasons a person understands (ImageError)."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        yield
     except FileNotFoundError:
         raise ImageError("vanished during the run") from None
     except PermissionError:
@@ -94,6 +96,12 @@ def read_bytes(path: str) -> bytes:
         raise ImageError("is a directory") from None
     except OSError as exc:
         raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
+
+
+def read_bytes(path: str) -> bytes:
+    """Read a whole file, translating OS errors into reasons a person understands."""
+    with _reading(), open(path, "rb") as handle:
+        data = handle.read()
     if not data:
         raise ImageError("empty file (0 bytes)")
     return data
@@ -112,24 +120,15 @@ def read_and_hash(path: str, max_file_mb: float = DEFAULT_MAX_FILE_MB) -> tuple[
     digest = hashlib.sha256()
     chunks: list[bytes] = []
     read = 0
-    try:
-        with open(path, "rb") as handle:
-            if os.fstat(handle.fileno()).st_size > limit:
+    with _reading(), open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size > limit:
+            raise ImageError(too_large)
+        while chunk := handle.read(1 << 20):
+            read += len(chunk)
+            if read > limit:
                 raise ImageError(too_large)
-            while chunk := handle.read(1 << 20):
-                read += len(chunk)
-                if read > limit:
-                    raise ImageError(too_large)
-                digest.update(chunk)
-                chunks.append(chunk)
-    except FileNotFoundError:
-        raise ImageError("vanished during the run") from None
-    except PermissionError:
-        raise ImageError("permission denied (check the file's read permission)") from None
-    except IsADirectoryError:
-        raise ImageError("is a directory") from None
-    except OSError as exc:
-        raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
+            digest.update(chunk)
+            chunks.append(chunk)
     if not read:
         raise ImageError("empty file (0 bytes)")
     return digest.hexdigest(), b"".join(chunks)

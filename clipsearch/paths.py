@@ -76,15 +76,6 @@ def url_unquote(text: str) -> str:
     return unquote(text, encoding="utf-8", errors="surrogateescape")
 
 
-def scope_sql(folder: str | None, column: str = "path") -> tuple[str, list[str | bytes]]:
-    """A WHERE clause (and its parameters) selecting the rows under `folder`; none for the whole index."""
-    if folder is None:
-        return "", []
-    low, high = folder_range(folder)
-    return (f"WHERE {column} >= CAST(? AS TEXT) AND {column} < CAST(? AS TEXT)",
-            [sql_text(low), sql_text(high)])
-
-
 def path_json(path: str) -> dict:
     """A path for JSON output: "path" always valid Unicode; "path_bytes" (base64 of the exact bytes) as well
     when the name is not valid UTF-8."""

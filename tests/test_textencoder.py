@@ -99,7 +99,7 @@ def test_query_vectors_are_remembered_and_need_no_model(store, exported, monkeyp
 
 
 def test_remembered_queries_are_bounded(tmp_path, monkeypatch):
-    monkeypatch.setattr("clipsearch.store.REMEMBERED_QUERIES", 5)
+    monkeypatch.setattr("clipsearch.store.queries.REMEMBERED_QUERIES", 5)
     with Store.open(tmp_path / "index.db") as store:
         for n in range(12):
             store.remember_queries("m", "auto", {f"query {n}": np.ones(4, np.float32)})

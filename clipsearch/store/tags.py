@@ -1,7 +1,7 @@
 """The tag tables of an index: the SQL behind zero-shot and manual tags.
 
 tags/auto.py decides which tags an image gets; this module only stores and reads
-them, so the store (store/__init__.py) stays about image rows. The tables themselves
+them, so the store's images.py stays about image rows. The tables themselves
 are created by the store's migrations (schema 3), with triggers that drop an
 image's tags when it leaves the index and its auto tags when its content changes.
 """
@@ -12,8 +12,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ..paths import scope_sql, sql_text
+from ..paths import sql_text
 from . import Store, now
+from .images import scope_sql
 
 
 class TagStore:
@@ -35,16 +36,16 @@ class TagStore:
         )
         with self.store.transaction():
             for path in map(sql_text, gone_paths):
-                self.store.conn.execute(
+                self.store.execute(
                     "INSERT OR REPLACE INTO tags (image_id, tag, score, source, model, vocabulary, tagged_at) "
                     "SELECT kept.id, t.tag, t.score, t.source, t.model, t.vocabulary, t.tagged_at "
                     + carry.format(table="tags") + " AND t.source != 'auto'", [path])
-                self.store.conn.execute(
+                self.store.execute(
                     "INSERT OR IGNORE INTO tags (image_id, tag, score, source, model, vocabulary, tagged_at) "
                     "SELECT kept.id, t.tag, t.score, t.source, t.model, t.vocabulary, t.tagged_at "
                     + carry.format(table="tags")
                     + " AND t.source = 'auto' AND kept.id NOT IN (SELECT image_id FROM tag_runs)", [path])
-                self.store.conn.execute(
+                self.store.execute(
                     "INSERT OR IGNORE INTO tag_runs (image_id, model, vocabulary, settings, tagged_at) "
                     "SELECT kept.id, t.model, t.vocabulary, t.settings, t.tagged_at " + carry.format(table="tag_runs"),
                     [path])
@@ -61,12 +62,12 @@ class TagStore:
             " NOT EXISTS (SELECT 1 FROM tag_runs r WHERE r.image_id = images.id AND r.model = ? "
             "AND r.vocabulary = ? AND r.settings = ?)"
         )
-        rows = self.store.conn.execute(f"SELECT id FROM images {where} ORDER BY id", [*params, *run_key])
+        rows = self.store.execute(f"SELECT id FROM images {where} ORDER BY id", [*params, *run_key])
         return [row[0] for row in rows]
 
     def tag_vectors(self, model: str, vocabulary: str, tags: list[str]) -> np.ndarray | None:
         """Cached unit vectors of `tags` (in that order) for this model and vocabulary version, if all are there."""
-        found = {tag: blob for tag, blob in self.store.conn.execute(
+        found = {tag: blob for tag, blob in self.store.execute(
             "SELECT tag, vector FROM tag_vectors WHERE model = ? AND vocabulary = ?", [model, vocabulary])}
         if any(tag not in found for tag in tags):
             return None
@@ -74,7 +75,7 @@ class TagStore:
 
     def save_tag_vectors(self, model: str, vocabulary: str, tags: list[str], vectors: np.ndarray) -> None:
         with self.store.transaction():
-            self.store.conn.executemany(
+            self.store.executemany(
                 "INSERT OR REPLACE INTO tag_vectors (model, vocabulary, tag, vector) VALUES (?, ?, ?, ?)",
                 [(model, vocabulary, tag, np.asarray(v, dtype="<f4").tobytes()) for tag, v in zip(tags, vectors)],
             )
@@ -85,14 +86,14 @@ class TagStore:
         stamp = now()
         ids = [[image_id] for image_id in results]
         with self.store.transaction():
-            self.store.conn.executemany("DELETE FROM tags WHERE image_id = ? AND source = 'auto'", ids)
-            self.store.conn.executemany(
+            self.store.executemany("DELETE FROM tags WHERE image_id = ? AND source = 'auto'", ids)
+            self.store.executemany(
                 "INSERT OR IGNORE INTO tags (image_id, tag, score, source, model, vocabulary, tagged_at) "
                 "VALUES (?, ?, ?, 'auto', ?, ?, ?)",
                 [(image_id, tag, score, model, vocabulary, stamp) for image_id, tags in results.items()
                  for tag, score in tags],
             )
-            self.store.conn.executemany(
+            self.store.executemany(
                 "INSERT OR REPLACE INTO tag_runs (image_id, model, vocabulary, settings, tagged_at) "
                 "VALUES (?, ?, ?, ?, ?)", [(image_id, model, vocabulary, settings, stamp) for image_id in results]
             )
@@ -101,12 +102,12 @@ class TagStore:
         """Add manual tags; remove tags (an auto tag removed stays away: it is marked rejected)."""
         stamp = now()
         with self.store.transaction():
-            self.store.conn.executemany(
+            self.store.executemany(
                 "INSERT OR REPLACE INTO tags (image_id, tag, score, source, tagged_at) "
                 "VALUES (?, ?, NULL, 'manual', ?)",
                 [(image_id, tag, stamp) for tag in add],
             )
-            self.store.conn.executemany(
+            self.store.executemany(
                 "INSERT OR REPLACE INTO tags (image_id, tag, score, source, tagged_at) "
                 "VALUES (?, ?, NULL, 'rejected', ?)", [(image_id, tag, stamp) for tag in remove],
             )
@@ -128,7 +129,7 @@ class TagStore:
         """Visible tags of every tagged image (under `folder`): path -> tags, best first."""
         where, params = scope_sql(folder)
         found: dict[str, list[str]] = {}
-        for path, tag in self.store.conn.execute(
+        for path, tag in self.store.execute(
             f"SELECT images.path, tags.tag FROM tags JOIN images ON images.id = tags.image_id {where} "
             f"{'AND' if where else 'WHERE'} tags.source != 'rejected' "
             f"ORDER BY images.path, tags.source = 'auto', tags.score DESC, tags.tag", params
@@ -151,7 +152,7 @@ class TagStore:
         tags = list(dict.fromkeys(tags))
         where, params = scope_sql(folder)
         scope = f"AND image_id IN (SELECT id FROM images {where})" if where else ""
-        rows = self.store.conn.execute(
+        rows = self.store.execute(
             f"SELECT image_id, min(CASE WHEN source = 'manual' THEN 1.0 ELSE score END), count(*) FROM tags "
             f"WHERE source != 'rejected' AND tag IN ({','.join('?' * len(tags))}) {scope} GROUP BY image_id",
             [*tags, *params],
@@ -169,10 +170,10 @@ class TagStore:
 
     def tagged_count(self) -> int:
         """How many images have at least one visible tag."""
-        return self.store.conn.execute(
+        return self.store.execute(
             "SELECT count(DISTINCT image_id) FROM tags WHERE source != 'rejected'").fetchone()[0]
 
     def runs_with_other_vocabulary(self, model: str, vocabulary: str) -> int:
         """How many images were tagged with this model but another vocabulary version."""
-        return self.store.conn.execute("SELECT count(*) FROM tag_runs WHERE model = ? AND vocabulary != ?",
+        return self.store.execute("SELECT count(*) FROM tag_runs WHERE model = ? AND vocabulary != ?",
                                      [model, vocabulary]).fetchone()[0]

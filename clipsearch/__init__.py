@@ -36,6 +36,7 @@ _PUBLIC = {
     "UndoReport": "dedupe.moves",
     "TagReport": "tags.auto",
     "ExportReport": "tags.sidecars",
+    "OcrReport": "ocr.job",
     "KeepPolicy": "options",
     "SidecarStyle": "options",
     "ImagePrecision": "options",
@@ -68,6 +69,7 @@ if TYPE_CHECKING:  # for type checkers: the names __getattr__ gives (`X as X`: r
     from .library import Duplicates as Duplicates
     from .library import Library as Library
     from .library import Photo as Photo
+    from .ocr.job import OcrReport as OcrReport
     from .options import ImagePrecision as ImagePrecision
     from .options import KeepPolicy as KeepPolicy
     from .options import SidecarStyle as SidecarStyle

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,7 @@ from .options import DEFAULT_MAX_TAGS, KeepPolicy, resolve_model
 from .paths import normalise_path
 from .store import Store
 from .store.tags import TagStore
+from .store.text import TextStore
 
 if TYPE_CHECKING:  # each command imports the modules it uses when it runs, so a query loads only its own
     from typing import BinaryIO
@@ -34,6 +35,8 @@ if TYPE_CHECKING:  # each command imports the modules it uses when it runs, so a
     from .models.protocols import GetQueryModel
     from .models.query import LoadedModels, QueryEncoder
     from .models.torch_encoder import Encoder
+    from .ocr.job import OcrReport
+    from .places.names import Place
     from .tags.auto import TagReport
     from .tags.sidecars import ExportReport, SidecarStyle
 
@@ -62,6 +65,10 @@ class Photo:
     taken_from_file: bool
     camera: str | None  # "Canon EOS R5"
     tags: list[dict[str, Any]]  # {"tag", "score", "source"}, best first
+    lat: float | None = None  # the GPS position, in degrees
+    lon: float | None = None
+    place: Place | None = None  # the nearest town and its areas (.city, .region, .country, .long())
+    text: list[dict[str, Any]] = field(default_factory=list)  # lines read in it: {"text", "confidence", "box"}
 
 
 class Library:
@@ -165,22 +172,32 @@ class Library:
 
     def find(self, query: Sequence[str] | str | None = None, *, top: int = 10, folder: PathLike | None = None,
              threshold: float | None = None, tags: Sequence[str] = (), after: str | None = None,
-             before: str | None = None, camera: str | None = None, precision: str = "auto") -> list[search.Hit]:
-        """Images best matching `query` ("dog + snow", or a list of terms), and/or having all `tags`; best first.
+             before: str | None = None, camera: str | None = None, precision: str = "auto",
+             place: str | None = None, country: str | None = None, near: str | None = None,
+             radius: str | None = None, text: str | None = None, exact: bool = False) -> list[search.Hit]:
+        """Images best matching `query` ("dog + snow", or a list of terms), and/or having all `tags`, and/or
+        whose text (read by `ocr`) matches `text`; best first.
 
         `after`/`before` are dates ("2024", "2024-06", "2024-06-15": from the start / to the end of that
-        period) and `camera` text in the camera's make or model (any case)."""
-        filters = search.Filters.parse(after, before, camera)
+        period) and `camera` text in the camera's make or model (any case). `place` is a town, area or
+        country name (any case, accents ignored), `country` an ISO code ("PT"), `near` a position
+        ("38.72,-9.14") with a `radius` ("500m", "5km", "2mi"; 1 km by default): only photos with a GPS
+        position match these. `text` is words (all must be in the photo's text), "a phrase", prefix* or FTS5
+        syntax: alone it ranks by BM25; with a query it keeps the matches and ranks them by the query. Hits
+        found through `text` carry a snippet of the photo's text. `exact` ranks every image even in a library
+        large enough for the approximate index (store/vector_index.py)."""
+        filters = search.Filters.parse(after, before, camera, place, country, near, radius)
         return search.find(query, self.store, self._query_model(precision), top, _text(folder), threshold,
-                           tags=tags, filters=filters)
+                           tags=tags, filters=filters, text=text, exact=exact)
 
     def similar(self, image: PathLike, *, top: int = 10, folder: PathLike | None = None,
                 threshold: float | None = None, after: str | None = None, before: str | None = None,
-                camera: str | None = None) -> list[search.Hit]:
-        """Images most like `image` (indexed or not), which itself is not listed; filters as in `find`."""
-        filters = search.Filters.parse(after, before, camera)
+                camera: str | None = None, place: str | None = None, country: str | None = None,
+                near: str | None = None, radius: str | None = None, exact: bool = False) -> list[search.Hit]:
+        """Images most like `image` (indexed or not), which itself is not listed; filters and `exact` as in `find`."""
+        filters = search.Filters.parse(after, before, camera, place, country, near, radius)
         return search.similar(image, self.store, self._query_model(), top, _text(folder), threshold,
-                              filters=filters)
+                              filters=filters, exact=exact)
 
     # -- single photos (what the web app shows) -------------------------------
 
@@ -199,9 +216,12 @@ class Library:
             return None
         facts = self.store.image_rows([row["id"]]).get(row["id"], {})
         tags = TagStore(self.store).tags_of([row["id"]]).get(row["id"], [])
+        from .store.places import place_of
+
         return Photo(row["path"], row["size"], row["mtime_ns"], row["width"], row["height"], facts.get("taken"),
                      facts.get("taken_source") == metadata.FROM_FILE,
-                     metadata.camera_name(facts.get("camera_make"), facts.get("camera_model")), tags)
+                     metadata.camera_name(facts.get("camera_make"), facts.get("camera_model")), tags,
+                     facts.get("lat"), facts.get("lon"), place_of(facts), TextStore(self.store).lines_of(row["id"]))
 
     def modified_times(self, paths: Sequence[str]) -> dict[str, int]:
         """path -> modification time (ns) the index recorded, for each of `paths` that is indexed."""
@@ -344,16 +364,37 @@ class Library:
 
         return sidecars.export_sidecars(self.tags_by_path(*folders), style or sidecars.SidecarStyle.digikam)
 
+    # -- text in photos -------------------------------------------------------
+
+    def ocr(self, *folders: PathLike, workers: int | None = None, progress: indexer.Progress | None = None,
+            optional: bool = False) -> OcrReport:
+        """Read the text in the indexed photos (under `folders`) not yet read with this OCR version, so
+        `find(text=...)` finds them. `optional`: when OCR cannot run (rapidocr missing or broken), say why in
+        the report's `unavailable` instead of raising (what `index --ocr` wants)."""
+        from .ocr.engine import OcrUnavailableError
+        from .ocr.job import OcrReport, read_text
+
+        try:
+            return read_text(self.store, [os.fspath(f) for f in folders], progress, workers)
+        except OcrUnavailableError as exc:
+            if not optional:
+                raise
+            return OcrReport("", unavailable=str(exc))
+
     # -- about the index ------------------------------------------------------
 
     def info(self) -> dict[str, Any]:
         """Where the index is, which model built it, the folders and dates it covers, and how many images,
         failures and tags it holds."""
         from .models.onnx_image import describe as describe_image_encoder
+        from .store import vector_index
+        from .store.places import PlaceStore
 
         store = self.store
         recorded = store.model()
         taken_from, taken_to = store.date_range()
+        text_read, with_text = TextStore(store).count_read()
+        with_gps, with_place, places_pending = PlaceStore(store).counts()
         return {
             "index": str(store.path),
             "model": recorded[0] if recorded else None,
@@ -366,7 +407,14 @@ class Library:
             "last_index_run": store.get_meta("last_index_run"),
             "failed_files": store.failure_count(),
             "tagged_images": TagStore(store).tagged_count(),
+            "text_read": text_read,  # images whose text was read (clipsearch ocr)...
+            "with_text": with_text,  # ...and those in which some was found
             "without_fingerprint": len(store.missing_fingerprints()),
+            "with_gps": with_gps,  # photos with a GPS position; `with_place` of them have a town near it
+            "with_place": with_place,
+            "places_pending": places_pending,  # positions the next `index` run looks up
+            "top_places": PlaceStore(store).top_places(10),  # {"city", ..., "country_code", "images"}
+            "vector_index": vector_index.describe(store),  # exact or approximate ranking, and why
             "schema_version": store.schema_version(),
             "size_bytes": sum(p.stat().st_size for p in store.path.parent.glob(store.path.name + "*")),
         }

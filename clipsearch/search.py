@@ -21,9 +21,12 @@ from .errors import BadInputError, NothingFoundError, check_finite
 from .indexing import metadata
 from .models.protocols import GetQueryModel, QueryModel
 from .paths import normalise_path
-from .store import Store, StoreError
+from .places.names import Place
+from .store import Store, StoreError, vector_index
+from .store.images import scope_sql
+from .store.places import place_of
 from .store.tags import TagStore
-from .store.vectors import Vectors
+from .store.vector_index import VectorIndex
 
 MAX_WEIGHT = float(np.finfo(np.float32).max)  # the largest weight a float32 vector can be multiplied by
 _WEIGHT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*:\s*(.+)$", re.S)
@@ -59,38 +62,75 @@ class Hit:
     camera: str | None = None
     lat: float | None = None
     lon: float | None = None
+    place: Place | None = None  # the nearest town and its areas, from the GPS position (None without one)
+    text: str | None = None  # with `find(text=...)`: a snippet of the photo's text, the matched words in [brackets]
 
     @classmethod
     def from_row(cls, row: dict, score: float) -> Hit:
         return cls(row["path"], score, row["width"], row["height"], row["size"], row.get("taken"),
                    row.get("taken_source"), metadata.camera_name(row.get("camera_make"), row.get("camera_model")),
-                   row.get("lat"), row.get("lon"))
+                   row.get("lat"), row.get("lon"), place_of(row))
 
     def to_dict(self) -> dict:
         return {"path": self.path, "score": round(self.score, 6), "width": self.width, "height": self.height,
                 "bytes": self.bytes, "taken": self.taken, "taken_source": self.taken_source, "camera": self.camera,
-                "lat": self.lat, "lon": self.lon}
+                "lat": self.lat, "lon": self.lon, "place": self.place.to_dict() if self.place else None,
+                "text": self.text}
 
 
 @dataclass(frozen=True)
 class Filters:
-    """Which photos a query may return, by metadata: taken within [after, before), camera name containing text."""
+    """Which photos a query may return, by metadata: taken within [after, before), camera name containing text,
+    place names containing `place` (folded), in `country` (ISO code), within `near` (lat, lon, metres)."""
 
     after: str | None = None  # ISO text, inclusive
     before: str | None = None  # ISO text, exclusive
     camera: str | None = None
+    place: str | None = None  # folded by places.names.fold: "sao paulo"
+    country: str | None = None  # "PT"
+    near: tuple[float, float, float] | None = None  # (lat, lon, radius in metres)
 
     @classmethod
-    def parse(cls, after: str | None = None, before: str | None = None, camera: str | None = None) -> Filters:
-        """From the command line: `--after 2024` means from the start of 2024, `--before 2024-06` to the end of June."""
+    def parse(cls, after: str | None = None, before: str | None = None, camera: str | None = None,
+              place: str | None = None, country: str | None = None, near: str | None = None,
+              radius: str | None = None) -> Filters:
+        """From the command line: `--after 2024` means from the start of 2024, `--before 2024-06` to the end of June;
+        `--place "sao paulo"`, `--country pt`, `--near 38.72,-9.14 --radius 5km` (1 km when not given)."""
+        from .places import distance, names
+
         start = _period(after, "--after")[0] if after else None
         end = _period(before, "--before")[1] if before else None
         if start and end and start >= end:
             raise QueryError(f"--after {after} is not before --before {before}: no photo can match.")
-        return cls(start, end, camera.strip() if camera and camera.strip() else None)
+        if radius and not near:
+            raise QueryError(f"--radius {radius} needs --near LAT,LON: the centre of the circle.")
+        position = None
+        if near:
+            lat, lon = distance.parse_near(near)
+            position = (lat, lon, distance.parse_radius(radius or distance.DEFAULT_RADIUS))
+        return cls(start, end, camera.strip() if camera and camera.strip() else None,
+                   names.place_query(place) if place is not None and place.strip() else None,
+                   _country(country) if country is not None and country.strip() else None, position)
 
     def __bool__(self) -> bool:
-        return bool(self.after or self.before or self.camera)
+        return bool(self.after or self.before or self.camera or self.place or self.country or self.near)
+
+    def ids(self, store: Store, folder: str | None = None) -> set[int]:
+        """Ids of the images (under `folder`) these filters let through."""
+        return store.ids_matching(self.after, self.before, self.camera, normalise_path(folder) if folder else None,
+                                  place=self.place, country=self.country, near=self.near)
+
+
+def _country(text: str) -> str:
+    """`--country` checked against the ISO codes GeoNames knows, so a typo is an error, not an empty result."""
+    from .places import geonames, names
+
+    code = names.country_code(text)
+    known = geonames.country_names()
+    if code not in known:
+        raise names.PlaceError(f"--country '{text}' is not an ISO 3166 country code; e.g. PT is Portugal, "
+                               "US the United States, GB the United Kingdom")
+    return code
 
 
 def _period(text: str, option: str) -> tuple[str, str]:
@@ -217,20 +257,40 @@ def top_k(matrix: np.ndarray, query: np.ndarray, k: int,
     return [(int(i), min(1.0, max(-1.0, float(scores[i])))) for i in best]
 
 
-def _load_vectors(store: Store, folder: str | None) -> Vectors:
+@dataclass
+class Candidates:
+    """The images a query may return: the index's vectors (store/vector_index.py) and, when a folder, filter or
+    tag narrows them, the allowed image ids. Ranking them is `search`."""
+
+    index: VectorIndex
+    ids: np.ndarray | None = None  # None: every image
+
+    def __len__(self) -> int:
+        return len(self.index) if self.ids is None else len(self.ids)
+
+    def search(self, query: np.ndarray, top: int, exclude: AbstractSet[int] = frozenset(),
+               exact: bool = False) -> list[tuple[int, float]]:
+        return self.index.search(query, top, self.ids, sorted(exclude), exact)
+
+
+def _load_vectors(store: Store, folder: str | None) -> Candidates:
     if folder is not None:
         folder = normalise_path(folder)
         if not os.path.isdir(folder) and store.count(folder) == 0:
             raise QueryError(f"{folder} is not a folder, and nothing under it is indexed.")
-    vectors = store.vectors(folder)
-    if not len(vectors):
+    candidates = Candidates(vector_index.open_index(store))
+    if folder is not None:
+        where, params = scope_sql(folder)
+        candidates = Candidates(candidates.index, np.fromiter(
+            (row[0] for row in store.execute(f"SELECT id FROM images {where}", params)), dtype=np.int64))
+    if not len(candidates):
         where = f" under {folder}" if folder else ""
         raise EmptyIndexError(f"No images indexed{where} in {store.path}. Run: clipsearch index {folder or 'DIR'}")
-    return vectors
+    return candidates
 
 
-def _hits(store: Store, vectors: Vectors, ranked: list[tuple[int, float]], threshold: float | None) -> list[Hit]:
-    kept = [(int(vectors.ids[i]), score) for i, score in ranked if threshold is None or score >= threshold]
+def _hits(store: Store, ranked: list[tuple[int, float]], threshold: float | None) -> list[Hit]:
+    kept = [(image_id, score) for image_id, score in ranked if threshold is None or score >= threshold]
     rows = store.image_rows([image_id for image_id, _ in kept])
     return [
         Hit.from_row(rows[image_id], score)
@@ -239,16 +299,15 @@ def _hits(store: Store, vectors: Vectors, ranked: list[tuple[int, float]], thres
     ]
 
 
-def _only(vectors: Vectors, allowed: set[int] | dict[int, float]) -> Vectors:
-    keep = np.isin(vectors.ids, np.fromiter(allowed, dtype=np.int64, count=len(allowed)))
-    return Vectors(vectors.ids[keep], np.asarray(vectors.matrix[keep]))
+def _only(vectors: Candidates, allowed: AbstractSet[int] | dict[int, float]) -> Candidates:
+    wanted = np.fromiter(allowed, dtype=np.int64, count=len(allowed))
+    return Candidates(vectors.index, wanted if vectors.ids is None else np.intersect1d(vectors.ids, wanted))
 
 
-def _filtered(store: Store, vectors: Vectors, filters: Filters | None, folder: str | None) -> Vectors:
+def _filtered(store: Store, vectors: Candidates, filters: Filters | None, folder: str | None) -> Candidates:
     if not filters:
         return vectors
-    return _only(vectors, store.ids_matching(filters.after, filters.before, filters.camera,
-                                             normalise_path(folder) if folder else None))
+    return _only(vectors, filters.ids(store, folder))
 
 
 def embed_terms(terms: list[Term], store: Store, get_encoder: GetQueryModel) -> np.ndarray:
@@ -291,6 +350,8 @@ def find(
     threshold: float | None = None,
     tags: Sequence[str] = (),
     filters: Filters | None = None,
+    text: str | None = None,
+    exact: bool = False,
 ) -> list[Hit]:
     """Images best matching a (possibly combined) query, best first.
 
@@ -298,33 +359,71 @@ def find(
     image that is not in the index). With `tags`, only images that have all
     of them count; with tags and no query, those images are listed by their
     tag score (manual tags first). `filters` keeps only photos taken in a period or by a camera.
+    With `text`, only images whose text (read by `clipsearch ocr`) matches it count; with text and
+    no query or tags, they are listed by BM25 (score: -bm25, higher is better). Each hit then has a snippet.
     """
-    if not query and not tags:
-        raise QueryError("Give a query, or --tag TAG to list tagged images.")
+    if not query and not tags and text is None:
+        raise QueryError("Give a query, --tag TAG to list tagged images, or --text WORDS to find text in photos.")
     if tags:
         from .tags.auto import clean_tag  # the same rules as when tags are stored (length, control characters)
 
         tags = [clean_tag(tag) for tag in tags]
     check_finite(threshold, "--threshold")
     vectors = _load_vectors(store, folder)
+    matched = _text_matches(store, text, folder) if text is not None else None
     if tags:
         tagged = TagStore(store).images_with_tags(tags, normalise_path(folder) if folder else None)
         if filters:
-            allowed = store.ids_matching(filters.after, filters.before, filters.camera)
+            allowed = filters.ids(store)
             tagged = {image_id: score for image_id, score in tagged.items() if image_id in allowed}
+        if matched is not None:
+            tagged = {image_id: score for image_id, score in tagged.items() if image_id in matched}
         if not query:
-            ranked = sorted(tagged.items(), key=lambda item: (-item[1], item[0]))[:top]
-            rows = store.image_rows([image_id for image_id, _ in ranked])
-            return [Hit.from_row(rows[i], score)
-                    for i, score in ranked if i in rows and (threshold is None or score >= threshold)]
+            return _with_snippets(store, _ranked(store, tagged, top, threshold), text)
         vectors = _only(vectors, tagged)
+    elif matched is not None:
+        if filters:
+            allowed = filters.ids(store)
+            matched = {image_id: score for image_id, score in matched.items() if image_id in allowed}
+        if not query:
+            return _with_snippets(store, _ranked(store, matched, top, threshold), text)
+        vectors = _only(vectors, matched)
     else:
         vectors = _filtered(store, vectors, filters, folder)
     if not len(vectors):
         return []
     terms = parse_query([query] if isinstance(query, str) else query or [])
     query_vector = combine(embed_terms(terms, store, get_encoder), [t.weight for t in terms])
-    return _hits(store, vectors, top_k(vectors.matrix, query_vector, top), threshold)
+    return _with_snippets(store, _hits(store, vectors.search(query_vector, top, exact=exact), threshold), text)
+
+
+def _ranked(store: Store, scores: dict[int, float], top: int, threshold: float | None) -> list[Hit]:
+    """The `top` images of `scores` (id -> score, higher first; ties by id) as hits."""
+    ranked = sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:top]
+    rows = store.image_rows([image_id for image_id, _ in ranked])
+    return [Hit.from_row(rows[i], score)
+            for i, score in ranked if i in rows and (threshold is None or score >= threshold)]
+
+
+def _text_matches(store: Store, text: str, folder: str | None) -> dict[int, float]:
+    """Images (under `folder`) whose photo text matches `text`: id -> -bm25 (higher is better)."""
+    from .store.text import TextStore
+
+    return {image_id: -rank for image_id, rank in TextStore(store).matching(text, normalise_path(folder)
+                                                                             if folder else None).items()}
+
+
+def _with_snippets(store: Store, hits: list[Hit], text: str | None) -> list[Hit]:
+    """`hits` with a snippet of each one's text around what `text` matched (nothing to add without `text`)."""
+    if text is None or not hits:
+        return hits
+    from .store.text import TextStore
+
+    ids = [store.id_for_path(hit.path) for hit in hits]
+    snippets = TextStore(store).snippets(text, [image_id for image_id in ids if image_id is not None])
+    for hit, image_id in zip(hits, ids):
+        hit.text = snippets.get(image_id) if image_id is not None else None
+    return hits
 
 
 def similar(
@@ -335,8 +434,10 @@ def similar(
     folder: str | None = None,
     threshold: float | None = None,
     filters: Filters | None = None,
+    exact: bool = False,
 ) -> list[Hit]:
-    """Images most like `image` (indexed or not); the image itself is never listed."""
+    """Images most like `image` (indexed or not); the image itself is never listed. `exact` ranks every
+    image even where the library is large enough for the approximate index (store/vector_index.py)."""
     check_finite(threshold, "--threshold")
     path = normalise_path(image)
     if not os.path.isfile(path) and store.vector_for_path(path) is None:
@@ -346,8 +447,8 @@ def similar(
         return []
     query_vector = embed_terms([Term(path, 1.0, True)], store, get_encoder)[0]
     own_id = store.id_for_path(path)
-    exclude = {int(i) for i in np.flatnonzero(vectors.ids == own_id)} if own_id is not None else set()
-    return _hits(store, vectors, top_k(vectors.matrix, query_vector, top, exclude), threshold)
+    exclude = {own_id} if own_id is not None else set()
+    return _hits(store, vectors.search(query_vector, top, exclude, exact), threshold)
 
 
 __all__ = ["EmptyIndexError", "Filters", "Hit", "QueryError", "StoreError", "Term", "find", "parse_query", "similar",

@@ -136,6 +136,17 @@ BeforeOption = typer.Option(None, "--before", metavar="DATE", show_default=False
                             help="Only photos taken on or before DATE: 2024, 2024-06 or 2024-06-15 (to its end).")
 CameraOption = typer.Option(None, "--camera", metavar="TEXT", show_default=False,
                             help="Only photos from a camera whose make or model contains TEXT (any case).")
+PlaceOption = typer.Option(None, "--place", metavar="NAME", show_default=False,
+                           help="Only photos taken in a town, region or country of this name (any case, accents "
+                                "ignored: \"sao paulo\"), from their GPS position.")
+CountryOption = typer.Option(None, "--country", metavar="CODE", show_default=False,
+                             help="Only photos taken in this country, by ISO code: PT, US, GB (any case).")
+NearOption = typer.Option(None, "--near", metavar="LAT,LON", show_default=False,
+                          help="Only photos taken within --radius of this position, e.g. 38.72,-9.14.")
+RadiusOption = typer.Option(None, "--radius", metavar="DISTANCE", show_default="1km",
+                            help="With --near: how far from it, e.g. 500m, 5km, 3mi.")
+ExactOption = typer.Option(False, "--exact", help="Rank every image, even in a library large enough for the "
+                           "approximate index (slower above 250,000 images; `info` says which one is used).")
 JsonOption = typer.Option(False, "--json", help="Print JSON for programs.")
 QuietOption = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 PathsOption = typer.Option(False, "--paths", "-p", help="Print bare paths, one a line, for pipes.")
@@ -218,6 +229,12 @@ def index_command(
                                              help="Image encoder on a CPU: auto takes int8 where it agrees with "
                                                   "the model (cosine >= 0.999), else bf16 on processors with bf16 "
                                                   "hardware, else fp32. GPUs use half precision unless fp32."),
+    ray: str | None = typer.Option(None, "--ray", metavar="ADDRESS", show_default=False,
+                                   help="Decode and embed on a Ray cluster (pip install 'clipsearch[ray]'): auto (the "
+                                        "cluster this machine belongs to), local (start one here) or ray://HOST:PORT. "
+                                        "Workers need the photos at the same paths."),
+    ocr: bool = typer.Option(False, "--ocr", help="Then read the text in the photos not read yet (as `clipsearch "
+                             "ocr`), so find --text finds it. Slow on a CPU the first time; once per photo."),
     json_: bool = JsonOption,
     quiet: bool = QuietOption,
 ) -> None:
@@ -231,11 +248,12 @@ def index_command(
     from .progress import progress_shown
 
     options = IndexOptions(batch_size, workers, tuple(exclude), follow_symlinks, max_megapixels, max_file_size,
-                           precision)
+                           precision, ray=ray)
     with _library(db, model, device) as lib:
         with progress_shown(quiet) as progress:
             report = lib.index(*folders, options=options, progress=progress)
-        show_index_report(report, _format(json_))
+            text = lib.ocr(*folders, progress=progress, optional=True) if ocr else None
+        show_index_report(report, _format(json_), text)
 
 
 def _show_query_hits(hits: Sequence[Hit], fmt: Format, preview_rows: int | None, null: bool = False) -> None:
@@ -279,6 +297,15 @@ def find_command(
     after: str | None = AfterOption,
     before: str | None = BeforeOption,
     camera: str | None = CameraOption,
+    place: str | None = PlaceOption,
+    country: str | None = CountryOption,
+    near: str | None = NearOption,
+    radius: str | None = RadiusOption,
+    text: str | None = typer.Option(None, "--text", metavar="WORDS", show_default=False,
+                                    help='Only photos whose text (read by `clipsearch ocr`) has all these words; '
+                                         '"a phrase" in double quotes, prefix*, OR, NOT. Without a query: best '
+                                         "text match first."),
+    exact: bool = ExactOption,
     db: Path | None = DbOption,
     library: str | None = LibraryOption,
     model: str | None = ModelOption,
@@ -296,7 +323,8 @@ def find_command(
     fmt = _format(json_, paths)
     with _library(db, model, device) as lib:
         hits = lib.find(query, top=top, folder=folder, threshold=threshold, tags=tag, after=after, before=before,
-                        camera=camera, precision=precision.value)
+                        camera=camera, precision=precision.value, place=place, country=country, near=near,
+                        radius=radius, text=text, exact=exact)
         _show_query_hits(hits, fmt, preview_size if show_preview else None, null)
 
 
@@ -309,6 +337,11 @@ def similar_command(
     after: str | None = AfterOption,
     before: str | None = BeforeOption,
     camera: str | None = CameraOption,
+    place: str | None = PlaceOption,
+    country: str | None = CountryOption,
+    near: str | None = NearOption,
+    radius: str | None = RadiusOption,
+    exact: bool = ExactOption,
     db: Path | None = DbOption,
     library: str | None = LibraryOption,
     model: str | None = ModelOption,
@@ -323,7 +356,7 @@ def similar_command(
     fmt = _format(json_, paths)
     with _library(db, model, device) as lib:
         hits = lib.similar(image, top=top, folder=folder, threshold=threshold, after=after, before=before,
-                           camera=camera)
+                           camera=camera, place=place, country=country, near=near, radius=radius, exact=exact)
         _show_query_hits(hits, fmt, preview_size if show_preview else None, null)
 
 
@@ -546,6 +579,31 @@ def tags_export_command(
 
     with _library(db) as lib:
         show_export_report(lib.export_sidecars(*(folders or []), style=sidecar), sidecar, _format(json_))
+
+
+@app.command("ocr")
+def ocr_command(
+    folders: list[str] | None = typer.Argument(None, metavar="[DIR]...", show_default=False,
+                                               help="Folders to read (default: the whole index)."),
+    workers: int | None = typer.Option(None, "--workers", min=1, metavar="N", show_default="the cores, at most 4",
+                                       help="Photos read at once (one core each)."),
+    db: Path | None = DbOption,
+    library: str | None = LibraryOption,
+    json_: bool = JsonOption,
+    quiet: bool = QuietOption,
+) -> None:
+    """Read the text in indexed photos (signs, receipts, screenshots), so `find --text` finds them.
+
+    Runs on the CPU with the PP-OCR models that come with clipsearch; nothing is downloaded. Incremental: each
+    photo is read once, and a renamed or copied one keeps its text. Safe to interrupt: run it again to go on.
+    """
+    from .output import show_ocr_report
+    from .progress import progress_shown
+
+    with _library(db) as lib:
+        with progress_shown(quiet) as progress:
+            report = lib.ocr(*(folders or []), workers=workers, progress=progress)
+        show_ocr_report(report, _format(json_))
 
 
 @app.command("serve")

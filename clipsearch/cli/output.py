@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # only for annotations: the CLI imports this module for --hel
     from rich.console import Console
     from rich.text import Text
 
-    from .. import ExportReport, Group, Hit, IndexReport, Move, MoveReport, TagReport, UndoReport
+    from .. import ExportReport, Group, Hit, IndexReport, Move, MoveReport, OcrReport, TagReport, UndoReport
     from ..config import Config
     from ..options import SidecarStyle
 
@@ -186,27 +186,78 @@ def show_hits(hits: Sequence[Hit], fmt: Format, null: bool = False) -> None:
     rows = [(str(rank), f"{hit.score:.3f}", f"{hit.width}x{hit.height}" if hit.width else "", _taken(hit))
             for rank, hit in enumerate(hits, 1)]
     headers = ("#", "score", "pixels", "taken")
-    widths = [max(len(str(row[i])) for row in [*rows, headers]) for i in range(4)]
-    # Each of the 5 columns has one space of padding either side, and 4 rules between them.
-    room = max(20, stdout.width - sum(widths) - 5 * 2 - 4)
+    columns = [(header, "right" if i < 3 else "left", ("dim", "", "dim", "")[i]) for i, header in enumerate(headers)]
+    cells: list[list[str | Text]] = [list(row) for row in rows]
+    if any(hit.place for hit in hits):  # a place column, and room for it
+        cells, columns = _with_places(hits, cells, columns)
+    widths = _widths(columns, cells)
+    # Each column (the path's too) has one space of padding either side, with a rule between two columns.
+    room = max(20, stdout.width - sum(widths) - (len(columns) + 1) * 2 - len(columns))
     from rich.table import Table
 
     table = Table(show_edge=False, header_style="bold")
-    for header, width, justify, style in zip(headers, widths, ("right", "right", "right", "left"),
-                                             ("dim", "", "dim", "")):
+    for (header, justify, style), width in zip(columns, widths):
         table.add_column(header, justify=justify, style=style, no_wrap=True, min_width=width)  # type: ignore[arg-type]
     table.add_column("path", no_wrap=True, overflow="ignore")
-    for row, hit in zip(rows, hits):
-        table.add_row(*row, shown_path(hit.path, room))
+    for row, hit in zip(cells, hits):
+        table.add_row(*row, _path_and_text(hit, room))
     stdout.print(table)
 
 
-def show_index_report(report: IndexReport, fmt: Format) -> None:
-    """Summary of an index run: to stdout as JSON, else to stderr for people."""
+def _path_and_text(hit: Hit, room: int) -> Text:
+    """The path cell; for a text search, the photo's text around the match on a line below (cut to fit)."""
+    cell = shown_path(hit.path, room)
+    if hit.text:
+        snippet = shown(hit.text)
+        cell.append("\n" + (snippet if len(snippet) <= room else snippet[:room - 1] + "…"), style="dim")
+    return cell
+
+
+def _widths(columns: list[tuple[str, str, str]], cells: list[list[str | Text]]) -> list[int]:
+    """Each column's width: its longest cell or its header."""
+    rows: list[list[str | Text]] = [*cells, [header for header, _, _ in columns]]
+    return [max(len(str(row[i])) for row in rows) for i in range(len(columns))]
+
+
+_PATH_ROOM = 30  # what a path should keep beside the other columns: a camera's file name and a folder or two
+
+
+def _with_places(hits: Sequence[Hit], cells: list[list[str | Text]], columns: list[tuple[str, str, str]]
+                 ) -> tuple[list[list[str | Text]], list[tuple[str, str, str]]]:
+    """The table's cells and columns with a place column before the path: "Lisbon, Portugal" where the
+    terminal is wide, "Lisbon, PT" where not; the pixels column gives way first on a narrow terminal."""
+    def fixed(columns: list[tuple[str, str, str]], cells: list[list[str | Text]]) -> int:
+        return sum(_widths(columns, cells)) + (len(columns) + 1) * 2 + len(columns)
+
+    def place_text(hit: Hit, long: bool, width: int) -> str:
+        if not hit.place:
+            return ""
+        where = hit.place.country if long else hit.place.country_code
+        city = hit.place.city or ""
+        tail = f", {where}" if where and city else where or ""
+        if len(city) + len(tail) > width:
+            city = city[:max(1, width - len(tail) - 1)] + "…"
+        return shown(city + tail)
+
+    need = min(_PATH_ROOM, max(len(shown(relative_path(hit.path))) for hit in hits))
+    for long, width in ((True, 28), (False, 18)):
+        texts = [place_text(hit, long, width) for hit in hits]
+        placed: list[list[str | Text]] = [[*row, text] for row, text in zip(cells, texts)]
+        with_place = [*columns, ("place", "left", "")]
+        if stdout.width - fixed(with_place, placed) >= need:
+            return placed, with_place
+    # Still too narrow: the pixels column goes (the path and the place say more).
+    return [row[:2] + row[3:] for row in placed], with_place[:2] + with_place[3:]
+
+
+def show_index_report(report: IndexReport, fmt: Format, text: OcrReport | None = None) -> None:
+    """Summary of an index run (and of its `--ocr` pass, `text`): to stdout as JSON, else to stderr for people."""
     if fmt is Format.json:
         data = {k: v for k, v in report.__dict__.items() if k != "skipped"}
         data["skipped"] = [path_json(p) | {"reason": shown(r)} for p, r in report.skipped]
         data["images_per_second"] = round(report.images_per_second, 2)
+        if text is not None:
+            data["ocr"] = _ocr_json(text)
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
     rate = f", {report.images_per_second:.1f} images/s through the model" if report.encoded else ""
@@ -222,6 +273,35 @@ def show_index_report(report: IndexReport, fmt: Format) -> None:
             reasons[reason] = reasons.get(reason, 0) + 1
         for reason, count in sorted(reasons.items()):
             stderr.print(f"    {count} {escape(reason)}")
+    if report.unreadable_on_workers:  # index --ray: a worker without the photos at the same paths
+        hosts = report.unreadable_on_workers
+        named = ", ".join(f"{escape(shown(host))} ({count})" for host, count in sorted(hosts.items()))
+        stderr.print(f"  [yellow]{sum(hosts.values())} files could not be opened on Ray workers[/] {named}: mount the "
+                     f"photos at the same paths on every worker; the next run tries them again.")
+    if text is not None:
+        show_ocr_report(text, fmt)
+
+
+def _ocr_json(report: OcrReport) -> dict[str, Any]:
+    data = report.to_dict()
+    data["failed"] = [path_json(p) | {"reason": shown(r)} for p, r in report.failed]
+    return data
+
+
+def show_ocr_report(report: OcrReport, fmt: Format) -> None:
+    """What an OCR pass read: to stdout as JSON, else to stderr for people."""
+    if fmt is Format.json:
+        sys.stdout.write(json.dumps(_ocr_json(report), indent=2) + "\n")
+        return
+    if report.unavailable:
+        stderr.print(f"[yellow]Text in photos not read:[/] {escape(shown(report.unavailable))}")
+        return
+    rate = f", {report.images_per_second:.1f} photos/s" if report.read else ""
+    stderr.print(f"Read the text in [bold]{report.read}[/] photos in {report.seconds:.1f} s{rate}: "
+                 f"[green]{report.with_text} with text[/] ({report.lines} lines); {report.skipped} already read.")
+    if report.failed:  # each was printed as it happened
+        stderr.print(f"  [yellow]{len(report.failed)} could not be read[/] (listed above); the next run tries "
+                     "them again.")
 
 
 def show_info(info: dict, fmt: Format) -> None:
@@ -232,10 +312,24 @@ def show_info(info: dict, fmt: Format) -> None:
         if isinstance(value, list):
             stdout.print(f"[bold]{key}[/]:" + ("" if value else " none"))
             for item in value:
-                described = f"{item['path']} ({item['images']} images)" if isinstance(item, dict) else str(item)
+                described = f"{_described(item)} ({item['images']} images)" if isinstance(item, dict) else str(item)
                 stdout.print(f"  {escape(shown(described))}")
+        elif isinstance(value, dict):  # a part described in one line (vector_index: its summary)
+            summary = value.get("summary") or ", ".join(f"{k}: {v}" for k, v in value.items())
+            stdout.print(f"[bold]{key}[/]: {escape(shown(str(summary)))}")
         else:
             stdout.print(f"[bold]{key}[/]: {escape(shown(str(value)))}")
+
+
+def _described(item: dict) -> str:
+    """An `info` list item: a folder's path, or a place's names (city to country, each once)."""
+    if "path" in item:
+        return str(item["path"])
+    names: list[str] = []
+    for name in (item.get("city"), item.get("county"), item.get("region"), item.get("country")):
+        if name and name not in names:
+            names.append(name)
+    return ", ".join(names)
 
 
 _TIER_TITLES = {"exact": "exact copies", "near": "near-identical", "similar": "similar shots"}
@@ -252,10 +346,24 @@ def _member_date(member) -> str:
     return member.taken[:16].replace("T", " ") if member.taken else _when(member.mtime_ns)
 
 
+# How a near-identical copy was made from the file kept (dedupe's geometric checks; rotations counterclockwise).
+_TRANSFORMS = {"mirror": "mirrored", "flip": "upside down", "rotate90": "rotated 90°", "rotate180": "rotated 180°",
+               "rotate270": "rotated 270°", "transpose": "mirrored, rotated 90°",
+               "transverse": "mirrored, rotated 270°"}
+
+
 def _match(group: Group, member) -> str:
-    """How close a member is to the file kept: nothing to say for exact copies (the same bytes)."""
+    """How close a member is to the file kept: nothing to say for exact copies (the same bytes); the edit
+    for mirrored, rotated, bordered and cropped copies."""
     if member is group.keep or group.tier == "exact":
         return ""
+    edits = [_TRANSFORMS.get(member.transform, member.transform)] if member.transform else []
+    if member.borders:
+        edits.append("borders")
+    if member.crop is not None:
+        edits.append(f"crop of {member.crop:.0%}" if member.cropped == "member" else f"uncropped ({member.crop:.0%})")
+    if edits:
+        return ", ".join(edits)
     distance = f" hash {member.hash_distance}" if member.hash_distance is not None else ""
     return f"cos {member.similarity:.3f}{distance}"
 

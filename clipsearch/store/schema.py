@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import sqlite_utils
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 9
 APPLICATION_ID = 0x636C6970  # "clip" in the SQLite header of every index this version creates
 METADATA_COLUMNS = ("taken", "taken_source", "camera_make", "camera_model", "lat", "lon")
+# Where a photo was taken, in words (store/places.py); place_key holds the folded names `--place` matches.
+PLACE_COLUMNS = ("city", "county", "region", "country", "country_code", "place_key")
 IMAGE_COLUMNS = ("path", "size", "mtime_ns", "hash", "width", "height", "vector", "phash", "colourfulness",
-                 "indexed_at", *METADATA_COLUMNS)
+                 "indexed_at", *METADATA_COLUMNS, "geometry")
 
 
 def _create_v1(db: sqlite_utils.Database) -> None:
@@ -98,6 +100,73 @@ def _add_photo_metadata_v5(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX images_camera ON images (camera_make, camera_model)")
 
 
+def _add_photo_text_v6(db: sqlite_utils.Database) -> None:
+    """The text read in photos (ocr/, store/text.py), one row per content hash and OCR version, and a full-text
+    index over it (FTS5, accents folded: `cafe` finds `Café`).
+
+    Keyed by content, not by image row, so a renamed, moved or copied photo keeps its text without being read
+    again; rows whose content left the index are pruned by the next `ocr` run. A row with empty text records
+    a photo that was read and holds none.
+    """
+    db.execute("CREATE TABLE photo_text (hash TEXT PRIMARY KEY, version TEXT NOT NULL, text TEXT NOT NULL, "
+               "lines TEXT NOT NULL, read_at TEXT)")
+    db.execute("CREATE VIRTUAL TABLE photo_text_fts USING fts5(text, content='photo_text', "
+               "tokenize='unicode61 remove_diacritics 2')")
+    db.execute("CREATE TRIGGER photo_text_added AFTER INSERT ON photo_text BEGIN "
+               "INSERT INTO photo_text_fts (rowid, text) VALUES (NEW.rowid, NEW.text); END")
+    db.execute("CREATE TRIGGER photo_text_removed AFTER DELETE ON photo_text BEGIN "
+               "INSERT INTO photo_text_fts (photo_text_fts, rowid, text) VALUES ('delete', OLD.rowid, OLD.text); END")
+    db.execute("CREATE TRIGGER photo_text_changed AFTER UPDATE ON photo_text BEGIN "
+               "INSERT INTO photo_text_fts (photo_text_fts, rowid, text) VALUES ('delete', OLD.rowid, OLD.text); "
+               "INSERT INTO photo_text_fts (rowid, text) VALUES (NEW.rowid, NEW.text); END")
+
+
+def _add_places_v7(db: sqlite_utils.Database) -> None:
+    """The place of each photo with a GPS position (store/places.py), looked up offline in GeoNames.
+
+    NULL for rows indexed before: `geocoded` stays NULL until the next `index` run looks their
+    positions up (without the model). A row whose position changes loses its place, to be looked up again.
+    """
+    for name in PLACE_COLUMNS:
+        db.table("images").add_column(name, str)
+    db.table("images").add_column("geocoded", int)
+    db.execute("CREATE INDEX images_place ON images (place_key)")
+    db.execute("CREATE INDEX images_country ON images (country_code)")
+    db.execute("CREATE INDEX images_position ON images (lat, lon)")
+    db.execute("CREATE INDEX images_unplaced ON images (id) WHERE geocoded IS NULL AND lat IS NOT NULL")
+    db.execute(
+        "CREATE TRIGGER images_moved AFTER UPDATE OF lat, lon ON images "
+        "WHEN OLD.lat IS NOT NEW.lat OR OLD.lon IS NOT NEW.lon BEGIN UPDATE images SET "
+        + ", ".join(f"{name} = NULL" for name in (*PLACE_COLUMNS, "geocoded")) + " WHERE id = NEW.id; END"
+    )
+
+
+def _add_geometry_v8(db: sqlite_utils.Database) -> None:
+    """The geometric fingerprint (fingerprint.geometry: trimmed borders, a sign hash whose mirrors and rotations
+    are bit operations, sub-window hashes) that finds mirrored, rotated, bordered and cropped copies.
+    NULL for rows indexed before; `fill_fingerprints` computes it from the files (no model needed)."""
+    db.table("images").add_column("geometry", bytes)
+
+
+def _add_vector_log_v9(db: sqlite_utils.Database) -> None:
+    """A log of which images' vectors changed, so the vector files beside the index (vectors.py, ann.py)
+    catch up by the changed rows instead of being rewritten whole.
+
+    Triggers log every image id whose vector is inserted, replaced or deleted; each change to the images
+    then adds a row with no image and the index's new change token (`generation`), marking where that
+    state ends. Rows older than what the vector files hold are pruned by the next writer that updates them.
+    """
+    db.execute("CREATE TABLE vector_log (seq INTEGER PRIMARY KEY AUTOINCREMENT, image_id INTEGER, generation TEXT)")
+    db.execute("CREATE INDEX vector_log_generation ON vector_log (generation) WHERE generation IS NOT NULL")
+    db.execute("CREATE TRIGGER vector_log_insert AFTER INSERT ON images BEGIN "
+               "INSERT INTO vector_log (image_id) VALUES (NEW.id); END")
+    db.execute("CREATE TRIGGER vector_log_update AFTER UPDATE OF id, vector ON images BEGIN "
+               "INSERT INTO vector_log (image_id) VALUES (OLD.id); INSERT INTO vector_log (image_id) VALUES (NEW.id); END")
+    db.execute("CREATE TRIGGER vector_log_delete AFTER DELETE ON images BEGIN "
+               "INSERT INTO vector_log (image_id) VALUES (OLD.id); END")
+
+
 # Migration N brings a database from schema N-1 to N.
 MIGRATIONS = {1: _create_v1, 2: _add_fingerprints_v2, 3: _add_tags_v3, 4: _add_query_vectors_v4,
-              5: _add_photo_metadata_v5}
+              5: _add_photo_metadata_v5, 6: _add_photo_text_v6, 7: _add_places_v7, 8: _add_geometry_v8,
+              9: _add_vector_log_v9}

@@ -286,7 +286,7 @@ class WebApp:
         dates = self.library().modified_times([hit.path for hit in hits])
         return [{"path": hit.path, "name": os.path.basename(hit.path), "score": hit.score, "width": hit.width,
                  "height": hit.height, "size": hit.bytes, "mtime_ns": dates.get(hit.path),
-                 "taken": hit.taken, "camera": hit.camera} for hit in hits]
+                 "taken": hit.taken, "camera": hit.camera, "text": hit.text} for hit in hits]
 
 
 class _Guard:
@@ -354,22 +354,24 @@ def create_app(library: Library | str | os.PathLike, get_encoder: Callable | Non
         tags = [t.strip() for t in params.getlist("tag") if t.strip()]
         like = params.get("like", "").strip()
         upload = params.get("upload", "").strip()
-        after, before, camera = (params.get(name, "").strip() for name in ("after", "before", "camera"))
+        after, before, camera, place = (params.get(name, "").strip() for name in ("after", "before", "camera", "place"))
+        text = params.get("text", "").strip()  # words in the photo (clipsearch ocr)
         try:
             page = max(1, int(params.get("page", "1")))
         except ValueError:
             page = 1
         lib = web.library()
         here = {"q": query, "in_": folder or "", "tag": tags, "like": like, "upload": upload, "after": after,
-                "before": before, "camera": camera}
+                "before": before, "camera": camera, "place": place, "text": text}
         context: dict = {"query": query, "folder": folder or "", "tags": tags, "like": like, "upload": upload,
-                         "page": page, "after": after, "before": before, "camera": camera, "here": here}
+                         "page": page, "after": after, "before": before, "camera": camera, "place": place, "text": text,
+                         "here": here}
         try:
-            filters = Filters.parse(after or None, before or None, camera or None)
+            filters = Filters.parse(after or None, before or None, camera or None, place or None)
         except (BadInputError, OverflowError) as exc:  # OverflowError: a day past the year 9999
             message = str(exc) if isinstance(exc, BadInputError) else f"{after or before} is too far in the future."
             return web.page(request, "search.html", 400, cards=[], error=message, **context)
-        if not (query or tags or like or upload):  # the start page: what there is to search
+        if not (query or tags or like or upload or text):  # the start page: what there is to search
             return web.page(request, "search.html", cards=None, count=lib.count(), filtered=bool(filters),
                             tag_counts=lib.tags()[:40], **context)
         top = page * PAGE_SIZE
@@ -377,10 +379,10 @@ def create_app(library: Library | str | os.PathLike, get_encoder: Callable | Non
             if like or upload:
                 image = web.indexed_file(like)["path"] if like else _upload_path(web, upload)
                 hits = lib.similar(image, top=top, folder=folder, after=after or None, before=before or None,
-                                   camera=camera or None)
+                                   camera=camera or None, place=place or None)
             else:
                 hits = lib.find(query or None, top=top, folder=folder, tags=tags, after=after or None,
-                                before=before or None, camera=camera or None)
+                                before=before or None, camera=camera or None, place=place or None, text=text or None)
         except BadInputError as exc:
             return web.page(request, "search.html", 400, cards=[], error=str(exc), **context)
         cards = web.cards(hits[(page - 1) * PAGE_SIZE:])
@@ -398,7 +400,8 @@ def create_app(library: Library | str | os.PathLike, get_encoder: Callable | Non
         taken = photo.taken
         return web.page(request, "photo.html", photo=photo, name=os.path.basename(photo.path), cards=similar,
                         photo_tags=photo.tags, photo_taken=taken.replace("T", " ")[:16] if taken else "",
-                        taken_from_file=photo.taken_from_file, photo_camera=photo.camera or "")
+                        taken_from_file=photo.taken_from_file, photo_camera=photo.camera or "",
+                        photo_place=photo.place, photo_text=[line["text"] for line in photo.text])
 
     def thumbnail(request: Request) -> Response:
         try:

@@ -29,6 +29,7 @@ from ..store import ImageRecord, Store, encode_vector
 from ..store.schema import METADATA_COLUMNS
 from ..store.tags import TagStore
 from . import images, metadata
+from .places import fill_places
 from .scan import Changes, FileEntry, compare, walk_images
 
 
@@ -198,6 +199,7 @@ def index_folders(
         for root in roots:
             fill_fingerprints(store, root, options.workers, progress)
             fill_metadata(store, root, options.workers)
+            fill_places(store, root, progress)  # after the metadata: the GPS positions it read get their place
         store.record_run(roots)
         store.refresh_vector_cache()
         report.seconds = time.perf_counter() - started

@@ -24,6 +24,7 @@ _GPS_IFD = 0x8825
 _MAKE, _MODEL = 0x010F, 0x0110
 _DATE_ORIGINAL, _DATE_CREATE = 0x9003, 0x9004
 _GPS_LAT_REF, _GPS_LAT, _GPS_LON_REF, _GPS_LON = 1, 2, 3, 4
+_GPS_STATUS = 9  # "A": a measurement in progress; "V": void, the receiver had no fix
 
 _EXIF_DATE = re.compile(r"^\s*(\d{4})[:\-](\d{2})[:\-](\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
 
@@ -115,6 +116,8 @@ def _date(value) -> str | None:
 
 
 def _gps(gps) -> tuple[float | None, float | None]:
+    if (_text(gps.get(_GPS_STATUS)) or "").upper() == "V":  # the receiver said its position is void
+        return None, None
     lat = _coordinate(gps.get(_GPS_LAT), gps.get(_GPS_LAT_REF), "S")
     lon = _coordinate(gps.get(_GPS_LON), gps.get(_GPS_LON_REF), "W")
     if lat is None or lon is None or not (-90 <= lat <= 90 and -180 <= lon <= 180) or (lat == 0 and lon == 0):

@@ -305,7 +305,7 @@ class Connection:
             if not self.db["schema_version"].exists():
                 self.conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")  # `file` and others can tell it is ours
                 self.db.table("schema_version").create({"version": int})
-            for target in range(version + 1, SCHEMA_VERSION + 1):
+            for target in sorted(n for n in MIGRATIONS if version < n <= SCHEMA_VERSION):  # numbers may skip
                 MIGRATIONS[target](self.db)
                 self.db.table("schema_version").insert({"version": target})
 

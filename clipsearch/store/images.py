@@ -19,7 +19,7 @@ import numpy as np
 from ..paths import folder_range, sql_text
 from . import vectors as vectorcache
 from .connection import Connection, StoreError, now
-from .schema import IMAGE_COLUMNS, METADATA_COLUMNS
+from .schema import IMAGE_COLUMNS, METADATA_COLUMNS, PLACE_COLUMNS
 from .vectors import Vectors
 
 VECTOR_DTYPE = np.dtype("<f2")
@@ -209,10 +209,19 @@ class Images(Connection):
             )
 
     def ids_matching(self, after: str | None = None, before: str | None = None, camera: str | None = None,
-                     folder: str | None = None) -> set[int]:
-        """Ids of images taken at or after `after` and before `before` (ISO text), by a camera containing `camera`."""
+                     folder: str | None = None, *, place: str | None = None, country: str | None = None,
+                     near: tuple[float, float, float] | None = None) -> set[int]:
+        """Ids of images taken at or after `after` and before `before` (ISO text), by a camera containing `camera`,
+        at a place whose folded names contain `place`, in `country` (ISO code), within near's (lat, lon, metres)."""
+        from .places import place_conditions, within
+
         where, params = scope_sql(folder)
         conditions = [where.removeprefix("WHERE ")] if where else []
+        found = place_conditions(self.conn, place, country, near)
+        if found is None:
+            return set()
+        conditions.extend(found[0])
+        params.extend(found[1])
         if after:
             conditions.append("taken >= ?")
             params.append(after)
@@ -230,6 +239,8 @@ class Images(Connection):
             conditions.append("(" + " OR ".join("(camera_make IS ? AND camera_model IS ?)" for _ in cameras) + ")")
             params.extend(value for pair in cameras for value in pair)
         clause = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        if near:
+            return within(self.conn.execute(f"SELECT id, lat, lon FROM images {clause}", params), near)
         return {row[0] for row in self.conn.execute(f"SELECT id FROM images {clause}", params)}
 
     def date_range(self, folder: str | None = None) -> tuple[str | None, str | None]:
@@ -406,8 +417,8 @@ class Images(Connection):
             chunk = [int(i) for i in ids[start:start + 500]]
             marks = ",".join("?" * len(chunk))
             for row in self.query(
-                f"SELECT id, path, size, mtime_ns, hash, width, height, {', '.join(METADATA_COLUMNS)} FROM images "
-                f"WHERE id IN ({marks})", chunk
+                f"SELECT id, path, size, mtime_ns, hash, width, height, {', '.join(METADATA_COLUMNS)}, "
+                f"{', '.join(PLACE_COLUMNS)}, geocoded FROM images WHERE id IN ({marks})", chunk
             ):
                 found[row["id"]] = row
         return found

@@ -1,34 +1,34 @@
-"""The index job: scan -> read, hash and decode in a thread pool -> batched encode -> store.
+"""The index job in three stages: decide -> decode + embed -> write.
 
-Decoding (Pillow) and inference (onnxruntime on a CPU, torch on a GPU; see
-onnx_image.py) both release the GIL, so a thread pool keeps the model fed
-while it works on the previous batch (threads decode as fast as processes here:
-scripts/bench_index.py measures both). Each batch is
-committed on its own, so an interrupted run resumes where it stopped. The
-model is loaded only when some file's content has never been embedded: a
-re-run over an unchanged, renamed or copied library does no model work.
+`decide` (here, in this process) scans the folders and compares sizes and
+modification times with the index; `decode + embed` (embed.py) turns the
+changed files into records or failures, in a thread pool here
+(embed.LocalEmbedder; threads decode as fast as processes here:
+scripts/bench_index.py measures both) or on a Ray cluster
+(ray_embed.RayEmbedder, `index --ray`); `write` (here, one writer) commits
+them in batches, so an interrupted run resumes where it stopped. The model is
+loaded only when some file's content has never been embedded: a re-run over an
+unchanged, renamed or copied library does no model work.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import threading
 import time
-from collections import deque
-from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from ..errors import BadInputError
-from ..models.onnx_image import ImageEncoder, load_image_encoder
+from ..models.onnx_image import ImageEncoder
 from ..options import DEFAULT_WORKERS, ImagePrecision, resolve_model
 from ..paths import normalise_path
-from ..store import ImageRecord, Store, encode_vector
+from ..store import ImageRecord, Store
 from ..store.schema import METADATA_COLUMNS
 from ..store.tags import TagStore
 from . import images, metadata
+from .embed import Embedded, EmbedStep, LocalEmbedder, Result, Reused
 from .places import fill_places
 from .scan import Changes, FileEntry, compare, walk_images
 
@@ -46,6 +46,7 @@ class IndexOptions:
     max_megapixels: float = images.DEFAULT_MAX_MEGAPIXELS
     max_file_mb: float = images.DEFAULT_MAX_FILE_MB
     precision: ImagePrecision = ImagePrecision.auto
+    ray: str | None = None  # decode + embed on this Ray cluster (auto, local, ray://HOST:PORT); None: here
 
 
 @dataclass
@@ -62,6 +63,7 @@ class IndexReport:
     seconds: float = 0.0
     model_loaded: bool = False
     interrupted: bool = False
+    unreadable_on_workers: dict[str, int] = field(default_factory=dict)  # Ray worker host -> files it could not open
 
     @property
     def images_per_second(self) -> float:
@@ -92,61 +94,6 @@ class Progress:
         """`count` images indexed before fingerprints existed are about to get them."""
 
 
-@dataclass
-class _Reused:
-    entry: FileEntry
-    digest: str
-
-
-@dataclass
-class _Decoded:
-    entry: FileEntry
-    digest: str
-    image: images.DecodedImage
-
-
-@dataclass
-class _Failed:
-    entry: FileEntry
-    reason: str
-
-
-class _LazyEncoder:
-    """Loads the model the first time a worker needs its pixel settings; thread-safe."""
-
-    def __init__(self, model_id: str, device: str | None, precision: ImagePrecision, progress: Progress):
-        self.model_id, self.device, self.precision, self.progress = model_id, device, precision, progress
-        self.encoder: ImageEncoder | None = None
-        self._error: Exception | None = None
-        self._lock = threading.Lock()
-
-    def get(self) -> ImageEncoder:
-        with self._lock:
-            if self._error is not None:  # fail every worker the same way, without retrying
-                raise self._error
-            if self.encoder is None:
-                self.progress.model_loading(self.model_id)
-                try:
-                    self.encoder = load_image_encoder(self.model_id, self.device, self.precision,
-                                                      notify=self.progress.notice)
-                except Exception as exc:
-                    self._error = exc
-                    raise
-                self.progress.model_loaded()
-            return self.encoder
-
-
-def _prepare(entry: FileEntry, known_hashes: set[str], lazy: _LazyEncoder, options: IndexOptions):
-    """Worker: hash while reading (stopping at the size limit), decode only content the index has never seen."""
-    try:
-        digest, data = images.read_and_hash(entry.path, options.max_file_mb)
-        if digest in known_hashes:
-            return _Reused(entry, digest)
-        return _Decoded(entry, digest, images.decode(data, lazy.get().preprocess, options.max_megapixels, entry.path))
-    except images.ImageError as exc:
-        return _Failed(entry, str(exc))
-
-
 def index_folders(
     folders: Iterable[str | os.PathLike],
     store: Store,
@@ -167,6 +114,7 @@ def index_folders(
             raise IndexingError(f"{root} is not a folder (is the drive mounted?). Nothing was changed.")
     model_id = encoder.model_id if encoder else resolve_model(store, model)
     store.check_model(model_id)
+    step = _embed_step(model_id, device, options, progress, encoder)  # before the scan: `--ray` without Ray fails fast
 
     report = IndexReport()
 
@@ -184,16 +132,14 @@ def index_folders(
             report.skipped.append((path, f"{reason} (unchanged since last run)"))
         progress.scanned(changes)
 
-        lazy = _LazyEncoder(model_id, device, options.precision, progress)
-        lazy.encoder = encoder
         try:
-            _process(changes.to_index, set(indexed), store, lazy, options, progress, report)
+            _process(changes.to_index, set(indexed), store, step, options, progress, report)
         except KeyboardInterrupt:
             report.interrupted = True
             report.seconds = time.perf_counter() - started
             raise
         finally:
-            report.model_loaded = lazy.encoder is not None and encoder is None
+            report.model_loaded = step.model_loaded
         TagStore(store).carry_tags(changes.gone)  # a renamed photo keeps its tags
         report.removed = store.remove(changes.gone)
         for root in roots:
@@ -206,98 +152,84 @@ def index_folders(
         return report
 
 
-def _process(to_index: list[FileEntry], previously_indexed: set[str], store: Store, lazy: _LazyEncoder,
+def _embed_step(model_id: str, device: str | None, options: IndexOptions, progress: Progress,
+                encoder: ImageEncoder | None) -> EmbedStep:
+    """Where decode + embed runs: in this process, or on the Ray cluster that `options.ray` names."""
+    if options.ray is None:
+        return LocalEmbedder(model_id, device, options, progress, encoder)
+    from .ray_embed import RayEmbedder
+
+    return RayEmbedder(options.ray, model_id, device, options, progress)
+
+
+def _process(to_index: list[FileEntry], previously_indexed: set[str], store: Store, step: EmbedStep,
              options: IndexOptions, progress: Progress, report: IndexReport) -> None:
     if not to_index:
         return
     known_hashes = store.known_hashes()
     # The content of files this run replaces, so that a copy of a file's old bytes can still reuse its vector.
     replaced = store.rows_for_hashes_of(entry.path for entry in to_index if entry.path in previously_indexed)
-    pending_pixels: list[_Decoded] = []
-    pending_records: list[ImageRecord] = []
-    pending_failures: list[tuple[str, int, int, str]] = []
 
-    def count_stored(entry: FileEntry) -> None:
-        if entry.path in previously_indexed:
-            report.updated += 1
+    def model_ready(model_id: str, dim: int) -> None:
+        store.set_model(model_id, dim)
+
+    with contextlib.closing(step.run(to_index, known_hashes, model_ready)) as results:
+        _write(results, store, previously_indexed, replaced, options, progress, report)
+
+
+def _write(results: Iterator[Result], store: Store, previously_indexed: set[str], replaced: dict[str, dict],
+           options: IndexOptions, progress: Progress, report: IndexReport) -> None:
+    """The one writer: records and failures, wherever they were made, committed every `batch_size` records."""
+    records: list[ImageRecord] = []
+    failures: list[tuple[str, int, int, str]] = []
+
+    def fail(entry: FileEntry, reason: str, worker: str | None = None) -> None:
+        if worker is None:  # a file a cluster worker could not open is retried next run, not recorded as broken
+            failures.append((entry.path, entry.size, entry.mtime_ns, reason))
         else:
-            report.new += 1
+            report.unreadable_on_workers[worker] = report.unreadable_on_workers.get(worker, 0) + 1
+        report.skipped.append((entry.path, reason))
+        progress.skipped(entry.path, reason)
+        progress.advance()
 
-    model_recorded = False
+    for result in results:
+        if isinstance(result, Embedded):
+            records.append(result.record)
+            report.encoded += 1
+            if result.entry.path in previously_indexed:
+                report.updated += 1
+            else:
+                report.new += 1
+        elif isinstance(result, Reused):
+            record = _reused_record(result, store, replaced)
+            if record is None:  # not expected: its content left the index some other way
+                fail(result.entry, "its content left the index during the run; run index again")
+            else:
+                records.append(record)
+                report.reused += 1
+                progress.advance()
+        else:
+            fail(result.entry, result.reason, result.worker)
+        if len(records) >= options.batch_size:
+            store.write(records, failures)
+            records.clear()
+            failures.clear()
+    if records or failures:
+        store.write(records, failures)
 
-    def flush(encode_all: bool) -> None:
-        while pending_pixels and (encode_all or len(pending_pixels) >= options.batch_size):
-            batch = pending_pixels[:options.batch_size]
-            del pending_pixels[:options.batch_size]
-            vectors = lazy.get().embed_pixels(np.stack([item.image.pixels for item in batch]))
-            for item, vector in zip(batch, vectors):
-                found = item.image.metadata.with_file_time(item.entry.mtime_ns)
-                pending_records.append(ImageRecord(
-                    item.entry.path, item.entry.size, item.entry.mtime_ns, item.digest,
-                    item.image.width, item.image.height, encode_vector(vector),
-                    item.image.phash, item.image.colourfulness,
-                    **{name: getattr(found, name) for name in METADATA_COLUMNS},
-                ))
-                count_stored(item.entry)
-            report.encoded += len(batch)
-        if (encode_all or len(pending_records) >= options.batch_size) and (pending_records or pending_failures):
-            store.write(pending_records, pending_failures)
-            pending_records.clear()
-            pending_failures.clear()
 
-    window = max(options.batch_size * 2, options.workers * 4)
-    in_flight: deque[Future] = deque()
-    queue = iter(to_index)
-    with ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="decode") as pool:
-        try:
-            while True:
-                while len(in_flight) < window:
-                    entry = next(queue, None)
-                    if entry is None:
-                        break
-                    in_flight.append(pool.submit(_prepare, entry, known_hashes, lazy, options))
-                if not in_flight:
-                    break
-                result = in_flight.popleft().result()
-                if isinstance(result, _Failed):
-                    entry = result.entry
-                    pending_failures.append((entry.path, entry.size, entry.mtime_ns, result.reason))
-                    report.skipped.append((result.entry.path, result.reason))
-                    progress.skipped(result.entry.path, result.reason)
-                    progress.advance()
-                elif isinstance(result, _Reused):
-                    known = store.vector_for_hash(result.digest) or replaced.get(result.digest)
-                    if known is None:  # not expected: its content left the index some other way
-                        reason = "its content left the index during the run; run index again"
-                        pending_failures.append((result.entry.path, result.entry.size, result.entry.mtime_ns, reason))
-                        report.skipped.append((result.entry.path, reason))
-                        progress.skipped(result.entry.path, reason)
-                        progress.advance()
-                        flush(encode_all=False)
-                        continue
-                    carried = {name: known[name] for name in METADATA_COLUMNS}
-                    if carried["taken_source"] == metadata.FROM_FILE:  # no EXIF date: this copy's own file time
-                        carried["taken"] = metadata.file_time(result.entry.mtime_ns)
-                    pending_records.append(ImageRecord(
-                        result.entry.path, result.entry.size, result.entry.mtime_ns, result.digest,
-                        known["width"], known["height"], known["vector"], known["phash"], known["colourfulness"],
-                        **carried,
-                    ))
-                    report.reused += 1
-                    progress.advance()
-                else:
-                    if not model_recorded:  # before the first batch: an early Ctrl-C keeps the model recorded
-                        encoder = lazy.get()
-                        store.set_model(encoder.model_id, encoder.dim)
-                        model_recorded = True
-                    pending_pixels.append(result)
-                    progress.advance()  # counted when decoded, so the bar moves from the start
-                flush(encode_all=False)
-            flush(encode_all=True)
-        except BaseException:
-            for future in in_flight:
-                future.cancel()
-            raise
+def _reused_record(result: Reused, store: Store, replaced: dict[str, dict]) -> ImageRecord | None:
+    """The record of a file whose content is indexed already: its vector, fingerprints and metadata, copied."""
+    known = store.vector_for_hash(result.digest) or replaced.get(result.digest)
+    if known is None:
+        return None
+    carried = {name: known[name] for name in METADATA_COLUMNS}
+    if carried["taken_source"] == metadata.FROM_FILE:  # no EXIF date: this copy's own file time
+        carried["taken"] = metadata.file_time(result.entry.mtime_ns)
+    entry = result.entry
+    return ImageRecord(entry.path, entry.size, entry.mtime_ns, result.digest, known["width"], known["height"],
+                       known["vector"], known["phash"], known["colourfulness"], **carried,
+                       geometry=known.get("geometry"))
 
 
 def fill_metadata(store: Store, folder: str | None = None, workers: int = DEFAULT_WORKERS) -> int:
@@ -350,11 +282,11 @@ def _fill_fingerprints(store: Store, missing: list[tuple[int, str]], workers: in
         image_id, path = item
         try:
             decoded = images.decode_file(path, images.Preprocess())
-            return image_id, decoded.phash, decoded.colourfulness
+            return image_id, decoded.phash, decoded.colourfulness, decoded.geometry
         except images.ImageError as exc:
             return path, str(exc)
 
-    done: list[tuple[int, bytes, float]] = []
+    done: list[tuple[int, bytes, float, bytes | None]] = []
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="fingerprint") as pool:
         for result in pool.map(compute, missing):
             if len(result) == 2:

@@ -66,6 +66,26 @@ def _preprocess_from_config(config: dict) -> tuple[Preprocess, np.ndarray, np.nd
     return prep, mean, std
 
 
+def preprocess_of(model: str) -> Preprocess:
+    """The pixel settings of `model` (Hub id or folder) from its preprocessor_config.json alone: no torch, no
+    weights. For machines that decode for a model they never load (`index --ray` decodes on CPU workers)."""
+    import json
+
+    model_id = model_id_from(model)
+    try:
+        if os.path.isdir(model_id):
+            with open(os.path.join(model_id, "preprocessor_config.json"), encoding="utf-8") as handle:
+                config = json.load(handle)
+        else:
+            from huggingface_hub import hf_hub_download
+
+            with open(hf_hub_download(model_id, "preprocessor_config.json"), encoding="utf-8") as handle:
+                config = json.load(handle)
+    except (OSError, ValueError) as exc:  # huggingface_hub's errors are OSErrors
+        raise ModelError(_offline_message(model_id, exc)) from exc
+    return _preprocess_from_config(config)[0]
+
+
 def _offline_message(model_id: str, error: Exception) -> str:
     looks_like_folder = os.path.isabs(model_id) or model_id.startswith((".", "~")) or model_id.count("/") > 1
     if looks_like_folder:

@@ -1,0 +1,259 @@
+"""Decode + embed on a Ray cluster (`index --ray ADDRESS`), with Ray Data.
+
+The local process still scans and decides what needs work, and writes the index with one
+writer (job.py); only the entries whose size or modification time changed come here. Ray
+Data reads, hashes and decodes them in tasks on the cluster's CPUs (the same code as a local
+run: images.read_and_hash and images.decode, with the model's pixel settings read from its
+preprocessor_config.json, so the driver never loads the model), embeds the new content in
+actors that load the encoder once (load_image_encoder: one actor per GPU with num_gpus=1 when
+the cluster has GPUs, else one per machine on its CPUs), and streams vectors, fingerprints and
+metadata back block by block (iter_batches) as results for the local writer.
+
+Content the index already holds: the bytes are on the workers, not here, so the workers hash
+every file and compare the digest with the index's known hashes (shipped once with the decode
+function); a known digest comes back as `Reused` without being decoded, and the writer copies
+the stored vector, so renamed and copied files never reach the model, as in a local run.
+
+Workers must see the photos at the same paths (a shared mount). A file a worker cannot open
+comes back as a failure naming the worker's host; it is not recorded as broken, so the next run
+tries it again. A lost worker: Ray Data retries its tasks and restarts its actors, and a
+block's rows reach the writer once, when the block is done, so nothing is lost or written
+twice. Ctrl-C stops the stream; the batches committed so far stay, as in a local run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import pickle
+import socket
+import sys
+import tempfile
+from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..errors import BadInputError
+from ..models.preprocess import Preprocess
+from . import images
+from .embed import Embedded, Failed, Result, Reused, make_record
+from .scan import FileEntry
+
+if TYPE_CHECKING:
+    from .job import IndexOptions, Progress
+
+INSTALL = "Indexing on a Ray cluster needs Ray: pip install 'clipsearch[ray]'"
+
+
+def import_ray() -> Any:
+    """The ray module, or BadInputError saying how to install it."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report to Anyscale unless the user opted in
+    # Ray's C++ core logs warnings to this process's stderr, over the progress bar (one per run: Ray Data's actors
+    # keep their constructor arguments in the object store); its own log files keep everything.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    try:
+        import ray
+        import ray.data  # the ray[data] extra
+    except ImportError:
+        raise BadInputError(INSTALL) from None
+    return ray
+
+
+class RayEmbedder:
+    """Decode + embed on the Ray cluster at `address`: `auto` (the cluster this machine belongs to, as
+    ray.init("auto")), `local` (a cluster of this machine, started now and stopped at the end) or
+    `ray://HOST:PORT`. A Ray already initialised in this process (a test, a notebook) is used as it is."""
+
+    def __init__(self, address: str, model_id: str, device: str | None, options: IndexOptions, progress: Progress):
+        self.ray = import_ray()
+        self.address, self.model_id, self.device, self.options, self.progress = (
+            address, model_id, device, options, progress)
+        self.model_loaded = False
+
+    def _connect(self) -> bool:
+        """Connect (or start `local`); True when this call did, and so must shut Ray down at the end."""
+        ray = self.ray
+        if ray.is_initialized():
+            return False
+        quiet = {"logging_level": logging.ERROR, "log_to_driver": False}  # no banners over the progress bar
+        try:
+            with _stderr_kept_unless_failed():
+                if self.address == "local":
+                    ray.init(include_dashboard=False, **quiet)
+                elif self.address.startswith("ray://"):
+                    ray.init(self.address, logging_level=logging.ERROR)
+                else:
+                    ray.init(self.address, include_dashboard=False, **quiet)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise BadInputError(f"Cannot reach a Ray cluster at '{self.address}' ({str(exc).splitlines()[0]}). "
+                                f"Start one with `ray start --head`, give its ray://HOST:PORT, "
+                                f"or use --ray local.") from None
+        return True
+
+    def _plan(self) -> tuple[int, float, str | None, str]:
+        """How many embedding actors, GPUs per actor and the device they use, and the cluster in words."""
+        resources = self.ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        machines = sum(1 for node in self.ray.nodes() if node.get("Alive"))
+        described = f"{int(resources.get('CPU', 0))} CPUs, {gpus} GPUs on {machines} machine(s)"
+        if (self.device is None and gpus) or (self.device or "").startswith("cuda"):
+            if not gpus:
+                raise BadInputError(f"--device {self.device}: the Ray cluster at '{self.address}' has no GPUs "
+                                    f"({described}). Leave out --device to embed on its CPUs.")
+            return gpus, 1.0, self.device, f"{described}; embedding on {gpus} GPU(s)"
+        return max(1, machines), 0.0, self.device or "cpu", f"{described}; embedding on CPUs"
+
+    def run(self, entries: Sequence[FileEntry], known_hashes: set[str],
+            model_ready: Callable[[str, int], None]) -> Generator[Result, None, None]:
+        from ..models.torch_encoder import preprocess_of
+
+        prep = preprocess_of(self.model_id)  # read before connecting: a wrong model fails fast
+        started_here = self._connect()
+        try:
+            yield from self._stream(entries, known_hashes, model_ready, prep)
+        finally:
+            if started_here:
+                self.ray.shutdown()
+
+    def _stream(self, entries: Sequence[FileEntry], known_hashes: set[str], model_ready: Callable[[str, int], None],
+                prep: Preprocess) -> Generator[Result, None, None]:
+        ray = self.ray
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False  # the CLI draws its own bar
+        context.print_on_execution_start = False
+        for handler in logging.getLogger("ray.data").handlers:  # Ray Data's own INFO lines on the console
+            if not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.ERROR)
+        actors, gpus, device, described = self._plan()
+        # As many decoding tasks as the cluster has CPUs. A cap that differs from the number of actors also keeps
+        # decoding in tasks of its own: Ray Data would otherwise fuse it into the actors (one decoder per actor).
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self.progress.notice(f"Ray cluster at {self.address}: {described}.")
+        batch_size = self.options.batch_size
+        rows = [{"i": i, "path": os.fsencode(entry.path)} for i, entry in enumerate(entries)]
+        dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
+        dataset = dataset.map_batches(
+            _decode, batch_size=batch_size, batch_format="numpy", num_cpus=1, concurrency=cpus,
+            fn_kwargs={"known": known_hashes, "prep": prep, "max_megapixels": self.options.max_megapixels,
+                       "max_file_mb": self.options.max_file_mb})
+        dataset = dataset.map_batches(
+            _Embed, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+            fn_constructor_args=(self.model_id, device, self.options.precision.value), num_cpus=1, num_gpus=gpus)
+        self.progress.model_loading(self.model_id)  # the actors load it on the cluster
+        recorded = False
+        batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1))
+        try:
+            for batch in batches:
+                if not recorded:
+                    self.progress.model_loaded()
+                for row in range(len(batch["i"])):
+                    entry, kind = entries[int(batch["i"][row])], str(batch["kind"][row])
+                    if kind == "embed":
+                        if not recorded:  # before the first batch is written, as a local run
+                            model_ready(self.model_id, int(batch["vector"].shape[1]))
+                            recorded = self.model_loaded = True
+                        self.progress.advance()
+                        decoded = pickle.loads(batch["decoded"][row])
+                        record = make_record(entry, str(batch["digest"][row]), decoded, batch["vector"][row])
+                        yield Embedded(entry, record)
+                    elif kind == "reused":
+                        yield Reused(entry, str(batch["digest"][row]))
+                    else:
+                        worker = str(batch["host"][row]) if kind == "unreadable" else None
+                        yield Failed(entry, str(batch["reason"][row]), worker)
+                recorded = recorded or bool(len(batch["i"]))
+        finally:
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()  # stops the pipeline
+
+
+@contextlib.contextmanager
+def _stderr_kept_unless_failed() -> Iterator[None]:
+    """Hold what is written to file descriptor 2 (by Ray's C++ core as it starts, and by the processes a local
+    cluster starts) and show it only if starting fails."""
+    with tempfile.TemporaryFile() as held:
+        saved = os.dup(2)
+        sys.stderr.flush()
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _unopenable(path: str) -> str | None:
+    """Why this worker cannot open `path` (the photos are not mounted here?), or None when it can."""
+    try:
+        with open(path, "rb"):
+            return None
+    except FileNotFoundError:
+        why = "no such file"
+    except PermissionError:
+        why = "permission denied"
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    return f"cannot be opened on Ray worker {socket.gethostname()} ({why}): every worker needs the photos at the " \
+           f"same path"
+
+
+def _decode(batch: dict[str, np.ndarray], known: set[str], prep: Preprocess, max_megapixels: float,
+            max_file_mb: float) -> dict[str, np.ndarray]:
+    """Ray task, on a CPU worker: read, hash and decode each file whose content is new (as LocalEmbedder does).
+
+    The pixels travel to the embedding actors as a tensor column; everything else decoding found (size,
+    fingerprints, metadata: the DecodedImage without its pixels) travels pickled, so that the local side makes
+    the record with the same embed.make_record as a local run, whatever fields it has."""
+    count = len(batch["i"])
+    columns: dict[str, list[Any]] = {"kind": [], "digest": [], "reason": [], "decoded": []}
+    pixels = np.zeros((count, prep.crop_height, prep.crop_width, 3), dtype=np.uint8)
+    for row in range(count):
+        path = os.fsdecode(bytes(batch["path"][row]))
+        kind, digest, reason, decoded = "failed", "", "", b""
+        unopenable = _unopenable(path)
+        if unopenable:
+            kind, reason = "unreadable", unopenable
+        else:
+            try:
+                digest, data = images.read_and_hash(path, max_file_mb)
+                if digest in known:
+                    kind = "reused"
+                else:
+                    image = images.decode(data, prep, max_megapixels, path)
+                    pixels[row] = image.pixels
+                    kind, decoded = "embed", pickle.dumps(dataclasses.replace(image, pixels=np.empty(0, np.uint8)))
+            except images.ImageError as exc:
+                reason = str(exc)
+        for name, value in zip(columns, (kind, digest, reason, decoded)):
+            columns[name].append(value)
+    out = {name: np.array(values, dtype=object if name == "decoded" else None) for name, values in columns.items()}
+    return {"i": batch["i"], "host": np.array([socket.gethostname()] * count), **out, "pixels": pixels}
+
+
+class _Embed:
+    """Ray actor: loads the encoder once (the same load_image_encoder as a local run) and embeds the batches'
+    new content; the pixels are not sent back."""
+
+    def __init__(self, model_id: str, device: str | None, precision: str):
+        from ..models.onnx_image import load_image_encoder
+
+        self.encoder = load_image_encoder(model_id, device, precision)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = {name: column for name, column in batch.items() if name != "pixels"}
+        wanted = batch["kind"] == "embed"
+        vectors = np.zeros((len(wanted), self.encoder.dim), dtype=np.float32)
+        if wanted.any():
+            vectors[wanted] = self.encoder.embed_pixels(batch["pixels"][wanted])
+        out["vector"] = vectors
+        return out

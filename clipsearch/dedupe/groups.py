@@ -16,9 +16,9 @@ per tier and acting on all tiers in order is consistent. A camera RAW file is
 never grouped with a non-RAW image: the JPEG beside it (same stem) is the
 camera's rendition of it, not a copy.
 
-Pairs come from a neighbour search that never builds the N x N similarity
-matrix: exact blockwise products up to `EXACT_SEARCH_LIMIT` images, an
-inverted-file search (k-means cells, several probed per image) above it.
+Pairs come from the vector index's range search (store/vector_index.py), which
+never builds the N x N similarity matrix: exact blockwise products up to
+`EXACT_SEARCH_LIMIT` images, faiss k-means cells (several probed per image) above it.
 """
 
 from __future__ import annotations
@@ -36,16 +36,12 @@ from ..indexing.metadata import FROM_FILE
 from ..models import tuning
 from ..options import KeepPolicy
 from ..paths import normalise_path, path_json
-from ..store import Store
+from ..store import Store, vector_index
 
 # Formats a camera never writes but exports and conversions do: a PNG beside a JPEG is the copy.
 LOSSLESS_EXTENSIONS = frozenset({".png", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tga", ".qoi"})
 
-EXACT_SEARCH_LIMIT = 20_000
-BLOCK_ROWS = 1024
-# Inverted-file search: about CELLS_PER_ROOT * sqrt(N) k-means cells, PROBES nearest probed per image.
-CELLS_PER_ROOT = 1.0
-PROBES = 8
+EXACT_SEARCH_LIMIT = vector_index.EXACT_PAIRS_LIMIT
 
 
 class DedupeError(BadInputError):
@@ -122,103 +118,14 @@ TIERS = ("exact", "near", "similar")
 
 
 def neighbour_pairs(matrix: np.ndarray, threshold: float, neighbours: int = 16,
-                    exact_limit: int = EXACT_SEARCH_LIMIT, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pairs (i < j) of rows whose cosine is at least `threshold`, at most `neighbours` per row.
+                    exact_limit: int = vector_index.EXACT_PAIRS_LIMIT,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i < j) of rows whose cosine is at least `threshold`, at most `neighbours` per row: the vector
+    index's range search (store/vector_index.py: exact up to `exact_limit` rows, faiss cells above).
 
-    Returns arrays (i, j, similarity). Memory stays at a few blocks of
-    BLOCK_ROWS x N floats, never N x N.
+    Returns arrays (i, j, similarity). Memory stays at a few blocks of rows, never N x N.
     """
-    n = len(matrix)
-    if n < 2:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty, np.zeros(0, dtype=np.float32)
-    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
-    if n <= exact_limit:
-        found = [_pairs_in_block(matrix[start:start + BLOCK_ROWS], np.arange(start, min(n, start + BLOCK_ROWS)),
-                                 matrix[start:], np.arange(start, n), threshold, neighbours)
-                 for start in range(0, n, BLOCK_ROWS)]
-    else:
-        found = _inverted_file_pairs(matrix, threshold, neighbours, seed)
-    rows = np.concatenate([f[0] for f in found])
-    cols = np.concatenate([f[1] for f in found])
-    sims = np.concatenate([f[2] for f in found])
-    low, high = np.minimum(rows, cols), np.maximum(rows, cols)
-    _keys, first = np.unique(low * n + high, return_index=True)  # the same pair may be found twice
-    return low[first], high[first], sims[first]
-
-
-def _pairs_in_block(queries: np.ndarray, query_ids: np.ndarray, targets: np.ndarray, target_ids: np.ndarray,
-                    threshold: float, neighbours: int):
-    """Above-threshold (query, target) pairs of one block, the best `neighbours` per query, no self pairs."""
-    sims = queries @ targets.T
-    hit_rows, hit_cols = np.nonzero(sims >= threshold)
-    not_self = query_ids[hit_rows] != target_ids[hit_cols]
-    hit_rows, hit_cols = hit_rows[not_self], hit_cols[not_self]
-    if len(hit_rows) == 0:
-        return hit_rows, hit_rows, np.zeros(0, dtype=np.float32)
-    values = sims[hit_rows, hit_cols]
-    counts = np.bincount(hit_rows, minlength=len(queries))
-    if counts.max() > neighbours:  # rare (huge groups): keep each query's best
-        order = np.lexsort((-values, hit_rows))
-        hit_rows, hit_cols, values = hit_rows[order], hit_cols[order], values[order]
-        rank = np.arange(len(hit_rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-        keep = rank < neighbours
-        hit_rows, hit_cols, values = hit_rows[keep], hit_cols[keep], values[keep]
-    return query_ids[hit_rows], target_ids[hit_cols], values
-
-
-def _inverted_file_pairs(matrix: np.ndarray, threshold: float, neighbours: int, seed: int):
-    """Approximate search for large indexes: each image is compared only with the images in its
-    `probes` nearest k-means cells. Pairs above a high cosine sit in the same or adjacent cells,
-    so they are found (recall is measured by scripts/bench_dedupe.py)."""
-    n = len(matrix)
-    cells = max(16, int(CELLS_PER_ROOT * np.sqrt(n)))
-    probes = min(PROBES, cells)
-    centroids = _kmeans(matrix, cells, seed)
-    home = np.empty(n, dtype=np.int64)
-    nearest = np.empty((n, probes), dtype=np.int64)
-    for start in range(0, n, 8192):
-        scores = matrix[start:start + 8192] @ centroids.T
-        nearest[start:start + 8192] = np.argpartition(-scores, probes - 1, axis=1)[:, :probes]
-        home[start:start + 8192] = scores.argmax(axis=1)
-    members = np.argsort(home, kind="stable")
-    member_bounds = np.searchsorted(home[members], np.arange(cells + 1))
-    probe_points = np.repeat(np.arange(n), probes)
-    probe_cells = nearest.ravel()
-    order = np.argsort(probe_cells, kind="stable")
-    probe_points, probe_cells = probe_points[order], probe_cells[order]
-    probe_bounds = np.searchsorted(probe_cells, np.arange(cells + 1))
-    found = []
-    for cell in range(cells):
-        target_ids = members[member_bounds[cell]:member_bounds[cell + 1]]
-        query_ids = probe_points[probe_bounds[cell]:probe_bounds[cell + 1]]
-        if len(target_ids) == 0 or len(query_ids) == 0:
-            continue
-        for start in range(0, len(query_ids), BLOCK_ROWS):
-            block = query_ids[start:start + BLOCK_ROWS]
-            found.append(_pairs_in_block(matrix[block], block, matrix[target_ids], target_ids, threshold, neighbours))
-    if not found:
-        empty = np.zeros(0, dtype=np.int64)
-        found.append((empty, empty, np.zeros(0, dtype=np.float32)))
-    return found
-
-
-def _kmeans(matrix: np.ndarray, cells: int, seed: int, iterations: int = 8, sample: int = 40) -> np.ndarray:
-    """Spherical k-means on a sample of `sample` points per cell: unit-length centroids."""
-    from scipy.sparse import coo_matrix  # scipy loads in ~0.2 s: only for commands that need it
-    rng = np.random.default_rng(seed)
-    train = matrix[rng.choice(len(matrix), min(len(matrix), cells * sample), replace=False)]
-    centroids = train[rng.choice(len(train), cells, replace=False)].copy()
-    for _ in range(iterations):
-        assignment = (train @ centroids.T).argmax(axis=1)
-        one_hot = coo_matrix((np.ones(len(train), dtype=np.float32), (assignment, np.arange(len(train)))),
-                             shape=(cells, len(train))).tocsr()
-        sums = np.asarray(one_hot @ train, dtype=np.float32)
-        lengths = np.linalg.norm(sums, axis=1, keepdims=True)
-        empty = lengths[:, 0] == 0
-        sums[empty] = train[rng.choice(len(train), int(empty.sum()))]  # reseed empty cells
-        centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
-    return centroids.astype(np.float32)
+    return vector_index.pairs_above(matrix, threshold, neighbours, exact_limit, seed)
 
 
 def _components(count: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from ..paths import folder_range, sql_text
 from . import vectors as vectorcache
 from .connection import Connection, StoreError, now
 from .schema import IMAGE_COLUMNS, METADATA_COLUMNS, PLACE_COLUMNS
-from .vectors import Vectors
+from .vectors import VectorFile, Vectors
 
 VECTOR_DTYPE = np.dtype("<f2")
 
@@ -294,9 +294,8 @@ class Images(Connection):
         if not rows:
             return 0
         with self.transaction():
-            before = self.conn.execute("SELECT total_changes()").fetchone()[0]
-            self.conn.executemany("DELETE FROM images WHERE path = CAST(? AS TEXT)", rows)
-            removed = self.conn.execute("SELECT total_changes()").fetchone()[0] - before
+            # rowcount: the rows of these statements only, not those their triggers change (tags, vector log)
+            removed = self.conn.executemany("DELETE FROM images WHERE path = CAST(? AS TEXT)", rows).rowcount
             self._bump_generation()
             self.conn.executemany("DELETE FROM failures WHERE path = CAST(? AS TEXT)", rows)
         return removed
@@ -307,7 +306,8 @@ class Images(Connection):
         """Mark every change to the images with a new random token, so a vector cache knows it is stale.
 
         Random rather than a counter: two copies of one index that each change
-        once must not end up with the same token.
+        once must not end up with the same token. The token also marks the vector log (schema.py's
+        vector_log), so vector files of an older state catch up by the rows changed since.
         """
         self.conn.execute(
             "INSERT INTO meta (key, value) VALUES ('generation', lower(hex(randomblob(8)))) "
@@ -317,6 +317,7 @@ class Images(Connection):
     def identity(self) -> str:
         """This index and its current state: what a vector cache must be tagged with to be used."""
         values = dict(self.conn.execute("SELECT key, value FROM meta WHERE key IN ('index_id', 'generation')"))
+        self.conn.execute("INSERT INTO vector_log (generation) SELECT value FROM meta WHERE key = 'generation'")
         return f"{values.get('index_id', '')}:{values.get('generation', '0')}"
 
     @property
@@ -324,28 +325,27 @@ class Images(Connection):
         return vectorcache.cache_path(self.path)
 
     def vectors(self, folder: str | None = None) -> Vectors:
-        """All stored vectors (or those under `folder`) as one matrix, for ranking.
+        """All stored vectors (or those under `folder`) in image id order, as float16 rows, for dedupe and tagging.
 
-        The whole index comes from the memory-mapped query cache (vectors.py),
-        which `refresh_vector_cache` rewrites first if it is stale; a folder's rows
-        come from the database.
+        The whole index comes from the memory-mapped vector file (vectors.py), which is brought up to
+        date first if it is behind; a folder's rows come from the database. Queries rank through
+        vector_index.py instead, which never copies the rows.
         """
         if folder is None and self.model():
-            return self.refresh_vector_cache()
+            from . import vector_index
+
+            return vector_index.sync(self).vectors()
         return self._vectors_from_rows(folder)[1]
 
-    def refresh_vector_cache(self) -> Vectors:
-        """Bring the query cache up to date now, rewriting it only if it is stale, and return its vectors.
+    def refresh_vector_cache(self) -> VectorFile:
+        """Bring the vector file up to date now (by the rows changed since, when it can) and start bringing the
+        approximate index up to date in the background if the library is large (vector_index.refresh).
 
-        Writers call it after a change (index, moves, undo), so the next search does not pay for the rebuild.
+        Writers call it after a change (index, moves, undo), so the next search does not pay for it.
         """
-        recorded = self.model()
-        cached = vectorcache.read(self.cache_path, self.identity(), recorded[1] if recorded else 0)
-        if cached is not None:
-            return cached
-        identity, vectors = self._vectors_from_rows(None)
-        vectorcache.write(self.cache_path, identity, vectors)
-        return vectors
+        from . import vector_index
+
+        return vector_index.refresh(self)
 
     def _vectors_from_rows(self, folder: str | None) -> tuple[str, Vectors]:
         """The vectors under `folder` (all if None) read from the database, and the index state they belong to."""

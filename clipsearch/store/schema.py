@@ -161,7 +161,8 @@ def _add_vector_log_v9(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TRIGGER vector_log_insert AFTER INSERT ON images BEGIN "
                "INSERT INTO vector_log (image_id) VALUES (NEW.id); END")
     db.execute("CREATE TRIGGER vector_log_update AFTER UPDATE OF id, vector ON images BEGIN "
-               "INSERT INTO vector_log (image_id) VALUES (OLD.id); INSERT INTO vector_log (image_id) VALUES (NEW.id); END")
+               "INSERT INTO vector_log (image_id) VALUES (OLD.id); "
+               "INSERT INTO vector_log (image_id) VALUES (NEW.id); END")
     db.execute("CREATE TRIGGER vector_log_delete AFTER DELETE ON images BEGIN "
                "INSERT INTO vector_log (image_id) VALUES (OLD.id); END")
 

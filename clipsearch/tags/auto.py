@@ -38,7 +38,7 @@ from ..models import tuning
 from ..models.protocols import GetTextEncoder
 from ..options import DEFAULT_MAX_TAGS
 from ..paths import normalise_path
-from ..store import Store
+from ..store import Store, vector_index
 from ..store.tags import TagStore
 
 if TYPE_CHECKING:
@@ -257,13 +257,13 @@ def _tag_images(store: Store, get_encoder: GetTextEncoder, folders: list[str] | 
             raise TagError(f"Tagging needs the index's model {model_id}, not {encoder.model_id}.")
         vectors = tag_vectors(vocabulary, encoder.embed_texts)
         tag_store.save_tag_vectors(model_id, vocabulary.version, names, vectors)
-    stored = store.vectors()
-    position = {int(image_id): row for row, image_id in enumerate(stored.ids)}
+    stored = vector_index.open_index(store)
     if progress:
         progress.started("Tagging", len(wanted))
     for start in range(0, len(wanted), batch):
-        ids = [i for i in wanted[start:start + batch] if i in position]
-        scores = np.asarray(stored.matrix[[position[i] for i in ids]]) @ vectors.T
+        found, matrix = stored.rows_for(wanted[start:start + batch])
+        ids = [int(i) for i in found]
+        scores = matrix @ vectors.T
         chosen = choose_tags(scores, names, threshold, options.max_tags)
         tag_store.write_auto_tags(dict(zip(ids, chosen)), run_key)
         report.tagged += len(ids)

@@ -1,0 +1,428 @@
+"""Given a query vector and which images may be returned, the best k: the one place that ranks stored vectors.
+
+find, similar, serve and tagging rank through `VectorIndex.search`/`rows_for`, and dedupe's
+neighbour search is `pairs_above`. Two ways to rank, chosen by size:
+
+- exact, up to APPROXIMATE_FROM images: every row of the float16 vector file (vectors.py) is
+  scored by faiss in place (numpy's float16 arithmetic is several times slower);
+- approximate, above it, once the IVF file (ann.py) exists: faiss scans the cells nearest the query,
+  and the best RERANK candidates are scored again exactly from the float16 rows. Rows the IVF does
+  not cover yet (appended since it was written) are scored exactly too, so an `index` run that adds
+  photos needs no rebuild before they are found.
+
+`--exact` forces the first. Filters (a folder, dates, camera, tags...) arrive as the allowed image
+ids: few of them (up to FEW_CANDIDATES) are ranked exactly; otherwise the IVF searches with them as
+a faiss IDSelector, and if that finds fewer than k the query is ranked exactly, so a filtered query
+never returns fewer results than exist.
+
+Keeping the files current also lives here: `sync` brings the vector file to the index's state by the
+vector log (schema.py: the image ids whose vectors changed since the file's state) or, failing that,
+rewrites it from the database; `refresh` (writers, after a change) also prunes the log and starts
+the IVF build or extension in the background when the library is large enough.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import ann as annfile
+from . import vectors as vectorfile
+from .vectors import VECTOR_DTYPE, VectorFile, Vectors, as_float32, load_faiss
+
+if TYPE_CHECKING:
+    from .images import Images
+
+# Measured on 2 cores (scripts/bench_search.py, scripts/bench_vector_index.py): exact faiss ranking of
+# float16 rows costs ~0.1 ms per 1,000 images, so up to here a query ranks everything in under ~25 ms.
+APPROXIMATE_FROM = 250_000
+APPROXIMATE_FROM_ENV = "CLIPSEARCH_APPROXIMATE_FROM"
+PROBES = 48  # IVF cells scanned per query
+RERANK = 200  # candidates scored again exactly from the float16 rows
+FEW_CANDIDATES = 50_000  # a filter leaving at most this many images ranks them exactly
+
+
+def approximate_from() -> int:
+    """The size from which the approximate index is used (CLIPSEARCH_APPROXIMATE_FROM overrides it, for tests)."""
+    try:
+        return max(1, int(os.environ.get(APPROXIMATE_FROM_ENV, "")))
+    except ValueError:
+        return APPROXIMATE_FROM
+
+
+# -- keeping the files current ---------------------------------------------------------
+
+
+@contextmanager
+def _locked(path: Path, wait: bool = True) -> Iterator[bool]:
+    """An OS lock on `path`.lock, so two processes never update one file at once; yields whether it was taken.
+
+    Where the folder cannot be written there is nothing to protect: it yields True unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: updates are rare and the files are replaced atomically anyway
+        yield True
+        return
+    try:
+        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        yield True
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _dim(store: Images) -> int:
+    recorded = store.model()
+    return recorded[1] if recorded else 0
+
+
+def sync(store: Images) -> VectorFile:
+    """The vector file as of the index's current state, updated first if it is behind (by the vector log when
+    it can be, else rewritten); an in-memory copy where the folder cannot be written."""
+    dim, path = _dim(store), store.cache_path
+    current = vectorfile.read(path, store.identity(), dim)
+    if current is not None:
+        return current
+    with _locked(path), store.transaction():  # one snapshot: the change token and the rows it names
+        identity = store.identity()
+        current = vectorfile.read(path, None, dim)
+        if current is not None and current.identity == identity:
+            return current
+        try:
+            _catch_up(store, path, identity, current, dim)
+        except OSError:
+            chunks = list(_chunks(store, "", []))
+            matrix = np.concatenate([c.matrix for c in chunks]) if chunks else np.zeros((0, dim), VECTOR_DTYPE)
+            ids = np.concatenate([c.ids for c in chunks]) if chunks else np.zeros(0, np.int64)
+            return _in_memory(path, identity, Vectors(ids, matrix), dim)
+    written = vectorfile.read(path, identity, dim)
+    if written is None:
+        raise OSError(f"{path} could not be read back after writing it")
+    return written
+
+
+def _catch_up(store: Images, path: Path, identity: str, current: VectorFile | None, dim: int) -> None:
+    """Append the vectors changed since the file's state (the vector log says which), or rewrite the file."""
+    since = _log_position(store, current)
+    if current is not None and since is not None:
+        changed = store.execute("SELECT count(DISTINCT image_id) FROM vector_log WHERE seq > ? "
+                                "AND image_id IS NOT NULL", [since]).fetchone()[0]
+        if changed <= current.rows // 2 + 1000:
+            gone = np.array([row[0] for row in store.execute(
+                "SELECT DISTINCT image_id FROM vector_log WHERE seq > ? AND image_id IS NOT NULL", [since])],
+                dtype=np.int64)
+            added = list(_chunks(store, "WHERE id IN (SELECT image_id FROM vector_log WHERE seq > ?)", [since]))
+            vectorfile.append(current, identity, Vectors(
+                np.concatenate([c.ids for c in added]) if added else np.zeros(0, np.int64),
+                np.concatenate([c.matrix for c in added]) if added else np.zeros((0, dim), VECTOR_DTYPE)), gone)
+            updated = vectorfile.read(path, identity, dim)
+            if updated is None or updated.dead * 4 <= updated.rows:
+                return
+            # a quarter of the rows are dead: rewrite the file without them, from its own rows
+            vectorfile.write(path, identity, dim, updated.rows - updated.dead, vectorfile.live_chunks(updated))
+            return
+    count = store.execute("SELECT count(*) FROM images").fetchone()[0]
+    vectorfile.write(path, identity, dim, count, _chunks(store, "", []))
+
+
+def _log_position(store: Images, current: VectorFile | None) -> int | None:
+    """Where in the vector log the file's state ends, or None if this index's log does not reach back to it."""
+    if current is None:
+        return None
+    index_id, _, generation = current.identity.rpartition(":")
+    if index_id != store.identity().rpartition(":")[0]:
+        return None
+    row = store.execute("SELECT seq FROM vector_log WHERE generation = ?", [generation]).fetchone()
+    return row[0] if row else None
+
+
+def _chunks(store: Images, where: str, params: list, size: int = 65536) -> Iterator[Vectors]:
+    """Image ids and float16 vectors from the database in id order, `size` rows at a time."""
+    dim = _dim(store)
+    cursor = store.execute(f"SELECT id, vector FROM images {where} ORDER BY id", params)
+    while rows := cursor.fetchmany(size):
+        yield Vectors(np.array([row[0] for row in rows], dtype=np.int64),
+                      np.frombuffer(b"".join(row[1] for row in rows), dtype=VECTOR_DTYPE).reshape(len(rows), dim))
+
+
+def _in_memory(path: Path, identity: str, vectors: Vectors, dim: int) -> VectorFile:
+    """The same layout as the file, in memory: for an index whose folder cannot be written."""
+    header = json.dumps({"format": vectorfile.FORMAT, "dim": dim, "file_id": "memory"}).encode()
+    data = (header.ljust(vectorfile.HEADER_BYTES, b" ") + vectorfile.faiss_header(dim, len(vectors))
+            + np.ascontiguousarray(vectors.matrix, dtype=VECTOR_DTYPE).tobytes())
+    return VectorFile(path, identity, "memory", dim, vectors.ids, np.frombuffer(data, dtype=np.uint8))
+
+
+def refresh(store: Images, background: bool = True) -> VectorFile:
+    """After a change (writers: index, dedupe moves and undo): bring the vector file up to date, drop the
+    vector log it no longer needs, and start bringing the IVF up to date if the library is large."""
+    current = sync(store)
+    generation = current.identity.rpartition(":")[2]
+    try:
+        with store.transaction():
+            store.execute("DELETE FROM vector_log WHERE seq < (SELECT seq FROM vector_log WHERE generation = ?)",
+                          [generation])
+    except Exception:  # noqa: BLE001  a read-only index keeps its log; the next writer prunes it
+        pass
+    maintain(store, background, current)
+    return current
+
+
+def maintain(store: Images, background: bool = True, current: VectorFile | None = None) -> str | None:
+    """Build or extend the IVF file if the library is large enough and the file is missing or behind;
+    in a child process when `background`. Returns what was needed ("build", "extend") or None."""
+    current = current or sync(store)
+    if current.rows - current.dead < approximate_from() or current.file_id == "memory":
+        return None
+    path = annfile.ann_path(store.path)
+    existing = annfile.read(path, current)
+    needed = "build" if existing is None else existing.needs(current)
+    if needed is None:
+        return None
+    if background:
+        annfile.start_build(store.path)
+        return needed
+    with _locked(path, wait=False) as mine:
+        if not mine:
+            return needed  # another process is building it
+        existing = annfile.read(path, current)  # it may have finished just before
+        needed = "build" if existing is None else existing.needs(current)
+        if needed == "extend" and existing is not None:
+            annfile.extend(existing, current)
+        elif needed == "build":
+            annfile.build(current, path)
+    return needed
+
+
+# -- ranking -----------------------------------------------------------------------------
+
+
+def _bitmap(rows: np.ndarray, size: int) -> np.ndarray:
+    """faiss's IDSelectorBitmap layout: bit (r & 7) of byte r >> 3 set for each row r."""
+    flags = np.zeros(size, dtype=bool)
+    flags[rows] = True
+    return np.packbits(flags, bitorder="little")
+
+
+@dataclass
+class VectorIndex:
+    """The vector file of an index, and its IVF file when the library is large enough to use one."""
+
+    vectors: VectorFile
+    ann: annfile.Ann | None
+
+    @property
+    def kind(self) -> str:
+        return "approximate" if self.ann is not None else "exact"
+
+    def __len__(self) -> int:
+        return self.vectors.rows - self.vectors.dead
+
+    def rows_for(self, image_ids: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the ids among `image_ids` that have a vector, their vectors as float32), in the order given."""
+        rows = self.vectors.rows_of(np.asarray(image_ids, dtype=np.int64))
+        return np.asarray(self.vectors.ids[rows]), np.asarray(self.vectors.matrix[rows], dtype=np.float32)
+
+    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None = None,
+               exclude: Sequence[int] = (), exact: bool = False) -> list[tuple[int, float]]:
+        """The k best (image id, cosine) pairs, best first, among `allowed` image ids (all if None)."""
+        vectors = self.vectors
+        if k <= 0 or vectors.rows == 0:
+            return []
+        query = np.ascontiguousarray(query, dtype=np.float32).reshape(1, -1)
+        if allowed is not None:
+            rows = vectors.rows_of(np.asarray(allowed, dtype=np.int64))
+        elif vectors.dead or len(exclude):
+            rows = np.flatnonzero(vectors.live)
+        else:
+            rows = None  # every row qualifies
+        if len(exclude) and rows is not None:
+            rows = rows[~np.isin(vectors.ids[rows], np.asarray(list(exclude), dtype=np.int64))]
+        available = len(self) if rows is None else len(rows)
+        if available == 0:
+            return []
+        if self.ann is None or exact or (allowed is not None and available <= FEW_CANDIDATES):
+            return self._exact(query, k, rows)
+        found = self._approximate(query, k, rows)
+        if len(found) < min(k, available):  # the cells searched held too few of the allowed images
+            return self._exact(query, k, rows)
+        return found
+
+    def _results(self, rows: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[int, float]]:
+        order = np.argsort(-scores, kind="stable")[:k]
+        return [(int(self.vectors.ids[rows[i]]), min(1.0, max(-1.0, float(scores[i])))) for i in order]
+
+    def _exact(self, query: np.ndarray, k: int, rows: np.ndarray | None) -> list[tuple[int, float]]:
+        faiss = load_faiss()
+        index = self.vectors.faiss_index()
+        k = min(k, self.vectors.rows if rows is None else len(rows))
+        if rows is None:
+            scores, found = index.search(query, k, params=faiss.SearchParameters(
+                sel=faiss.IDSelectorRange(0, self.vectors.rows)))
+        else:
+            bitmap = _bitmap(rows, self.vectors.rows)
+            selector = faiss.IDSelectorBitmap(len(bitmap) * 8, faiss.swig_ptr(bitmap))
+            scores, found = index.search(query, k, params=faiss.SearchParameters(sel=selector))
+        keep = found[0] >= 0
+        return self._results(found[0][keep], scores[0][keep], k)
+
+    def _approximate(self, query: np.ndarray, k: int, rows: np.ndarray | None) -> list[tuple[int, float]]:
+        faiss = load_faiss()
+        assert self.ann is not None
+        vectors, ann = self.vectors, self.ann
+        bitmap = _bitmap(rows, vectors.rows) if rows is not None else None
+        selector = faiss.IDSelectorBitmap(len(bitmap) * 8, faiss.swig_ptr(bitmap)) if bitmap is not None else None
+        wanted = max(RERANK, 2 * k)
+        params = faiss.SearchParametersIVF(nprobe=min(PROBES, ann.cells), sel=selector)
+        _, found = ann.index.search(query, wanted, params=params)
+        candidates = [found[0][found[0] >= 0]]
+        if ann.rows < vectors.rows:  # rows appended since the IVF was written: exactly
+            tail = faiss.IDSelectorRange(ann.rows, vectors.rows)
+            both = faiss.IDSelectorAnd(tail, selector) if selector is not None else tail
+            _, extra = vectors.faiss_index().search(query, wanted, params=faiss.SearchParameters(sel=both))
+            candidates.append(extra[0][extra[0] >= 0])
+        picked = np.unique(np.concatenate(candidates))
+        picked = picked[(picked < vectors.rows)]
+        picked = picked[vectors.live[picked]]
+        scores = np.asarray(vectors.matrix[picked], dtype=np.float32) @ query[0]
+        return self._results(picked, scores, k)
+
+
+def open_index(store: Images) -> VectorIndex:
+    """The index's vector file, brought up to date, and its IVF file if the library is large enough to use it."""
+    current = sync(store)
+    ann = None
+    if current.rows - current.dead >= approximate_from():
+        ann = annfile.read(annfile.ann_path(store.path), current)
+    return VectorIndex(current, ann)
+
+
+def describe(store: Images) -> dict[str, Any]:
+    """Which ranking the index's queries use, from the files as they are (for `info`, which never writes)."""
+    images = store.count()
+    found: dict[str, Any] = {"kind": "exact", "images": images, "approximate_from": approximate_from()}
+    current = vectorfile.read(store.cache_path, None, _dim(store))
+    if current is not None and images >= approximate_from():
+        ann = annfile.read(annfile.ann_path(store.path), current)
+        if ann is not None:
+            found.update({"kind": "approximate", "library": "faiss", "ivf": str(ann.path), "cells": ann.cells,
+                          "probes": min(PROBES, ann.cells), "covered": ann.rows, "rerank": RERANK})
+    if found["kind"] == "approximate":
+        found["summary"] = (f"approximate (faiss IVF, {found['cells']:,} cells with 8-bit codes, {found['probes']} "
+                            f"searched per query, the best {RERANK} ranked again exactly); exact below "
+                            f"{approximate_from():,} images or with --exact")
+    elif images >= approximate_from():
+        found["summary"] = ("exact: the approximate index is not built yet (the last `index` run started it; "
+                            "another starts it again)")
+    else:
+        found["summary"] = f"exact (every image is ranked; approximate from {approximate_from():,} images)"
+    return found
+
+
+# -- all pairs above a similarity (dedupe) ---------------------------------------------------------
+
+EXACT_PAIRS_LIMIT = 20_000
+BLOCK_ROWS = 1024
+PAIR_CELLS_PER_ROOT = 1.0  # about sqrt(N) cells
+PAIR_PROBES = 8  # cells each row is compared in
+
+
+def pairs_above(matrix: np.ndarray, threshold: float, neighbours: int = 16, exact_limit: int = EXACT_PAIRS_LIMIT,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (i < j) of rows whose cosine is at least `threshold`, at most `neighbours` per row: a range search
+    of every row against all the others. Returns arrays (i, j, similarity); never builds the N x N matrix.
+
+    Up to `exact_limit` rows every pair is scored in blocks. Above it, faiss's k-means splits the rows
+    into about sqrt(N) cells and each row is compared with the rows of its PAIR_PROBES nearest cells:
+    pairs above a high cosine sit in the same or adjacent cells (recall: scripts/bench_dedupe.py).
+    The comparisons run cell by cell as matrix products, not one query at a time (faiss's own IVF
+    search of every row took ~20x longer on 2 cores).
+    """
+    n = len(matrix)
+    if n < 2:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=np.float32)
+    matrix = as_float32(matrix)
+    if n <= exact_limit:
+        found = [_pairs_in_block(matrix[start:start + BLOCK_ROWS], np.arange(start, min(n, start + BLOCK_ROWS)),
+                                 matrix[start:], np.arange(start, n), threshold, neighbours)
+                 for start in range(0, n, BLOCK_ROWS)]
+    else:
+        found = _cell_pairs(matrix, threshold, neighbours, seed)
+    rows = np.concatenate([f[0] for f in found])
+    cols = np.concatenate([f[1] for f in found])
+    sims = np.concatenate([f[2] for f in found])
+    low, high = np.minimum(rows, cols), np.maximum(rows, cols)
+    _keys, first = np.unique(low * n + high, return_index=True)  # the same pair may be found twice
+    return low[first], high[first], sims[first]
+
+
+def _pairs_in_block(queries: np.ndarray, query_ids: np.ndarray, targets: np.ndarray, target_ids: np.ndarray,
+                    threshold: float, neighbours: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Above-threshold (query, target) pairs of one block, the best `neighbours` per query, no self pairs."""
+    sims = queries @ targets.T
+    hit_rows, hit_cols = np.nonzero(sims >= threshold)
+    not_self = query_ids[hit_rows] != target_ids[hit_cols]
+    hit_rows, hit_cols = hit_rows[not_self], hit_cols[not_self]
+    if len(hit_rows) == 0:
+        return hit_rows, hit_rows, np.zeros(0, dtype=np.float32)
+    values = sims[hit_rows, hit_cols]
+    counts = np.bincount(hit_rows, minlength=len(queries))
+    if counts.max() > neighbours:  # rare (huge groups): keep each query's best
+        order = np.lexsort((-values, hit_rows))
+        hit_rows, hit_cols, values = hit_rows[order], hit_cols[order], values[order]
+        rank = np.arange(len(hit_rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+        keep = rank < neighbours
+        hit_rows, hit_cols, values = hit_rows[keep], hit_cols[keep], values[keep]
+    return query_ids[hit_rows], target_ids[hit_cols], values
+
+
+def _cell_pairs(matrix: np.ndarray, threshold: float, neighbours: int,
+                seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    faiss = load_faiss()
+    n, dim = matrix.shape
+    cells = max(16, int(PAIR_CELLS_PER_ROOT * np.sqrt(n)))
+    probes = min(PAIR_PROBES, cells)
+    kmeans = faiss.Kmeans(dim, cells, niter=8, seed=seed, spherical=True, max_points_per_centroid=40)
+    rng = np.random.default_rng(seed)
+    kmeans.train(matrix[np.sort(rng.choice(n, min(n, cells * 40), replace=False))])
+    quantizer = faiss.IndexFlatIP(dim)
+    quantizer.add(kmeans.centroids)
+    _, nearest = quantizer.search(matrix, probes)  # each row's nearest cells, best first
+    home = nearest[:, 0]
+    members = np.argsort(home, kind="stable")
+    member_bounds = np.searchsorted(home[members], np.arange(cells + 1))
+    probe_points = np.repeat(np.arange(n), probes)
+    probe_cells = nearest.ravel()
+    order = np.argsort(probe_cells, kind="stable")
+    probe_points, probe_cells = probe_points[order], probe_cells[order]
+    probe_bounds = np.searchsorted(probe_cells, np.arange(cells + 1))
+    found = []
+    for cell in range(cells):
+        target_ids = members[member_bounds[cell]:member_bounds[cell + 1]]
+        query_ids = probe_points[probe_bounds[cell]:probe_bounds[cell + 1]]
+        if len(target_ids) == 0 or len(query_ids) == 0:
+            continue
+        targets = matrix[target_ids]
+        for start in range(0, len(query_ids), BLOCK_ROWS):
+            block = query_ids[start:start + BLOCK_ROWS]
+            found.append(_pairs_in_block(matrix[block], block, targets, target_ids, threshold, neighbours))
+    if not found:
+        empty = np.zeros(0, dtype=np.int64)
+        found.append((empty, empty, np.zeros(0, dtype=np.float32)))
+    return found

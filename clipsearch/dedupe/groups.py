@@ -6,7 +6,11 @@
   independent signals must agree: the CLIP vectors propose pairs above
   `near_threshold`, and the perceptual hash computed at index time confirms
   them (at most `max_hash_distance` of its 256 bits differ, and not one greyscale
-  and the other colour).
+  and the other colour). Geometric edits (geometry.py) join this tier too:
+  mirrored, rotated or transposed copies and copies with borders added, found and
+  confirmed by the geometric fingerprint; and crops keeping at least 60% of the
+  picture, proposed by CLIP neighbours and sub-window hashes and confirmed from
+  the pixels (crops.py). The original, not a crop of it, is kept.
 - similar (opt-in): different shots of one scene, like bursts: CLIP vectors above
   `similar_threshold` alone.
 
@@ -37,11 +41,14 @@ from ..models import tuning
 from ..options import KeepPolicy
 from ..paths import normalise_path, path_json
 from ..store import Store, vector_index
+from . import geometry
 
 # Formats a camera never writes but exports and conversions do: a PNG beside a JPEG is the copy.
 LOSSLESS_EXTENSIONS = frozenset({".png", ".tif", ".tiff", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tga", ".qoi"})
 
 EXACT_SEARCH_LIMIT = vector_index.EXACT_PAIRS_LIMIT
+# Confirmed near pairs further apart than this (of 256 pHash bits) are checked for a crop too, to say so.
+CROP_HASH_DISTANCE = 16
 
 
 class DedupeError(BadInputError):
@@ -57,6 +64,7 @@ class DedupeOptions:
     neighbours: int = 16  # candidate pairs kept per image: bounds the work on huge groups
     keep: KeepPolicy = KeepPolicy.best
     prefer: tuple[str, ...] = ()  # folders whose files are kept first
+    geometric: bool = True  # also mirrored, rotated, bordered and cropped copies (geometry.py, crops.py)
 
     def resolved(self, model_id: str | None) -> DedupeOptions:
         check_finite(self.near_threshold, "--near-threshold")
@@ -67,7 +75,7 @@ class DedupeOptions:
             defaults["near_threshold"] if self.near_threshold is None else self.near_threshold,
             defaults["similar_threshold"] if self.similar_threshold is None else self.similar_threshold,
             self.max_hash_distance, self.neighbours, self.keep,
-            tuple(normalise_path(p) for p in self.prefer),
+            tuple(normalise_path(p) for p in self.prefer), self.geometric,
         )
 
 
@@ -79,8 +87,12 @@ class Member:
     size: int
     mtime_ns: int
     similarity: float | None = None  # cosine to the kept file (None for the kept file)
-    hash_distance: int | None = None  # perceptual-hash bits that differ from the kept file
+    hash_distance: int | None = None  # hash bits that differ from the kept file (the sign hash under `transform`)
     taken: str | None = None  # ISO 8601 date taken (metadata.py)
+    transform: str | None = None  # this file is the kept one "mirror"ed, "rotate90"d... (fingerprint.SYMMETRIES)
+    borders: bool = False  # borders (letterbox, pillarbox, a frame) added or removed against the kept file
+    crop: float | None = None  # share of the uncropped picture's area that the crop keeps
+    cropped: str | None = None  # which is the crop: "member" (this file) or "kept"
 
     def to_dict(self, keep: bool) -> dict:
         from datetime import datetime, timezone
@@ -89,7 +101,8 @@ class Member:
         return {**path_json(self.path), "keep": keep, "width": self.width, "height": self.height,
                 "bytes": self.size, "modified": modified, "taken": self.taken,
                 "similarity": None if self.similarity is None else round(self.similarity, 4),
-                "hash_distance": self.hash_distance}
+                "hash_distance": self.hash_distance, "transform": self.transform, "borders": self.borders,
+                "crop": self.crop, "cropped": self.cropped}
 
 
 @dataclass
@@ -156,6 +169,9 @@ class _Files:
     camera: np.ndarray  # has a camera's EXIF (make, model or shutter date): what an original carries
     lossless: np.ndarray  # a lossless format (PNG, TIFF...) that exports and conversions produce
     taken: list  # ISO text or None
+    geo: fingerprint.Geometry  # geometric fingerprints (trimmed box, sign hashes)
+    cropped: np.ndarray  # a crop of another file (found by the near tier): never kept over its original
+    bordered: np.ndarray  # has borders added (letterbox, frame) where another file of its group has none
 
     def member(self, i: int) -> Member:
         return Member(self.paths[i], self.width[i], self.height[i], int(self.size[i]), int(self.mtime[i]),
@@ -167,8 +183,9 @@ def _sort_key(files: _Files, i: int, options: DedupeOptions) -> tuple:
     preferred = not any(path.startswith(folder.rstrip(os.sep) + os.sep) for folder in options.prefer)
     by_policy = {
         # taken: the date, then the file time to the nanosecond (a copy is newer than its original)
-        KeepPolicy.best: (not files.camera[i], bool(files.lossless[i]), -files.pixels[i],
-                          (files.taken[i] or "9999", files.mtime[i]), len(path)),
+        KeepPolicy.best: (bool(files.cropped[i]) or bool(files.bordered[i]), not files.camera[i],
+                          bool(files.lossless[i]), -files.pixels[i], (files.taken[i] or "9999", files.mtime[i]),
+                          len(path)),
         KeepPolicy.oldest: (files.mtime[i], -files.pixels[i], -files.size[i], len(path)),
         KeepPolicy.newest: (-files.mtime[i], -files.pixels[i], -files.size[i], len(path)),
         KeepPolicy.largest: (-files.size[i], -files.pixels[i], files.mtime[i], len(path)),
@@ -178,8 +195,8 @@ def _sort_key(files: _Files, i: int, options: DedupeOptions) -> tuple:
 
 
 _CRITERIA = {
-    KeepPolicy.best: ("has camera EXIF", "original format (not a lossless re-encode)", "most pixels",
-                      "taken first", "shortest path"),
+    KeepPolicy.best: ("uncropped, without borders", "has camera EXIF", "original format (not a lossless re-encode)",
+                      "most pixels", "taken first", "shortest path"),
     KeepPolicy.oldest: ("oldest", "most pixels", "largest file", "shortest path"),
     KeepPolicy.newest: ("newest", "most pixels", "largest file", "shortest path"),
     KeepPolicy.largest: ("largest file", "most pixels", "oldest", "shortest path"),
@@ -203,6 +220,9 @@ def _choose_keep(files: _Files, indices: list[int], options: DedupeOptions) -> t
 
 def _reason(criterion: str, files: _Files, kept: int, runner_up: int) -> str:
     """The deciding criterion, with the kept file's value where it helps."""
+    if criterion == "uncropped, without borders":
+        return "without borders" if files.bordered[runner_up] and not files.cropped[runner_up] else \
+            "the uncropped original"
     if criterion == "most pixels":
         return f"most pixels ({files.width[kept]}x{files.height[kept]})"
     if criterion == "taken first":
@@ -253,6 +273,8 @@ def find_duplicates(store: Store, folder: str | None = None, options: DedupeOpti
                            in zip(table["camera_make"], table["camera_model"], table["taken_source"])]),
         lossless=np.asarray([p[p.rfind("."):].lower() in LOSSLESS_EXTENSIONS for p in table["path"]]),
         taken=table["taken"],
+        geo=fingerprint.split_geometry(table["geometry"]),
+        cropped=np.zeros(count, dtype=bool), bordered=np.zeros(count, dtype=bool),
     )
     matrix = vectors.matrix
     groups: list[Group] = []
@@ -271,10 +293,22 @@ def find_duplicates(store: Store, folder: str | None = None, options: DedupeOpti
     confirmed = ((sims >= options.near_threshold) & files.has_phash[rows] & files.has_phash[cols]
                  & (fingerprint.hamming(files.phash[rows], files.phash[cols]) <= options.max_hash_distance)
                  & ~fingerprint.colour_mismatch(files.colour[rows], files.colour[cols]))
-    near_label = _labels_over(count, exact_keep, rows[confirmed], cols[confirmed])
-    near_label = _split_around_leaders(near_label, exact_keep, files, options,
-                                       lambda leader, rest: _near_to(leader, rest, files, options, matrix))
-    near_keep = _tier_groups("near", files, near_label, options, groups, matrix, among=exact_keep)
+    links = _geometric_links(files, exact_keep, rows, cols, sims, confirmed, options) if options.geometric else {}
+    linked_rows = np.asarray([link.a for link in links.values()], dtype=np.int64)
+    linked_cols = np.asarray([link.b for link in links.values()], dtype=np.int64)
+    for link in links.values():
+        if link.crop is not None:
+            files.cropped[link.b] = True
+        elif link.borders:  # the one with borders added is the copy
+            files.bordered[link.a if files.geo.trimmed[link.a] else link.b] = True
+    near_label = _labels_over(count, exact_keep, np.concatenate([rows[confirmed], linked_rows]),
+                              np.concatenate([cols[confirmed], linked_cols]))
+    if options.geometric:
+        _crops_of_leaders(near_label, exact_keep, files, options, links)
+    near_label = _split_around_leaders(
+        near_label, exact_keep, files, options,
+        lambda leader, rest: _near_to(leader, rest, files, options, matrix) | _linked(leader, rest, links))
+    near_keep = _tier_groups("near", files, near_label, options, groups, matrix, among=exact_keep, links=links)
 
     if options.similar:
         loose = sims >= options.similar_threshold
@@ -287,6 +321,83 @@ def find_duplicates(store: Store, folder: str | None = None, options: DedupeOpti
     order = {tier: position for position, tier in enumerate(TIERS)}
     groups.sort(key=lambda g: (order[g.tier], g.keep.path))
     return groups
+
+
+def _geometric_links(files: _Files, nodes: np.ndarray, rows: np.ndarray, cols: np.ndarray, sims: np.ndarray,
+                     confirmed: np.ndarray, options: DedupeOptions) -> dict[tuple[int, int], geometry.Link]:
+    """Near-identical pairs that a geometric edit hides (geometry.py): symmetric and bordered copies from the
+    hashes, crops checked from the pixels. Keyed by (lower, higher) index; pairs the plain checks confirmed
+    are left out."""
+    from . import crops
+
+    assert options.near_threshold is not None  # resolved
+    allowed = np.zeros(len(files.paths), dtype=bool)
+    allowed[nodes] = True
+    allowed &= files.has_phash  # fingerprints come together: a row without them is matched exactly only
+    plain = set(zip(rows[confirmed].tolist(), cols[confirmed].tolist()))
+    plain |= {(b, a) for a, b in plain}
+
+    def fresh(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+        """Pairs still open: not confirmed already, both of one kind (RAW or not), colour against colour."""
+        same = (files.raw[i] == files.raw[j]) & ~fingerprint.colour_mismatch(files.colour[i], files.colour[j])
+        same &= allowed[i] & allowed[j]
+        return same & np.asarray([(a, b) not in plain for a, b in zip(i.tolist(), j.tolist())], dtype=bool)
+
+    hash_i, hash_j, _ = geometry.hash_candidates(files.geo, allowed)
+    near = sims >= options.near_threshold
+    candidate_i = np.concatenate([hash_i, rows[near]])
+    candidate_j = np.concatenate([hash_j, cols[near]])
+    open_pairs = fresh(candidate_i, candidate_j)
+    links: dict[tuple[int, int], geometry.Link] = {}
+    for link in geometry.symmetric_links(files.geo, candidate_i[open_pairs], candidate_j[open_pairs]):
+        links.setdefault((min(link.a, link.b), max(link.a, link.b)), link)
+
+    # Crops: CLIP neighbours above the near threshold and sub-window hash matches, checked on the pixels; also
+    # confirmed pairs whose hashes differ more than a re-encode's would, to report a crop that passed as a copy.
+    large, small = geometry.window_candidates(files.geo, allowed)
+    far = confirmed & (fingerprint.hamming(files.phash[rows], files.phash[cols]) > CROP_HASH_DISTANCE)
+    crop_i = np.concatenate([rows[near], large, rows[far]])
+    crop_j = np.concatenate([cols[near], small, cols[far]])
+    keep = np.concatenate([fresh(crop_i[:len(crop_i) - int(far.sum())], crop_j[:len(crop_j) - int(far.sum())]),
+                           np.ones(int(far.sum()), dtype=bool)]) & geometry.plausible(files.geo, crop_i, crop_j)
+    pairs = {(min(a, b), max(a, b)) for a, b in zip(crop_i[keep].tolist(), crop_j[keep].tolist())} - set(links)
+    trims = files.geo.box.copy()
+    trims[~files.geo.has] = (0.0, 0.0, 1.0, 1.0)
+    for (big, cropped), match in crops.verify_pairs(sorted(pairs), files.paths, trims, files.pixels).items():
+        links[(min(big, cropped), max(big, cropped))] = geometry.Link(big, cropped, crop=match.fraction)
+    return links
+
+
+def _crops_of_leaders(label: np.ndarray, nodes: np.ndarray, files: _Files, options: DedupeOptions,
+                      links: dict[tuple[int, int], geometry.Link]) -> None:
+    """Check members of a linked group against the file that will lead it, where their hashes differ like a
+    crop's and no link joins the two yet: a crop found against a copy (the neighbour search keeps a few per
+    file), or a crop that passed the plain checks, becomes a crop of the original, reported as such."""
+    from . import crops
+
+    order = np.argsort(label[nodes], kind="stable")
+    sorted_nodes, sorted_labels = nodes[order], label[nodes][order]
+    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+    pairs = []
+    for start, end in zip(starts, np.r_[starts[1:], len(sorted_nodes)]):
+        if end - start < 2:
+            continue
+        members = sorted(sorted_nodes[start:end].tolist(), key=lambda i: _sort_key(files, i, options))
+        leader = members[0]
+        for other in members[1:]:
+            if (min(leader, other), max(leader, other)) not in links and files.has_phash[other] and \
+                    fingerprint.hamming(files.phash[leader], files.phash[other]) > CROP_HASH_DISTANCE and \
+                    geometry.plausible(files.geo, np.asarray([leader]), np.asarray([other]))[0]:
+                pairs.append((min(leader, other), max(leader, other)))
+    trims = files.geo.box.copy()
+    trims[~files.geo.has] = (0.0, 0.0, 1.0, 1.0)
+    for (big, cropped), match in crops.verify_pairs(pairs, files.paths, trims, files.pixels).items():
+        links[(min(big, cropped), max(big, cropped))] = geometry.Link(big, cropped, crop=match.fraction)
+        files.cropped[cropped] = True
+
+
+def _linked(leader: int, rest: np.ndarray, links: dict[tuple[int, int], geometry.Link]) -> np.ndarray:
+    return np.asarray([(min(leader, r), max(leader, r)) in links for r in rest.tolist()], dtype=bool)
 
 
 def _kept_of(label: np.ndarray, kept: np.ndarray, nodes: np.ndarray) -> np.ndarray:
@@ -344,7 +455,8 @@ def _labels_over(count: int, nodes: np.ndarray, rows: np.ndarray, cols: np.ndarr
 
 
 def _tier_groups(tier: str, files: _Files, label: np.ndarray, options: DedupeOptions, groups: list[Group],
-                 matrix: np.ndarray, among: np.ndarray | None = None) -> np.ndarray:
+                 matrix: np.ndarray, among: np.ndarray | None = None,
+                 links: dict[tuple[int, int], geometry.Link] | None = None) -> np.ndarray:
     """Add this tier's groups (2+ files with one label) to `groups`; return the files kept, one per label."""
     nodes = np.arange(len(label)) if among is None else among
     order = np.argsort(label[nodes], kind="stable")
@@ -365,6 +477,11 @@ def _tier_groups(tier: str, files: _Files, label: np.ndarray, options: DedupeOpt
             other.similarity = float(matrix[i] @ matrix[ordered[0]])
             if files.has_phash[i] and files.has_phash[ordered[0]]:
                 other.hash_distance = int(fingerprint.hamming(files.phash[i], files.phash[ordered[0]]))
+            link = (links or {}).get((min(i, ordered[0]), max(i, ordered[0])))
+            if link is not None and (link.crop is not None
+                                     or not _near_to(ordered[0], np.asarray([i]), files, options, matrix)[0]):
+                other.transform, other.borders, other.crop, other.cropped = link.seen_from(ordered[0])
+                other.hash_distance = link.distance
             others.append(other)
         groups.append(Group(tier, keep, reason, others))
     return np.sort(np.asarray(kept, dtype=np.int64))

@@ -81,6 +81,7 @@ class DecodedImage:
     phash: bytes  # perceptual hash of the whole upright picture (see fingerprint.py)
     colourfulness: float
     metadata: metadata.PhotoMetadata = field(default_factory=metadata.PhotoMetadata)  # EXIF date, camera, GPS
+    geometry: bytes | None = None  # trimmed borders and symmetry/crop hashes (fingerprint.geometry)
 
 
 @contextlib.contextmanager
@@ -277,7 +278,8 @@ def decode(data: bytes, prep: Preprocess, max_megapixels: float = DEFAULT_MAX_ME
         data, orientation, raw_metadata = raw_preview(data)
     image, (width, height), found = _open(data, prep.shortest_edge, max_megapixels, orientation)
     phash, colourfulness = fingerprint.fingerprints(image)
-    return DecodedImage(to_model_pixels(image, prep), width, height, phash, colourfulness, raw_metadata or found)
+    return DecodedImage(to_model_pixels(image, prep), width, height, phash, colourfulness, raw_metadata or found,
+                        fingerprint.geometry(image))
 
 
 def decode_file(path: str | os.PathLike, prep: Preprocess,

@@ -68,6 +68,7 @@ class ImageRecord:
     camera_model: str | None = None
     lat: float | None = None
     lon: float | None = None
+    geometry: bytes | None = None  # geometric fingerprint (fingerprint.geometry); None until computed
 
 
 @dataclass
@@ -159,8 +160,8 @@ class Images(Connection):
         """Stored vector, size, fingerprints and metadata for content with this hash, to reuse for renamed or
         copied files (the same bytes carry the same EXIF)."""
         rows = list(self.query(
-            f"SELECT vector, width, height, phash, colourfulness, {', '.join(METADATA_COLUMNS)} FROM images "
-            "WHERE hash = ? ORDER BY phash IS NULL, taken_source IS NULL LIMIT 1", [content_hash]
+            f"SELECT vector, width, height, phash, colourfulness, geometry, {', '.join(METADATA_COLUMNS)} FROM images "
+            "WHERE hash = ? ORDER BY phash IS NULL, geometry IS NULL, taken_source IS NULL LIMIT 1", [content_hash]
         ))
         return rows[0] if rows else None
 
@@ -173,7 +174,8 @@ class Images(Connection):
         found: dict[str, dict] = {}
         for path in paths:
             for row in self.query(
-                f"SELECT hash, vector, width, height, phash, colourfulness, {', '.join(METADATA_COLUMNS)} FROM images "
+                f"SELECT hash, vector, width, height, phash, colourfulness, geometry, {', '.join(METADATA_COLUMNS)} "
+                "FROM images "
                 "WHERE path = CAST(? AS TEXT)",
                 [sql_text(path)],
             ):
@@ -183,14 +185,16 @@ class Images(Connection):
     def missing_fingerprints(self, folder: str | None = None) -> list[tuple[int, str]]:
         """(id, path) of images indexed before fingerprints existed."""
         where, params = scope_sql(folder)
-        where = f"{where} AND phash IS NULL" if where else "WHERE phash IS NULL"
+        missing = "(phash IS NULL OR geometry IS NULL)"
+        where = f"{where} AND {missing}" if where else f"WHERE {missing}"
         return [(row[0], row[1]) for row in self.conn.execute(f"SELECT id, path FROM images {where}", params)]
 
-    def set_fingerprints(self, rows: list[tuple[int, bytes, float]]) -> None:
-        """Store (id, phash, colourfulness) for existing images, in one transaction."""
+    def set_fingerprints(self, rows: list[tuple[int, bytes, float, bytes | None]]) -> None:
+        """Store (id, phash, colourfulness, geometry) for existing images, in one transaction."""
         with self.transaction():
             self.conn.executemany(
-                "UPDATE images SET phash = ?, colourfulness = ? WHERE id = ?", [(p, c, i) for i, p, c in rows]
+                "UPDATE images SET phash = ?, colourfulness = ?, geometry = ? WHERE id = ?",
+                [(p, c, g, i) for i, p, c, g in rows],
             )
 
     def missing_metadata(self, folder: str | None = None) -> list[tuple[int, str, int]]:
@@ -313,11 +317,11 @@ class Images(Connection):
             "INSERT INTO meta (key, value) VALUES ('generation', lower(hex(randomblob(8)))) "
             "ON CONFLICT(key) DO UPDATE SET value = excluded.value"
         )
+        self.conn.execute("INSERT INTO vector_log (generation) SELECT value FROM meta WHERE key = 'generation'")
 
     def identity(self) -> str:
         """This index and its current state: what a vector cache must be tagged with to be used."""
         values = dict(self.conn.execute("SELECT key, value FROM meta WHERE key IN ('index_id', 'generation')"))
-        self.conn.execute("INSERT INTO vector_log (generation) SELECT value FROM meta WHERE key = 'generation'")
         return f"{values.get('index_id', '')}:{values.get('generation', '0')}"
 
     @property
@@ -390,7 +394,7 @@ class Images(Connection):
         """Facts of every image (or those under `folder`) as columns, ordered by id like `vectors()`."""
         where, params = scope_sql(folder)
         names = ["id", "path", "size", "mtime_ns", "hash", "width", "height", "phash", "colourfulness",
-                 *METADATA_COLUMNS]
+                 *METADATA_COLUMNS, "geometry"]
         rows = self.conn.execute(f"SELECT {', '.join(names)} FROM images {where} ORDER BY id", params).fetchall()
         return {name: [row[i] for row in rows] for i, name in enumerate(names)}
 

@@ -94,10 +94,14 @@ def draw_text_photo(rng: random.Random, texts: list[str], size: tuple[int, int],
                     max_angle: float = 6.0, font_choices: list[str] | None = None,
                     scene: scenes.Scene | None = None) -> tuple[Image.Image, list[PlacedWord]]:
     """A scene (`scene`, else a random one) with each of `texts` drawn once at the matching height, in random
-    fonts, inks and places, never overlapping (a word that finds no free place is left out, and not listed)."""
+    fonts, inks and places, never overlapping each other, nor the shape unless on a plate (black ink on a black
+    shape would be no text at all). A word that finds no free place is left out, and not listed."""
     scene = scene or scenes.random_scene(rng, *size)
     image = scenes.draw(scene)
     taken: list[tuple[int, int, int, int]] = []
+    radius = scene.radius * min(scene.width, scene.height)
+    shape = (round(scene.cx * scene.width - radius), round(scene.cy * scene.height - radius),
+             round(scene.cx * scene.width + radius), round(scene.cy * scene.height + radius))
     placed = []
     for text, height in zip(texts, heights):
         plate = rng.random() < 0.4
@@ -110,7 +114,8 @@ def draw_text_photo(rng: random.Random, texts: list[str], size: tuple[int, int],
         for _ in range(50):
             x, y = rng.randrange(image.width - layer.width), rng.randrange(image.height - layer.height)
             box = (x - 8, y - 8, x + layer.width + 8, y + layer.height + 8)
-            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in taken):
+            others = taken if word.plate else [*taken, shape]
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in others):
                 image.paste(layer, (x, y), layer)
                 taken.append(box)
                 placed.append(word)

@@ -48,7 +48,7 @@ def write_photos(folder: Path, names: list[str] | None = None) -> dict[str, Path
         colour, shape, lines, year = PHOTOS[name]
         rng = random.Random(number)
         background = next(b for b in scenes.BACKGROUNDS if (colour, b) not in scenes._LOW_CONTRAST and b != "night")
-        scene = scenes.Scene(colour, shape, background, 640, 480, 0.5, 0.5, 0.36, 0.0, number)
+        scene = scenes.Scene(colour, shape, background, 640, 480, 0.5, 0.5, 0.3, 0.0, number)
         image, placed = text_scenes.draw_text_photo(rng, lines, (640, 480), [40] * len(lines), max_angle=2,
                                                     font_choices=_fonts(), scene=scene)
         assert len(placed) == len(lines)

@@ -47,6 +47,10 @@ if TYPE_CHECKING:
     from .job import IndexOptions, Progress
 
 INSTALL = "Indexing on a Ray cluster needs Ray: pip install 'clipsearch[ray]'"
+# Memory each embedding actor asks the scheduler for (ViT-B/32 holds ~0.2 GB as int8 ONNX, ~0.6 GB in torch fp32).
+# Also keeps decoding in tasks of its own: Ray Data fuses a map step into the next when their resources are the
+# same, and would then decode in the actors' single processes.
+ENCODER_MEMORY = 512 * 1024**2
 
 
 def import_ray() -> Any:
@@ -88,7 +92,7 @@ class RayEmbedder:
                     ray.init(self.address, logging_level=logging.ERROR)
                 else:
                     ray.init(self.address, include_dashboard=False, **quiet)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - Ray raises plain Exceptions too ("timed out during startup")
             raise BadInputError(f"Cannot reach a Ray cluster at '{self.address}' ({str(exc).splitlines()[0]}). "
                                 f"Start one with `ray start --head`, give its ray://HOST:PORT, "
                                 f"or use --ray local.") from None
@@ -114,13 +118,14 @@ class RayEmbedder:
         prep = preprocess_of(self.model_id)  # read before connecting: a wrong model fails fast
         started_here = self._connect()
         try:
-            yield from self._stream(entries, known_hashes, model_ready, prep)
+            with _cluster_messages_to_stderr(self.ray):
+                yield from self._stream(entries, known_hashes, model_ready, prep, started_here)
         finally:
             if started_here:
                 self.ray.shutdown()
 
     def _stream(self, entries: Sequence[FileEntry], known_hashes: set[str], model_ready: Callable[[str, int], None],
-                prep: Preprocess) -> Generator[Result, None, None]:
+                prep: Preprocess, own_cluster: bool) -> Generator[Result, None, None]:
         ray = self.ray
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the CLI draws its own bar
@@ -129,34 +134,37 @@ class RayEmbedder:
             if not isinstance(handler, logging.FileHandler):
                 handler.setLevel(logging.ERROR)
         actors, gpus, device, described = self._plan()
-        # As many decoding tasks as the cluster has CPUs. A cap that differs from the number of actors also keeps
-        # decoding in tasks of its own: Ray Data would otherwise fuse it into the actors (one decoder per actor).
-        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        # Decoding tasks on the CPUs the actors leave free (each actor holds one).
+        decoders = max(1, int(ray.cluster_resources().get("CPU", 1)) - actors)
         self.progress.notice(f"Ray cluster at {self.address}: {described}.")
         batch_size = self.options.batch_size
         rows = [{"i": i, "path": os.fsencode(entry.path)} for i, entry in enumerate(entries)]
         dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
         dataset = dataset.map_batches(
-            _decode, batch_size=batch_size, batch_format="numpy", num_cpus=1, concurrency=cpus,
+            _decode, batch_size=batch_size, batch_format="numpy", num_cpus=1, concurrency=decoders,
             fn_kwargs={"known": known_hashes, "prep": prep, "max_megapixels": self.options.max_megapixels,
                        "max_file_mb": self.options.max_file_mb})
         dataset = dataset.map_batches(
             _Embed, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
-            fn_constructor_args=(self.model_id, device, self.options.precision.value), num_cpus=1, num_gpus=gpus)
+            fn_constructor_args=(self.model_id, device, self.options.precision.value), num_cpus=1, num_gpus=gpus,
+            memory=ENCODER_MEMORY)
         self.progress.model_loading(self.model_id)  # the actors load it on the cluster
         recorded = False
         batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1))
         try:
-            for batch in batches:
-                if not recorded:
+            for number, batch in enumerate(batches):
+                if number == 0:
                     self.progress.model_loaded()
-                for row in range(len(batch["i"])):
-                    entry, kind = entries[int(batch["i"][row])], str(batch["kind"][row])
+                kinds = batch["kind"]
+                embedded = int(np.count_nonzero(kinds == "embed"))
+                if embedded and not recorded:  # before the first batch is written, as a local run
+                    model_ready(self.model_id, int(batch["vector"].shape[1]))
+                    recorded = self.model_loaded = True
+                if embedded:
+                    self.progress.advance(embedded)  # once a block, so that the bar's rate is a rate
+                for row, kind in enumerate(kinds):
+                    entry = entries[int(batch["i"][row])]
                     if kind == "embed":
-                        if not recorded:  # before the first batch is written, as a local run
-                            model_ready(self.model_id, int(batch["vector"].shape[1]))
-                            recorded = self.model_loaded = True
-                        self.progress.advance()
                         decoded = pickle.loads(batch["decoded"][row])
                         record = make_record(entry, str(batch["digest"][row]), decoded, batch["vector"][row])
                         yield Embedded(entry, record)
@@ -165,11 +173,32 @@ class RayEmbedder:
                     else:
                         worker = str(batch["host"][row]) if kind == "unreadable" else None
                         yield Failed(entry, str(batch["reason"][row]), worker)
-                recorded = recorded or bool(len(batch["i"]))
         finally:
+            # Stop the pipeline: a cluster started for this run is shut down whole (run() does it), which is
+            # quicker and quieter than stopping its actors one by one first.
             close = getattr(batches, "close", None)
-            if close is not None:
-                close()  # stops the pipeline
+            if close is not None and not own_cluster:
+                close()
+
+
+@contextlib.contextmanager
+def _cluster_messages_to_stderr(ray: Any) -> Iterator[None]:
+    """Ray prints the cluster's messages about this job (a lost worker's task being retried) on stdout, where
+    they would break `--json`; during the run they go to stderr. (Ray has no setting for this.)"""
+    module = getattr(getattr(ray, "_private", None), "worker", None)
+    original = getattr(module, "print_to_stdstream", None)
+    if original is None:
+        yield
+        return
+
+    def to_stderr(data: dict[str, Any], ignore_prefix: bool) -> None:
+        original({**data, "is_err": True}, ignore_prefix)
+
+    module.print_to_stdstream = to_stderr  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        module.print_to_stdstream = original  # type: ignore[union-attr]
 
 
 @contextlib.contextmanager

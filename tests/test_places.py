@@ -20,6 +20,7 @@ from clipsearch.indexing import metadata
 from clipsearch.indexing.job import IndexOptions, index_folders
 from clipsearch.places import distance, geonames, names
 from clipsearch.store import Store
+from clipsearch.store.schema import PLACE_JOIN, PLACE_SELECT
 from clipsearch_dev import scenes
 
 # Where each test photo was taken. "north" is 4.7 km due north of the --near centre below, "far" 5.3 km.
@@ -94,9 +95,11 @@ def _names(result) -> set[str]:
 
 
 def _rows(db: Path) -> dict[str, dict]:
+    """Each image row with its place (schema 7's tables), by file stem."""
     with sqlite3.connect(db) as conn:
         conn.row_factory = sqlite3.Row
-        return {Path(row["path"]).stem: dict(row) for row in conn.execute("SELECT * FROM images")}
+        return {Path(row["path"]).stem: dict(row) for row in conn.execute(
+            f"SELECT images.*, {PLACE_SELECT} FROM images {PLACE_JOIN}")}
 
 
 def test_places_are_found_at_index_time_in_both_hemispheres(geo_index):
@@ -216,15 +219,15 @@ def test_info_lists_the_most_frequent_places(db, cli):
 def test_an_older_index_gets_its_places_on_the_next_run_without_the_model(db, geo_library):
     # What an index made before places holds once migration 7 has added their columns: positions, no places.
     with sqlite3.connect(db) as conn:
-        conn.execute("UPDATE images SET city = NULL, county = NULL, region = NULL, country = NULL, "
-                     "country_code = NULL, place_key = NULL, geocoded = NULL")
+        conn.execute("DELETE FROM image_places")
+        conn.execute("DELETE FROM places")
     with Store.open(db) as store:
         assert all(row["city"] is None for row in _rows(db).values())
         report = index_folders([geo_library], store)  # no encoder given: it would be loaded if needed
         assert report.encoded == 0 and not report.model_loaded
     rows = _rows(db)
     assert rows["sydney"]["city"] == "Sydney" and rows["lisbon"]["country_code"] == "PT"
-    assert rows["no-gps"]["geocoded"] is None and rows["atlantic"]["geocoded"] == 1
+    assert rows["no-gps"]["geocoded"] == 0 and rows["atlantic"]["geocoded"] == 1
 
 
 def test_a_moved_position_loses_its_place_and_copies_reuse_a_known_one(db, geo_library, encoder, tmp_path,
@@ -241,7 +244,12 @@ def test_a_moved_position_loses_its_place_and_copies_reuse_a_known_one(db, geo_l
         with store.transaction():
             store.execute("UPDATE images SET lat = 38.72, lon = -9.14 WHERE path LIKE '%sydney-copy.jpg'")
     rows = _rows(db)
-    assert rows["sydney-copy"]["city"] is None and rows["sydney-copy"]["geocoded"] is None, "to be looked up again"
+    assert rows["sydney-copy"]["city"] is None and rows["sydney-copy"]["geocoded"] == 0, "to be looked up again"
+    with Store.open(db) as store:
+        with store.transaction():
+            store.execute("DELETE FROM images WHERE path LIKE '%far.jpg'")
+        assert store.execute("SELECT count(*) FROM image_places").fetchone()[0] == len(POSITIONS) - 1, (
+            "a photo that leaves the index leaves image_places too")
 
 
 def test_folding_and_matching_names():

@@ -19,7 +19,7 @@ import numpy as np
 from ..paths import folder_range, sql_text
 from . import vectors as vectorcache
 from .connection import Connection, StoreError, now
-from .schema import IMAGE_COLUMNS, METADATA_COLUMNS, PLACE_COLUMNS
+from .schema import IMAGE_COLUMNS, METADATA_COLUMNS, PLACE_JOIN, PLACE_SELECT
 from .vectors import VectorFile, Vectors
 
 VECTOR_DTYPE = np.dtype("<f2")
@@ -421,8 +421,8 @@ class Images(Connection):
             chunk = [int(i) for i in ids[start:start + 500]]
             marks = ",".join("?" * len(chunk))
             for row in self.query(
-                f"SELECT id, path, size, mtime_ns, hash, width, height, {', '.join(METADATA_COLUMNS)}, "
-                f"{', '.join(PLACE_COLUMNS)}, geocoded FROM images WHERE id IN ({marks})", chunk
+                f"SELECT images.id AS id, path, size, mtime_ns, hash, width, height, {', '.join(METADATA_COLUMNS)}, "
+                f"{PLACE_SELECT} FROM images {PLACE_JOIN} WHERE images.id IN ({marks})", chunk
             ):
                 found[row["id"]] = row
         return found

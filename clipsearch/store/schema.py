@@ -15,8 +15,12 @@ if TYPE_CHECKING:
 SCHEMA_VERSION = 9
 APPLICATION_ID = 0x636C6970  # "clip" in the SQLite header of every index this version creates
 METADATA_COLUMNS = ("taken", "taken_source", "camera_make", "camera_model", "lat", "lon")
-# Where a photo was taken, in words (store/places.py); place_key holds the folded names `--place` matches.
-PLACE_COLUMNS = ("city", "county", "region", "country", "country_code", "place_key")
+# Where a photo was taken, in words (store/places.py): what a query of image rows adds to its columns, and the
+# joins that bring them (`geocoded` is 1 once the row's position was looked up, with or without a town found).
+PLACE_SELECT = "places.city, places.county, places.region, places.country, places.country_code, " \
+               "image_places.image_id IS NOT NULL AS geocoded"
+PLACE_JOIN = "LEFT JOIN image_places ON image_places.image_id = images.id " \
+             "LEFT JOIN places ON places.id = image_places.place_id"
 IMAGE_COLUMNS = ("path", "size", "mtime_ns", "hash", "width", "height", "vector", "phash", "colourfulness",
                  "indexed_at", *METADATA_COLUMNS, "geometry")
 
@@ -122,23 +126,25 @@ def _add_photo_text_v6(db: sqlite_utils.Database) -> None:
 
 
 def _add_places_v7(db: sqlite_utils.Database) -> None:
-    """The place of each photo with a GPS position (store/places.py), looked up offline in GeoNames.
+    """Where each photo with a GPS position was taken (store/places.py), looked up offline in GeoNames.
 
-    NULL for rows indexed before: `geocoded` stays NULL until the next `index` run looks their
-    positions up (without the model). A row whose position changes loses its place, to be looked up again.
+    `places` holds each town once (its names, and `folded`: the folded names `--place` matches);
+    `image_places` says which photo is where, one small row per photo whose position was looked up
+    (place_id NULL: no town near it), so filling them writes no image row (a 1 KB vector each). Rows
+    indexed before have none until the next `index` run looks their positions up (without the model).
+    A photo whose position changes, or that leaves the index, loses its row.
     """
-    for name in PLACE_COLUMNS:
-        db.table("images").add_column(name, str)
-    db.table("images").add_column("geocoded", int)
-    db.execute("CREATE INDEX images_place ON images (place_key)")
-    db.execute("CREATE INDEX images_country ON images (country_code)")
+    db.execute("CREATE TABLE places (id INTEGER PRIMARY KEY, names TEXT NOT NULL UNIQUE, folded TEXT NOT NULL, "
+               "city TEXT, county TEXT, region TEXT, country TEXT, country_code TEXT)")
+    db.execute("CREATE INDEX places_country ON places (country_code)")
+    db.execute("CREATE TABLE image_places (image_id INTEGER PRIMARY KEY, place_id INTEGER)")
+    db.execute("CREATE INDEX image_places_place ON image_places (place_id)")
     db.execute("CREATE INDEX images_position ON images (lat, lon)")
-    db.execute("CREATE INDEX images_unplaced ON images (id) WHERE geocoded IS NULL AND lat IS NOT NULL")
-    db.execute(
-        "CREATE TRIGGER images_moved AFTER UPDATE OF lat, lon ON images "
-        "WHEN OLD.lat IS NOT NEW.lat OR OLD.lon IS NOT NEW.lon BEGIN UPDATE images SET "
-        + ", ".join(f"{name} = NULL" for name in (*PLACE_COLUMNS, "geocoded")) + " WHERE id = NEW.id; END"
-    )
+    db.execute("CREATE TRIGGER images_moved AFTER UPDATE OF lat, lon ON images "
+               "WHEN OLD.lat IS NOT NEW.lat OR OLD.lon IS NOT NEW.lon BEGIN "
+               "DELETE FROM image_places WHERE image_id = OLD.id; END")
+    db.execute("CREATE TRIGGER images_unplaced AFTER DELETE ON images BEGIN "
+               "DELETE FROM image_places WHERE image_id = OLD.id; END")
 
 
 def _add_geometry_v8(db: sqlite_utils.Database) -> None:

@@ -40,7 +40,7 @@ class Place:
 
     @property
     def key(self) -> str:
-        """The folded names a place filter matches, city to country, in one text (stored in `place_key`)."""
+        """The folded names a place filter matches, city to country, in one text (stored in `places.folded`)."""
         return KEY_SEPARATOR.join(fold(name or "") for name in (self.city, self.county, self.region, self.country))
 
     def to_dict(self) -> dict[str, str | None]:

@@ -10,7 +10,7 @@ waits briefly, then gets `IndexBusyError`.
 connection.py (opening, transactions, the writer lock, running migrations),
 images.py (image rows, filters, fingerprints, metadata, failures, vectors),
 queries.py (remembered query vectors). The tables and their migrations are
-schema.py's; the tag tables are read and written by tags.py; the query cache
+schema.py's; the tag tables are read and written by tags.py, the place tables by places.py; the query cache
 file is vectors.py's. Paths are stored exactly, bytes that are not UTF-8
 included (paths.py).
 """

@@ -24,7 +24,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from clipsearch.indexing import images, metadata
-from clipsearch.search import Filters, _filtered, top_k
+from clipsearch.search import Filters, _filtered, _load_vectors
 from clipsearch.store import ImageRecord, Store, encode_vector
 from clipsearch_dev import scenes
 
@@ -96,8 +96,8 @@ def bench_filters(count: int, dim: int, repeats: int) -> None:
         for _ in range(repeats):
             with Store.open(path, create=False) as store:
                 t0 = time.perf_counter()
-                vectors = _filtered(store, store.vectors(), filters, None)
-                top_k(vectors.matrix, query, 10)
+                vectors = _filtered(store, _load_vectors(store, None), filters, None)
+                vectors.search(query, 10)
                 times.append(time.perf_counter() - t0)
                 kept = len(vectors)
         print(f"find over {count} images, {label}: {statistics.median(times) * 1000:.0f} ms "

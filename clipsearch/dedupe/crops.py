@@ -30,7 +30,7 @@ _LOAD_SIDE = 320  # long side of the pictures read
 _COARSE_SIDE = 72  # long side of the original in the coarse search
 _FINE_SIDE = 256  # long side of the original in the fine check
 _SCALE_STEP = 1.025
-_COARSE_SCORE = 0.85  # normalised cross-correlation a placement needs to be refined
+_COARSE_SCORE = 0.93  # normalised cross-correlation a placement needs to be refined (crops came at 0.95+)
 _GRID = 6  # tiles per side in the final check
 _TILE_LIMIT = 20.0  # largest RMS difference (grey levels) of any tile after the brightness fit
 _GRAIN_LIMIT = 0.5  # smallest correlation of the fine detail (picture minus its blur)
@@ -75,25 +75,43 @@ def _long_side(grey: np.ndarray, side: int) -> np.ndarray:
     return _resized(grey, round(width * scale), round(height * scale)) if scale < 1 else grey
 
 
-def find_crop(large: np.ndarray, small: np.ndarray) -> CropMatch | None:
+@dataclass
+class Picture:
+    """One file's greyscale at the sizes the search uses, computed once however many pairs it is in."""
+
+    grey: np.ndarray  # long side at most _LOAD_SIDE
+    fine: np.ndarray  # long side at most _FINE_SIDE
+    coarse: np.ndarray  # long side at most _COARSE_SIDE, blurred
+    template: np.ndarray  # long side at most 2 * _COARSE_SIDE: what coarse templates are cut from
+
+    @classmethod
+    def of(cls, grey: np.ndarray) -> Picture:
+        import cv2
+
+        return cls(grey, _long_side(grey, _FINE_SIDE), cv2.GaussianBlur(_long_side(grey, _COARSE_SIDE), (0, 0), 1.0),
+                   _long_side(grey, 2 * _COARSE_SIDE))
+
+
+def find_crop(large: np.ndarray | Picture, small: np.ndarray | Picture) -> CropMatch | None:
     """Where `small` sits inside `large` as a crop keeping MIN_AREA..MAX_AREA of it, or None."""
     import cv2
 
-    coarse = _long_side(large, _COARSE_SIDE)
-    big_h, big_w = coarse.shape
-    aspect = small.shape[1] / small.shape[0]
+    large = large if isinstance(large, Picture) else Picture.of(large)
+    small = small if isinstance(small, Picture) else Picture.of(small)
+    blurred = large.coarse
+    big_h, big_w = blurred.shape
+    aspect = small.grey.shape[1] / small.grey.shape[0]
     # The crop's width as a share `a` of the original's; its height follows from its aspect.
     lowest = math.sqrt(MIN_AREA * aspect * big_h / big_w) * 0.98
     highest = min(1.0, big_h * aspect / big_w)
     if lowest > highest:
         return None
-    blurred = cv2.GaussianBlur(coarse, (0, 0), 1.0)
     best: tuple[float, float, int, int] | None = None
     share = lowest
     while share <= highest * 1.0001:
         width, height = round(share * big_w), round(share * big_w / aspect)
         if 8 <= width <= big_w and 8 <= height <= big_h:
-            template = cv2.GaussianBlur(_resized(small, width, height), (0, 0), 1.0)
+            template = cv2.GaussianBlur(_resized(small.template, width, height), (0, 0), 1.0)
             if template.std() > 1e-3:
                 scores = cv2.matchTemplate(blurred, template, cv2.TM_CCOEFF_NORMED)
                 _, score, _, (x, y) = cv2.minMaxLoc(scores)
@@ -105,13 +123,13 @@ def find_crop(large: np.ndarray, small: np.ndarray) -> CropMatch | None:
     return _refine(large, small, best[1], best[2] / big_w, best[3] / big_h)
 
 
-def _refine(large: np.ndarray, small: np.ndarray, share: float, x: float, y: float) -> CropMatch | None:
+def _refine(large: Picture, small: Picture, share: float, x: float, y: float) -> CropMatch | None:
     """Refine a coarse placement on a finer copy and accept it only if every tile and the grain agree."""
     import cv2
 
-    fine = _long_side(large, _FINE_SIDE)
+    fine = large.fine
     big_h, big_w = fine.shape
-    aspect = small.shape[1] / small.shape[0]
+    aspect = small.grey.shape[1] / small.grey.shape[0]
     margin = 6
     best: tuple[float, int, int, int, int] | None = None
     for step in (-2, -1, 0, 1, 2):
@@ -125,7 +143,7 @@ def _refine(large: np.ndarray, small: np.ndarray, share: float, x: float, y: flo
         region = fine[y0:y1, x0:x1]
         if region.shape[0] < height or region.shape[1] < width:
             continue
-        template = _resized(small, width, height)
+        template = _resized(small.grey, width, height)
         scores = cv2.matchTemplate(region, template, cv2.TM_CCOEFF_NORMED)
         _, score, _, (dx, dy) = cv2.minMaxLoc(scores)
         if best is None or score > best[0]:
@@ -136,7 +154,7 @@ def _refine(large: np.ndarray, small: np.ndarray, share: float, x: float, y: flo
     fraction = width * height / (big_w * big_h)
     if not MIN_AREA - _AREA_SLACK <= fraction <= MAX_AREA:
         return None
-    if not _agrees(fine[top:top + height, left:left + width], _resized(small, width, height)):
+    if not _agrees(fine[top:top + height, left:left + width], _resized(small.grey, width, height)):
         return None
     return CropMatch(round(fraction, 3), (left / big_w, top / big_h, (left + width) / big_w, (top + height) / big_h))
 
@@ -176,7 +194,11 @@ def verify_pairs(pairs: Iterable[tuple[int, int]], paths: list[str], trims: np.n
         return {}
     needed = sorted({i for pair in pairs for i in pair})
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crop-check") as pool:
-        loaded = dict(zip(needed, pool.map(lambda i: load(paths[i], tuple(trims[i])), needed)))
+        def prepared(i: int) -> Picture | None:
+            grey = load(paths[i], tuple(trims[i]))
+            return None if grey is None else Picture.of(grey)
+
+        loaded = dict(zip(needed, pool.map(prepared, needed)))
 
         def check(pair: tuple[int, int]) -> tuple[tuple[int, int], CropMatch] | None:
             i, j = pair
@@ -185,7 +207,7 @@ def verify_pairs(pairs: Iterable[tuple[int, int]], paths: list[str], trims: np.n
                 return None
             first, second = (i, j) if pixels[i] >= pixels[j] else (j, i)
             for large, small in ((first, second), (second, first)):
-                match = find_crop(loaded[large], loaded[small])  # type: ignore[arg-type]
+                match = find_crop(loaded[large], loaded[small])  # type: ignore[arg-type]  # checked above
                 if match is not None:
                     return (large, small), match
             return None

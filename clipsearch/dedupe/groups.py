@@ -352,15 +352,16 @@ def _geometric_links(files: _Files, nodes: np.ndarray, rows: np.ndarray, cols: n
     for link in geometry.symmetric_links(files.geo, candidate_i[open_pairs], candidate_j[open_pairs]):
         links.setdefault((min(link.a, link.b), max(link.a, link.b)), link)
 
-    # Crops: CLIP neighbours above the near threshold and sub-window hash matches, checked on the pixels; also
-    # confirmed pairs whose hashes differ more than a re-encode's would, to report a crop that passed as a copy.
+    # Crops: CLIP neighbours above the near threshold and sub-window hash matches, checked on the pixels, unless
+    # the two are joined already (then `_crops_of_leaders` checks the crop against the file kept, to report it).
     large, small = geometry.window_candidates(files.geo, allowed)
-    far = confirmed & (fingerprint.hamming(files.phash[rows], files.phash[cols]) > CROP_HASH_DISTANCE)
-    crop_i = np.concatenate([rows[near], large, rows[far]])
-    crop_j = np.concatenate([cols[near], small, cols[far]])
-    keep = np.concatenate([fresh(crop_i[:len(crop_i) - int(far.sum())], crop_j[:len(crop_j) - int(far.sum())]),
-                           np.ones(int(far.sum()), dtype=bool)]) & geometry.plausible(files.geo, crop_i, crop_j)
-    pairs = {(min(a, b), max(a, b)) for a, b in zip(crop_i[keep].tolist(), crop_j[keep].tolist())} - set(links)
+    crop_i = np.concatenate([rows[near], large])
+    crop_j = np.concatenate([cols[near], small])
+    joined = _components(len(files.paths),
+                         np.concatenate([rows[confirmed], np.asarray([lk.a for lk in links.values()], dtype=np.int64)]),
+                         np.concatenate([cols[confirmed], np.asarray([lk.b for lk in links.values()], dtype=np.int64)]))
+    keep = fresh(crop_i, crop_j) & geometry.plausible(files.geo, crop_i, crop_j) & (joined[crop_i] != joined[crop_j])
+    pairs = {(min(a, b), max(a, b)) for a, b in zip(crop_i[keep].tolist(), crop_j[keep].tolist())}
     trims = files.geo.box.copy()
     trims[~files.geo.has] = (0.0, 0.0, 1.0, 1.0)
     for (big, cropped), match in crops.verify_pairs(sorted(pairs), files.paths, trims, files.pixels).items():

@@ -105,12 +105,13 @@ GEOMETRY_BYTES = HEADER_BYTES + HASH_BYTES * (1 + len(WINDOWS))
 # Border trimming, on a copy at most _TRIM_INPUT pixels on its long side. A border line's pixels differ
 # from its mean by at most _FLAT (per channel, standard deviation) and its mean from the outer line's by at
 # most _SAME; one of the first lines inside must break clearly (twice either). Borders come in opposite pairs
-# of one colour (letterbox: top and bottom; pillarbox: left and right; a frame: all four), which tells them
-# from a plain sky above and a plain floor below. The trimmed picture keeps at least _KEEP of each side.
+# of one neutral colour (letterbox: top and bottom; pillarbox: left and right; a frame: all four), which tells
+# them from a plain sky above and a plain floor below. The trimmed picture keeps at least _KEEP of each side.
 _TRIM_INPUT = 160
 _FLAT = 5.0
 _SAME = 10.0
 _KEEP = 0.3
+_NEUTRAL = 24.0  # largest difference between a border's red, green and blue
 
 
 def trim_box(image: Image.Image) -> tuple[float, float, float, float]:
@@ -124,20 +125,29 @@ def trim_box(image: Image.Image) -> tuple[float, float, float, float]:
     height, width = rgb.shape[:2]
     if height < 16 or width < 16:
         return 0.0, 0.0, 1.0, 1.0
-    outer = (rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1])
-    flat = [bool(line.std(axis=0).max() <= _FLAT) for line in outer]
-    if not ((flat[0] and flat[1]) or (flat[2] and flat[3])):  # most photos: no pair of plain opposite edges
-        return 0.0, 0.0, 1.0, 1.0
-    top, bottom = _border_pair(rgb.mean(axis=1), rgb.std(axis=1).max(axis=1), height)
-    left, right = _border_pair(rgb.mean(axis=0), rgb.std(axis=0).max(axis=1), width)
-    return left / width, top / height, (width - right) / width, (height - bottom) / height
+    left, top, right, bottom = 0, 0, width, height
+    for _ in range(3):  # trimming one axis can reveal borders on the other (a letterboxed pillarbox)
+        inner = rgb[top:bottom, left:right]
+        outer = (inner[0], inner[-1], inner[:, 0], inner[:, -1])
+        flat = [bool(line.std(axis=0).max() <= _FLAT) for line in outer]
+        if not ((flat[0] and flat[1]) or (flat[2] and flat[3])):  # most photos: no pair of plain opposite edges
+            break
+        rows = _border_pair(inner.mean(axis=1), inner.std(axis=1).max(axis=1), height)
+        cols = _border_pair(inner.mean(axis=0), inner.std(axis=0).max(axis=1), width)
+        if rows == (0, 0) and cols == (0, 0):
+            break
+        top, bottom = top + rows[0], bottom - rows[1]
+        left, right = left + cols[0], right - cols[1]
+    return left / width, top / height, right / width, bottom / height
 
 
 def _border_pair(means: np.ndarray, stds: np.ndarray, length: int) -> tuple[int, int]:
-    """Lines of border at the start and at the end of one axis: both present and of one colour, or (0, 0)."""
-    limit = int(length * (1 - _KEEP) / 2)
+    """Lines of border at the start and at the end of one axis: both present, of one neutral colour (black,
+    white or a grey: a plain coloured background around a subject is part of the photo), or (0, 0).
+    `length` is the whole picture's, so repeated passes cannot trim past _KEEP of it."""
+    limit = max(0, len(means) - int(length * _KEEP)) // 2
     start, end = _border_run(means, stds, limit), _border_run(means[::-1], stds[::-1], limit)
-    if start == 0 or end == 0 or np.abs(means[0] - means[-1]).max() > _SAME:
+    if start == 0 or end == 0 or np.abs(means[0] - means[-1]).max() > _SAME or np.ptp(means[0]) > _NEUTRAL:
         return 0, 0
     return start, end
 

@@ -189,7 +189,7 @@ def test_keep_the_original_over_its_crop_and_json_says_what_was_done(edited_libr
     kept = next(m for m in group["members"] if m["keep"])
     assert kept["transform"] is None and kept["crop"] is None
 
-    # The keep reason when the crop is the better file by every other measure (camera EXIF, more pixels).
+    # The table names the edit instead of the scores.
     table = cli("dedupe", "--db", db_path)
     assert "mirrored" in table.stdout and "rotated 90°" in table.stdout and "crop of 80%" in table.stdout
 

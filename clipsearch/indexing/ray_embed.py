@@ -6,8 +6,8 @@ Data reads, hashes and decodes them in tasks on the cluster's CPUs (the same cod
 run: images.read_and_hash and images.decode, with the model's pixel settings read from its
 preprocessor_config.json, so the driver never loads the model), embeds the new content in
 actors that load the encoder once (load_image_encoder: one actor per GPU with num_gpus=1 when
-the cluster has GPUs, else one per machine on its CPUs), and streams vectors, fingerprints and
-metadata back block by block (iter_batches) as results for the local writer.
+the cluster has GPUs, else as many as there are machines, on their CPUs), and streams vectors,
+fingerprints and metadata back block by block (iter_batches) as results for the local writer.
 
 Content the index already holds: the bytes are on the workers, not here, so the workers hash
 every file and compare the digest with the index's known hashes (shipped once with the decode

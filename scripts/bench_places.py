@@ -81,7 +81,7 @@ def bench_fill(db: Path, repeats: int) -> None:
         filled = int(out[2])
     load, fill = statistics.median(loads), statistics.median(fills)
     print(f"GeoNames load (data + k-d tree, once per process): {load:.2f} s")
-    print(f"backfill of {filled:,} rows with a GPS position (lookup + UPDATE, loaded data): {fill:.2f} s, "
+    print(f"backfill of {filled:,} rows with a GPS position (lookup + write, data loaded): {fill:.2f} s, "
           f"{filled / fill:,.0f} rows/s")
     print(f"backfill including the load: {load + fill:.2f} s, {filled / (load + fill):,.0f} rows/s")
 

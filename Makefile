@@ -51,5 +51,5 @@ bench: install
 	$(BIN)/python scripts/bench_dedupe.py
 
 clean:
-	rm -rf $(DEMO_DIR) $(DEMO_DIR)-vocabulary.txt $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm $(DEMO_DB).vectors \
-		$(DEMO_DB).lock .pytest_cache
+	rm -rf $(DEMO_DIR) $(DEMO_DIR)-vocabulary.txt $(DEMO_DB) $(DEMO_DB)-wal $(DEMO_DB)-shm $(DEMO_DB).* \
+		.pytest_cache

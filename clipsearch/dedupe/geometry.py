@@ -82,14 +82,14 @@ class _Tables:
         keys = _chunk_keys(hashes[rows])
         self.sorted_keys, self.order, self.counts = [], [], []
         for c in range(CHUNKS):
-            order = np.argsort(keys[:, c], kind="stable")
+            order = np.argsort(keys[:, c])
             ordered = keys[order, c]
-            counts = np.bincount(ordered, minlength=1 << CHUNK_BITS) if len(rows) > DIRECT_LIMIT else None
-            if counts is not None:
-                counts[counts > BUCKET_LIMIT] = 0  # too common to mean anything
-                self.counts.append(counts.astype(np.uint8))
-                keep = counts[ordered] > 0
-                ordered, order = ordered[keep], order[keep]
+            if len(rows) > DIRECT_LIMIT:
+                starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+                values, counts = ordered[starts], np.diff(np.r_[starts, len(ordered)])
+                table = np.zeros(1 << CHUNK_BITS, dtype=np.uint8)
+                table[values] = np.where(counts > BUCKET_LIMIT, 0, counts)  # too common to mean anything
+                self.counts.append(table)
             self.sorted_keys.append(ordered)
             self.order.append(rows[order].astype(np.int64))
 

@@ -221,31 +221,29 @@ SYMMETRIES: dict[str, tuple[bool, bool, bool]] = {
 INVERSE = {name: name for name in SYMMETRIES} | {"rotate90": "rotate270", "rotate270": "rotate90"}
 
 
-def _symmetry_tables() -> tuple[np.ndarray, np.ndarray]:
-    """Per symmetry, the bit permutation (transpose) and the mask of bits that change sign (reversed axes)."""
-    index = np.arange(HASH_BYTES * 8).reshape(HASH_SIZE, HASH_SIZE)
+def _symmetry_masks() -> np.ndarray:
+    """Per symmetry, the packed mask of the bits that change sign: odd frequencies along each reversed axis."""
     v, u = np.indices((HASH_SIZE, HASH_SIZE))
-    permutations, masks = [], []
-    for transpose, rows, cols in SYMMETRIES.values():
-        permutations.append((index.T if transpose else index).ravel())
-        masks.append((((v * rows + u * cols) % 2) == 1).ravel())
-    return np.asarray(permutations), np.asarray(masks)
+    return np.asarray([np.packbits((((v * rows + u * cols) % 2) == 1).ravel())
+                       for _, rows, cols in SYMMETRIES.values()])
 
 
-_PERMUTATIONS, _MASKS = _symmetry_tables()
+_MASKS = _symmetry_masks()
 
 
 def symmetries(hashes: np.ndarray) -> np.ndarray:
     """The sign hashes of every symmetric copy: (n, 4) uint64 hash_matrix rows -> (8, n, 4), in SYMMETRIES' order.
 
-    Row s holds the hash that the copy made by symmetry s of each picture would have.
+    Row s holds the hash that the copy made by symmetry s of each picture would have: the bits transposed
+    (once for all four symmetries that transpose), then XORed with the mask of the signs that flip.
     """
-    bits = np.unpackbits(np.ascontiguousarray(hashes).view(np.uint8).reshape(len(hashes), HASH_BYTES), axis=1)
-    bits = bits.astype(bool)
-    out = np.empty((len(SYMMETRIES), len(hashes), HASH_BYTES // 8), dtype=np.uint64)
-    for s in range(len(SYMMETRIES)):
-        turned = bits[:, _PERMUTATIONS[s]] ^ _MASKS[s]
-        out[s] = np.ascontiguousarray(np.packbits(turned, axis=1)).view(np.uint64)
+    count = len(hashes)
+    data = np.ascontiguousarray(hashes).view(np.uint8).reshape(count, HASH_BYTES)
+    bits = np.unpackbits(data, axis=1).reshape(count, HASH_SIZE, HASH_SIZE)
+    transposed = np.packbits(bits.transpose(0, 2, 1).reshape(count, HASH_BYTES * 8), axis=1)
+    out = np.empty((len(SYMMETRIES), count, HASH_BYTES // 8), dtype=np.uint64)
+    for s, (transpose, _, _) in enumerate(SYMMETRIES.values()):
+        out[s] = np.ascontiguousarray((transposed if transpose else data) ^ _MASKS[s]).view(np.uint64)
     return out
 
 

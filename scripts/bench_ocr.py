@@ -82,7 +82,7 @@ def stages(reader: engine.Reader, path: Path, repeat: int) -> dict[str, float]:
             found.setdefault(name, []).append(time.perf_counter() - clock)
             clock = time.perf_counter()
 
-        small = np.asarray(engine._fit(images.open_oriented(data, engine.DETECT_SIDE * 3 // 4)[0],
+        small = np.asarray(engine._fit(images.open_oriented(data, engine.DETECT_SHORT_SIDE)[0],
                                        engine.DETECT_SIDE * 2))
         tick("decode for detection")
         boxes = reader.detect(small)

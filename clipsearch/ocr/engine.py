@@ -9,12 +9,13 @@ decoding, rotated crops) is used as is.
 Cost is what matters on a CPU, and most photos hold no text. So detection
 runs once, on a small copy of the picture (`DETECT_SIDE` pixels on its long
 side, decoded with Pillow's draft mode: a 12 MP JPEG is never decoded whole);
-a photo in which it finds no text box costs that and nothing more. Only when
-there are boxes is the picture decoded again, at up to `READ_SIDE` pixels, and
-recognition reads just those boxes, cut from that sharper copy. Text must be
-about 1/100 of the picture's long side high to be found (16 px in a 1600 px
-photo, 40 px in a 12 MP one): a larger `DETECT_SIDE` finds smaller text, at
-about the square of the cost.
+a photo in which it finds no text box costs that and nothing more. Recognition
+reads just the boxes found, cut from that copy, or, when some line is too low
+there to read well (`READ_HEIGHT`), from a sharper one decoded at up to
+`READ_SIDE` pixels. Text must be
+about 1/65 of the picture's long side high to be found reliably (24 px in a
+1600 px photo, 62 px in a 12 MP one; scripts/eval_ocr.py): a larger
+`DETECT_SIDE` finds smaller text, at about the square of the cost.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ if TYPE_CHECKING:
 
 DETECTION_MODEL = "PP-OCRv6_det_small.onnx"
 RECOGNITION_MODEL = "PP-OCRv6_rec_small.onnx"
-DETECT_SIDE = 640  # long side of the copy text is looked for in: the main cost, and the smallest text found
+DETECT_SIDE = 512  # long side of the copy text is looked for in: the main cost, and the smallest text found
+# The copy decoded for detection has at least this short side: a 12 MP photo (4032x3024) decodes at 1/8 of
+# its size (504x378), which the detector stretches a little to DETECT_SIDE.
+DETECT_SHORT_SIDE = DETECT_SIDE * 23 // 32
 READ_HEIGHT = 32  # text lines lower than this (in pixels of the copy text was found in)...
 READ_SIDE = 2048  # ...are read from a sharper copy of the picture, at most this long
 MIN_CONFIDENCE = 0.5  # recognised lines below this are dropped (rapidocr's default text_score)
@@ -211,8 +215,8 @@ class Reader:
         data, orientation = images.read_bytes(path), None
         if images.is_raw(path):
             data, orientation, _ = images.raw_preview(data)
-        # A copy just big enough to look for text in (a 12 MP JPEG decodes at 1/4 of its size)...
-        small, _ = images.open_oriented(data, DETECT_SIDE * 3 // 4, limit, orientation)
+        # A copy just big enough to look for text in (a 12 MP JPEG decodes at 1/8 of its size)...
+        small, _ = images.open_oriented(data, DETECT_SHORT_SIDE, limit, orientation)
         # ...and, only when there is text, a sharper one to read it from.
         return self._read(np.asarray(_fit(small, DETECT_SIDE * 2)), lambda: np.asarray(_fit(
             images.open_oriented(data, READ_SIDE * 3 // 4, limit, orientation)[0], READ_SIDE)))

@@ -91,7 +91,7 @@ class _Tables:
                 table[values] = np.where(counts > BUCKET_LIMIT, 0, counts)  # too common to mean anything
                 self.counts.append(table)
             self.sorted_keys.append(ordered)
-            self.order.append(rows[order].astype(np.int64))
+            self.order.append(rows[order].astype(np.int32))
 
     def _counts(self, c: int, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """How many stored rows hold each key in chunk c, and where the first one sits."""
@@ -114,7 +114,7 @@ class _Tables:
             count = count[hit]
             first = left[hit] if len(left) else np.searchsorted(self.sorted_keys[c], key[hit])
             offsets = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
-            yield np.repeat(query_rows[hit], count), self.order[c][np.repeat(first, count) + offsets]
+            yield np.repeat(query_rows[hit], count), self.order[c][np.repeat(first, count) + offsets].astype(np.int64)
 
 
 def hash_candidates(geo: Geometry, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -164,6 +164,7 @@ def window_candidates(geo: Geometry, allowed: np.ndarray) -> tuple[np.ndarray, n
             close = fingerprint.hamming(geo.hash[small], windows[large]) <= MAX_DISTANCE
             found_large.append(large[close])
             found_small.append(small[close])
+        del tables  # one window's tables at a time
     if not found_large:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty

@@ -131,14 +131,20 @@ TIERS = ("exact", "near", "similar")
 
 
 def neighbour_pairs(matrix: np.ndarray, threshold: float, neighbours: int = 16,
-                    exact_limit: int = vector_index.EXACT_PAIRS_LIMIT,
-                    seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    exact_limit: int = vector_index.EXACT_PAIRS_LIMIT, seed: int = 0,
+                    rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (i < j) of rows whose cosine is at least `threshold`, at most `neighbours` per row: the vector
     index's range search (store/vector_index.py: exact up to `exact_limit` rows, faiss cells above).
 
-    Returns arrays (i, j, similarity). Memory stays at a few blocks of rows, never N x N.
+    Returns arrays (i, j, similarity), positions in `rows` if given (the rows of `matrix` taking part). Memory
+    stays at a few blocks of float32 rows, never N x N: `matrix` may be the memory-mapped float16 rows.
     """
-    return vector_index.pairs_above(matrix, threshold, neighbours, exact_limit, seed)
+    return vector_index.pairs_above(matrix, threshold, neighbours, exact_limit, seed, rows)
+
+
+def _cosines(matrix: np.ndarray, rest: np.ndarray, leader: int) -> np.ndarray:
+    """Cosine of each row in `rest` to row `leader`, in float32 (`matrix` may hold float16 rows)."""
+    return np.asarray(matrix[rest], dtype=np.float32) @ np.asarray(matrix[leader], dtype=np.float32)
 
 
 def _components(count: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -253,7 +259,7 @@ def find_duplicates(store: Store, folder: str | None = None, options: DedupeOpti
     assert options.near_threshold is not None and options.similar_threshold is not None  # resolved
     folder = normalise_path(folder) if folder else None
     table = store.file_table(folder)
-    vectors = store.vectors(folder)
+    vectors = store.vectors(folder, float32=False)  # the whole index: its float16 rows, memory-mapped
     if len(table["id"]) != len(vectors) or not np.array_equal(np.asarray(table["id"], dtype=np.int64), vectors.ids):
         raise DedupeError("The index changed while dedupe was reading it; run dedupe again.")
     count = len(table["id"])
@@ -285,7 +291,7 @@ def find_duplicates(store: Store, folder: str | None = None, options: DedupeOpti
 
     # near and similar: one neighbour search among the kept files of the exact tier
     threshold = min(options.near_threshold, options.similar_threshold) if options.similar else options.near_threshold
-    rows, cols, sims = neighbour_pairs(matrix[exact_keep], threshold, options.neighbours)
+    rows, cols, sims = neighbour_pairs(matrix, threshold, options.neighbours, rows=exact_keep)
     rows, cols = exact_keep[rows], exact_keep[cols]
     same_kind = files.raw[rows] == files.raw[cols]
     rows, cols, sims = rows[same_kind], cols[same_kind], sims[same_kind]
@@ -316,7 +322,7 @@ def find_duplicates(store: Store, folder: str | None = None, options: DedupeOpti
                                      _kept_of(near_label, near_keep, cols[loose]))
         similar_label = _split_around_leaders(
             similar_label, near_keep, files, options,
-            lambda leader, rest: matrix[rest] @ matrix[leader] >= options.similar_threshold)
+            lambda leader, rest: _cosines(matrix, rest, leader) >= options.similar_threshold)
         _tier_groups("similar", files, similar_label, options, groups, matrix, among=near_keep)
     order = {tier: position for position, tier in enumerate(TIERS)}
     groups.sort(key=lambda g: (order[g.tier], g.keep.path))
@@ -411,7 +417,7 @@ def _kept_of(label: np.ndarray, kept: np.ndarray, nodes: np.ndarray) -> np.ndarr
 def _near_to(leader: int, rest: np.ndarray, files: _Files, options: DedupeOptions, matrix: np.ndarray) -> np.ndarray:
     """Which of `rest` pass both near-identical checks against `leader`: the cosine and the hash (with colour)."""
     assert options.near_threshold is not None  # resolved
-    return ((matrix[rest] @ matrix[leader] >= options.near_threshold) & files.has_phash[rest]
+    return ((_cosines(matrix, rest, leader) >= options.near_threshold) & files.has_phash[rest]
             & (fingerprint.hamming(files.phash[rest], files.phash[leader]) <= options.max_hash_distance)
             & ~fingerprint.colour_mismatch(files.colour[rest], files.colour[leader]))
 
@@ -475,7 +481,7 @@ def _tier_groups(tier: str, files: _Files, label: np.ndarray, options: DedupeOpt
         others = []
         for i in ordered[1:]:
             other = files.member(i)
-            other.similarity = float(matrix[i] @ matrix[ordered[0]])
+            other.similarity = float(_cosines(matrix, np.asarray([i]), ordered[0])[0])
             if files.has_phash[i] and files.has_phash[ordered[0]]:
                 other.hash_distance = int(fingerprint.hamming(files.phash[i], files.phash[ordered[0]]))
             link = (links or {}).get((min(i, ordered[0]), max(i, ordered[0])))

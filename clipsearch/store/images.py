@@ -328,17 +328,18 @@ class Images(Connection):
     def cache_path(self) -> Path:
         return vectorcache.cache_path(self.path)
 
-    def vectors(self, folder: str | None = None) -> Vectors:
-        """All stored vectors (or those under `folder`) in image id order, as float16 rows, for dedupe and tagging.
+    def vectors(self, folder: str | None = None, float32: bool = True) -> Vectors:
+        """All stored vectors (or those under `folder`) in image id order, for dedupe and tagging.
 
         The whole index comes from the memory-mapped vector file (vectors.py), which is brought up to
-        date first if it is behind; a folder's rows come from the database. Queries rank through
-        vector_index.py instead, which never copies the rows.
+        date first if it is behind: as float32 (a copy), or as its float16 rows, uncopied, if not `float32`
+        (dedupe at a million images: 1 GB mapped instead of 2 GB copied). A folder's rows come from the
+        database, as float32. Queries rank through vector_index.py instead, which never copies the rows.
         """
         if folder is None and self.model():
             from . import vector_index
 
-            return vector_index.sync(self).vectors()
+            return vector_index.sync(self).vectors(float32)
         return self._vectors_from_rows(folder)[1]
 
     def refresh_vector_cache(self) -> VectorFile:

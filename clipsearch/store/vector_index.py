@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +35,7 @@ import numpy as np
 
 from . import ann as annfile
 from . import vectors as vectorfile
-from .vectors import VECTOR_DTYPE, VectorFile, Vectors, as_float32, load_faiss
+from .vectors import VECTOR_DTYPE, VectorFile, Vectors, load_faiss
 
 if TYPE_CHECKING:
     from .images import Images
@@ -339,35 +339,49 @@ def describe(store: Images) -> dict[str, Any]:
 EXACT_PAIRS_LIMIT = 20_000
 BLOCK_ROWS = 1024
 PAIR_CELLS_PER_ROOT = 1.0  # about sqrt(N) cells
-PAIR_PROBES = 8  # cells each row is compared in
+# Cells each row is compared in, by threshold: at most `probes` of its nearest, and of those only the ones whose
+# centroid's cosine to the row is within `margin` of its own cell's (most rows need 1-3 cells). A lower
+# threshold needs a wider margin. Recall of planted pairs at 1M: scripts/bench_dedupe.py.
+PAIR_PROBES = ((0.92, 8, 0.03), (0.0, 8, 0.05))  # (threshold from, probes, margin)
+ASSIGN_ROWS = 65536  # rows converted to float32 at a time to find their cells
+
+
+def pair_probes(threshold: float) -> tuple[int, float]:
+    """(probes, margin) for pairs at least `threshold` apart: which of a row's nearest cells it is compared in."""
+    return next((probes, margin) for floor, probes, margin in PAIR_PROBES if threshold >= floor)
 
 
 def pairs_above(matrix: np.ndarray, threshold: float, neighbours: int = 16, exact_limit: int = EXACT_PAIRS_LIMIT,
-                seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                seed: int = 0, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs (i < j) of rows whose cosine is at least `threshold`, at most `neighbours` per row: a range search
     of every row against all the others. Returns arrays (i, j, similarity); never builds the N x N matrix.
 
+    `rows`, if given, are the rows of `matrix` taking part, and i, j are positions in it: `matrix` (float16
+    or float32, memory-mapped or not) is never copied whole, only a block of rows at a time is float32.
     Up to `exact_limit` rows every pair is scored in blocks. Above it, faiss's k-means splits the rows
-    into about sqrt(N) cells and each row is compared with the rows of its PAIR_PROBES nearest cells:
-    pairs above a high cosine sit in the same or adjacent cells (recall: scripts/bench_dedupe.py).
+    into about sqrt(N) cells and each row is compared with the rows of its `pair_probes(threshold)` nearest
+    cells: pairs above a high cosine sit in the same or adjacent cells (recall: scripts/bench_dedupe.py).
     The comparisons run cell by cell as matrix products, not one query at a time (faiss's own IVF
-    search of every row took ~20x longer on 2 cores).
+    search of every row took ~20x longer on 2 cores); a cell's own rows are compared among themselves once.
     """
-    n = len(matrix)
+    n = len(matrix) if rows is None else len(rows)
+
+    def take(positions: np.ndarray | slice) -> np.ndarray:  # numpy converts a few rows faster than faiss
+        return np.asarray(matrix[positions] if rows is None else matrix[rows[positions]], dtype=np.float32)
+
     if n < 2:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, np.zeros(0, dtype=np.float32)
-    matrix = as_float32(matrix)
     if n <= exact_limit:
-        found = [_pairs_in_block(matrix[start:start + BLOCK_ROWS], np.arange(start, min(n, start + BLOCK_ROWS)),
-                                 matrix[start:], np.arange(start, n), threshold, neighbours)
+        whole = take(slice(0, n))
+        found = [_pairs_in_block(whole[start:start + BLOCK_ROWS], np.arange(start, min(n, start + BLOCK_ROWS)),
+                                 whole[start:], np.arange(start, n), threshold, neighbours)
                  for start in range(0, n, BLOCK_ROWS)]
     else:
-        found = _cell_pairs(matrix, threshold, neighbours, seed)
-    rows = np.concatenate([f[0] for f in found])
-    cols = np.concatenate([f[1] for f in found])
+        found = _cell_pairs(take, n, threshold, neighbours, seed)
+    low = np.concatenate([np.minimum(f[0], f[1]) for f in found])
+    high = np.concatenate([np.maximum(f[0], f[1]) for f in found])
     sims = np.concatenate([f[2] for f in found])
-    low, high = np.minimum(rows, cols), np.maximum(rows, cols)
     _keys, first = np.unique(low * n + high, return_index=True)  # the same pair may be found twice
     return low[first], high[first], sims[first]
 
@@ -392,36 +406,52 @@ def _pairs_in_block(queries: np.ndarray, query_ids: np.ndarray, targets: np.ndar
     return query_ids[hit_rows], target_ids[hit_cols], values
 
 
-def _cell_pairs(matrix: np.ndarray, threshold: float, neighbours: int,
+def _cell_pairs(take: Callable[[Any], np.ndarray], n: int, threshold: float, neighbours: int,
                 seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Pairs by k-means cells: each cell's rows among themselves, and against the rows that probe it as one of
+    their other nearest cells. `take(positions)` gives rows as float32, a cell's or a block's at a time."""
     faiss = load_faiss()
-    n, dim = matrix.shape
-    cells = max(16, int(PAIR_CELLS_PER_ROOT * np.sqrt(n)))
-    probes = min(PAIR_PROBES, cells)
-    kmeans = faiss.Kmeans(dim, cells, niter=8, seed=seed, spherical=True, max_points_per_centroid=40)
     rng = np.random.default_rng(seed)
-    kmeans.train(matrix[np.sort(rng.choice(n, min(n, cells * 40), replace=False))])
+    sample = take(np.sort(rng.choice(n, min(n, max(16, int(PAIR_CELLS_PER_ROOT * np.sqrt(n))) * 40),
+                                     replace=False)))
+    dim = sample.shape[1]
+    cells = max(16, int(PAIR_CELLS_PER_ROOT * np.sqrt(n)))
+    probes, margin = pair_probes(threshold)
+    probes = min(probes, cells)
+    kmeans = faiss.Kmeans(dim, cells, niter=8, seed=seed, spherical=True, max_points_per_centroid=40)
+    kmeans.train(sample)
+    del sample
     quantizer = faiss.IndexFlatIP(dim)
     quantizer.add(kmeans.centroids)
-    _, nearest = quantizer.search(matrix, probes)  # each row's nearest cells, best first
-    home = nearest[:, 0]
-    members = np.argsort(home, kind="stable")
-    member_bounds = np.searchsorted(home[members], np.arange(cells + 1))
-    probe_points = np.repeat(np.arange(n), probes)
-    probe_cells = nearest.ravel()
+    nearest = np.empty((n, probes), dtype=np.int32)  # each row's nearest cells, best first
+    close = np.empty((n, probes), dtype=bool)  # and whether each is within `margin` of the nearest one
+    for start in range(0, n, ASSIGN_ROWS):
+        scores, cells_found = quantizer.search(take(slice(start, min(n, start + ASSIGN_ROWS))), probes)
+        nearest[start:start + ASSIGN_ROWS] = cells_found
+        close[start:start + ASSIGN_ROWS] = scores >= scores[:, :1] - margin
+    members = np.argsort(nearest[:, 0], kind="stable")
+    member_bounds = np.searchsorted(nearest[members, 0], np.arange(cells + 1))
+    # rows that probe a cell other than their own, grouped by that cell
+    probe_points = np.repeat(np.arange(n), probes - 1)[close[:, 1:].ravel()]
+    probe_cells = nearest[:, 1:][close[:, 1:]]
+    del nearest, close
     order = np.argsort(probe_cells, kind="stable")
     probe_points, probe_cells = probe_points[order], probe_cells[order]
     probe_bounds = np.searchsorted(probe_cells, np.arange(cells + 1))
+    del order, probe_cells
     found = []
     for cell in range(cells):
         target_ids = members[member_bounds[cell]:member_bounds[cell + 1]]
-        query_ids = probe_points[probe_bounds[cell]:probe_bounds[cell + 1]]
-        if len(target_ids) == 0 or len(query_ids) == 0:
+        if len(target_ids) == 0:
             continue
-        targets = matrix[target_ids]
+        targets = take(target_ids)
+        for start in range(0, len(target_ids), BLOCK_ROWS):  # the cell's rows among themselves
+            found.append(_pairs_in_block(targets[start:start + BLOCK_ROWS], target_ids[start:start + BLOCK_ROWS],
+                                         targets[start:], target_ids[start:], threshold, neighbours))
+        query_ids = probe_points[probe_bounds[cell]:probe_bounds[cell + 1]]
         for start in range(0, len(query_ids), BLOCK_ROWS):
             block = query_ids[start:start + BLOCK_ROWS]
-            found.append(_pairs_in_block(matrix[block], block, targets, target_ids, threshold, neighbours))
+            found.append(_pairs_in_block(take(block), block, targets, target_ids, threshold, neighbours))
     if not found:
         empty = np.zeros(0, dtype=np.int64)
         found.append((empty, empty, np.zeros(0, dtype=np.float32)))

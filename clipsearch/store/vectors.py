@@ -130,13 +130,15 @@ class VectorFile:
             self._faiss_index = index
         return self._faiss_index
 
-    def vectors(self) -> Vectors:
-        """The live rows in image id order, as float32 (a copy: for dedupe and scripts, not for queries)."""
+    def vectors(self, float32: bool = True) -> Vectors:
+        """The live rows in image id order, as float32 (a copy: for dedupe and scripts, not for queries); as the
+        stored float16 if not `float32` (the memory-mapped rows themselves when they are in order, as usual)."""
+        convert = as_float32 if float32 else np.asarray
         if self.dead == 0 and (self.rows < 2 or bool(np.all(self.ids[1:] > self.ids[:-1]))):
-            return Vectors(np.asarray(self.ids), as_float32(self.matrix))
+            return Vectors(np.asarray(self.ids), convert(self.matrix))
         live = np.flatnonzero(self.live)
         order = live[np.argsort(self.ids[live], kind="stable")]
-        return Vectors(np.asarray(self.ids[order]), as_float32(self.matrix[order]))
+        return Vectors(np.asarray(self.ids[order]), convert(self.matrix[order]))
 
 
 def as_float32(matrix: np.ndarray) -> np.ndarray:

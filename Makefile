@@ -41,6 +41,11 @@ demo: install
 	@echo; echo '$$ clipsearch tag --vocab $(DEMO_DIR)-vocabulary.txt && clipsearch find --tag red --tag star --top 3'
 	@$(BIN)/clipsearch tag --db $(DEMO_DB) --vocab $(DEMO_DIR)-vocabulary.txt
 	@$(BIN)/clipsearch find --tag red --tag star --db $(DEMO_DB) --top 3
+	@echo; echo '$$ clipsearch ocr $(DEMO_DIR)/travels && clipsearch find --text parking'
+	@$(BIN)/clipsearch ocr $(DEMO_DIR)/travels --db $(DEMO_DB)
+	@$(BIN)/clipsearch find --text parking --db $(DEMO_DB)
+	@echo; echo '$$ clipsearch find "a red circle" --place portugal --top 3'
+	@$(BIN)/clipsearch find "a red circle" --place portugal --db $(DEMO_DB) --top 3
 
 test: install
 	$(BIN)/ruff check . && $(BIN)/mypy && $(BIN)/python -m pytest -q

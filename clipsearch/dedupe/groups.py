@@ -282,11 +282,14 @@ def find_duplicates(store: Store, folder: str | None = None, options: DedupeOpti
         geo=fingerprint.split_geometry(table["geometry"]),
         cropped=np.zeros(count, dtype=bool), bordered=np.zeros(count, dtype=bool),
     )
+    del table["phash"], table["geometry"]  # the blobs are in `files` now: ~250 MB at a million images
     matrix = vectors.matrix
     groups: list[Group] = []
 
-    # exact: the same content hash
-    _, exact_label = np.unique(np.asarray(table["hash"]), return_inverse=True)
+    # exact: the same content hash (labels by first appearance: a dict is ~10x faster than sorting the text)
+    first_seen: dict[str, int] = {}
+    exact_label = np.fromiter((first_seen.setdefault(h, len(first_seen)) for h in table["hash"]), dtype=np.int64,
+                              count=count)
     exact_keep = _tier_groups("exact", files, exact_label, options, groups, matrix)
 
     # near and similar: one neighbour search among the kept files of the exact tier

@@ -312,7 +312,11 @@ def show_info(info: dict, fmt: Format) -> None:
         if isinstance(value, list):
             stdout.print(f"[bold]{key}[/]:" + ("" if value else " none"))
             for item in value:
-                described = f"{_described(item)} ({item['images']} images)" if isinstance(item, dict) else str(item)
+                if isinstance(item, dict):
+                    count = item["images"]
+                    described = f"{_described(item)} ({count} image{'' if count == 1 else 's'})"
+                else:
+                    described = str(item)
                 stdout.print(f"  {escape(shown(described))}")
         elif isinstance(value, dict):  # a part described in one line (vector_index: its summary)
             summary = value.get("summary") or ", ".join(f"{k}: {v}" for k, v in value.items())

@@ -213,7 +213,7 @@ def test_info_lists_the_most_frequent_places(db, cli):
     assert (top[0]["city"], top[0]["county"], top[0]["images"]) == ("Intendente", "Lisbon", 2), "most photos first"
     assert {place["country_code"] for place in top} == {"PT", "AU", "BR"}
     shown = cli("info", "--db", db).stdout
-    assert "Sydney, New South Wales, Australia (1 images)" in shown
+    assert "Sydney, New South Wales, Australia (1 image)" in shown
 
 
 def test_an_older_index_gets_its_places_on_the_next_run_without_the_model(db, geo_library):

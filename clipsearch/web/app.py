@@ -282,11 +282,12 @@ class WebApp:
         return row
 
     def cards(self, hits: list[Hit]) -> list[dict]:
-        """What a grid cell shows: the hit plus its name and date."""
+        """What a grid cell shows: the hit plus its name, date and place."""
         dates = self.library().modified_times([hit.path for hit in hits])
         return [{"path": hit.path, "name": os.path.basename(hit.path), "score": hit.score, "width": hit.width,
                  "height": hit.height, "size": hit.bytes, "mtime_ns": dates.get(hit.path),
-                 "taken": hit.taken, "camera": hit.camera, "text": hit.text} for hit in hits]
+                 "taken": hit.taken, "camera": hit.camera, "text": hit.text,
+                 "place": hit.place.short() if hit.place else None} for hit in hits]
 
 
 class _Guard:

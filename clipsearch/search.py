@@ -329,6 +329,15 @@ def embed_terms(terms: list[Term], store: Store, get_encoder: GetQueryModel) -> 
     return np.stack(vectors)  # type: ignore[arg-type]  # every None was filled just above
 
 
+def _start_loading_model(terms: list[Term], get_encoder: GetQueryModel) -> None:
+    """Have the text encoder load in the background when a text term may need it (models/query.py)."""
+    texts = [term.text for term in terms if not term.is_image]
+    if texts:
+        start = getattr(get_encoder(), "start_loading", None)  # QueryEncoder's; other models are loaded already
+        if start is not None:
+            start(texts)
+
+
 def _embed_files(encoder: QueryModel, paths: list[str]) -> np.ndarray:
     from .indexing import images  # decoding: only for image terms that are not in the index
 
@@ -369,6 +378,8 @@ def find(
 
         tags = [clean_tag(tag) for tag in tags]
     check_finite(threshold, "--threshold")
+    terms = parse_query([query] if isinstance(query, str) else query) if query else []
+    _start_loading_model(terms, get_encoder)  # loads while the index is opened and filtered
     vectors = _load_vectors(store, folder)
     matched = _text_matches(store, text, folder) if text is not None else None
     if tags:
@@ -392,7 +403,6 @@ def find(
         vectors = _filtered(store, vectors, filters, folder)
     if not len(vectors):
         return []
-    terms = parse_query([query] if isinstance(query, str) else query or [])
     query_vector = combine(embed_terms(terms, store, get_encoder), [t.weight for t in terms])
     return _with_snippets(store, _hits(store, vectors.search(query_vector, top, exact=exact), threshold), text)
 

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +97,27 @@ def test_query_vectors_are_remembered_and_need_no_model(store, exported, monkeyp
     monkeypatch.setattr(QueryEncoder, "image_encoder", no_model)
     again = QueryEncoder(store, model_id).embed_texts(["a blue star", "a red circle"])
     assert np.allclose(again, first[::-1], atol=1e-6)
+
+
+def test_a_new_text_starts_loading_the_encoder_in_the_background_and_a_remembered_one_does_not(store, exported):
+    model_id = store.model()[0]
+    QueryEncoder(store, model_id).embed_texts(["a red circle"])
+    remembered = QueryEncoder(store, model_id)
+    remembered.start_loading(["a red circle"])
+    assert not [t for t in threading.enumerate() if t.name == "clipsearch-text-encoder"]
+    assert remembered.models.text is None
+
+    new = QueryEncoder(store, model_id)
+    new.start_loading(["a red circle", "a yellow hexagon"])
+    for thread in threading.enumerate():
+        if thread.name == "clipsearch-text-encoder":
+            thread.join(timeout=60)
+    assert isinstance(new.models.text, OnnxTextEncoder)  # loaded there: the query below reuses it
+    loaded = new.models.text
+    vector = new.embed_texts(["a yellow hexagon"])
+    assert new.models.text is loaded
+    with Store.open(store.path) as again:
+        assert np.allclose(vector, QueryEncoder(again, model_id).embed_texts(["a yellow hexagon"]), atol=1e-6)
 
 
 def test_remembered_queries_are_bounded(tmp_path, monkeypatch):

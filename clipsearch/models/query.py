@@ -10,6 +10,7 @@ index goes through the image tower `index` prepared (ONNX) on a CPU, else torch.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Callable
@@ -78,6 +79,24 @@ class QueryEncoder:
             self.store.remember_queries(self.model_id, self.precision, vectors)
             known.update(vectors)
         return np.stack([known[text] for text in texts])
+
+    def start_loading(self, texts: list[str]) -> None:
+        """Start loading the text encoder in a background thread when some of `texts` are not remembered, so it
+        loads (onnxruntime, the tokenizer, the graph: ~0.3 s) while the caller opens the index and ranks
+        (search.find). Only the cached ONNX export is loaded there; anything else (an export, the torch
+        fallback and its notices) is left to `text_encoder`, in the caller's thread."""
+        if self.models.text is not None:
+            return
+        known = self.store.remembered_queries(self.model_id, self.precision, list(dict.fromkeys(texts)))
+        if all(text in known for text in texts):
+            return
+        threading.Thread(target=self._load_cached_text_encoder, name="clipsearch-text-encoder", daemon=True).start()
+
+    def _load_cached_text_encoder(self) -> None:
+        # text_encoder() waits on the lock for the load started here; on any failure it tries again, and says why
+        with self.models.lock, contextlib.suppress(Exception):
+            if self.models.text is None:
+                self.models.text = OnnxTextEncoder.load(self.model_id, self.precision)
 
     # -- loading ------------------------------------------------------------
 

@@ -296,7 +296,7 @@ class VectorIndex:
             both = faiss.IDSelectorAnd(tail, selector) if selector is not None else tail
             _, extra = vectors.faiss_index().search(query, wanted, params=faiss.SearchParameters(sel=both))
             candidates.append(extra[0][extra[0] >= 0])
-        picked = np.unique(np.concatenate(candidates))
+        picked = np.concatenate(candidates)  # disjoint: the IVF covers rows below ann.rows, the tail the rest
         picked = picked[(picked < vectors.rows)]
         picked = picked[vectors.live[picked]]
         scores = np.asarray(vectors.matrix[picked], dtype=np.float32) @ query[0]

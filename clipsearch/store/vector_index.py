@@ -256,12 +256,13 @@ class VectorIndex:
         available = len(self) if rows is None else len(rows)
         if available == 0:
             return []
-        if self.ann is None or exact or (allowed is not None and available <= FEW_CANDIDATES):
-            return self._exact(query, k, rows)
-        found = self._approximate(query, k, rows)
-        if len(found) < min(k, available):  # the cells searched held too few of the allowed images
-            return self._exact(query, k, rows)
-        return found
+        with _one_thread():
+            if self.ann is None or exact or (allowed is not None and available <= FEW_CANDIDATES):
+                return self._exact(query, k, rows)
+            found = self._approximate(query, k, rows)
+            if len(found) < min(k, available):  # the cells searched held too few of the allowed images
+                return self._exact(query, k, rows)
+            return found
 
     def _results(self, rows: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[int, float]]:
         order = np.argsort(-scores, kind="stable")[:k]
@@ -301,6 +302,20 @@ class VectorIndex:
         picked = picked[vectors.live[picked]]
         scores = np.asarray(vectors.matrix[picked], dtype=np.float32) @ query[0]
         return self._results(picked, scores, k)
+
+
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """faiss on one thread for one query: it gains nothing from more (its scans are memory-bound), and the
+    OpenMP threads it would start keep spinning after it returns, taking a core from the rest of the query:
+    a `find` at 1M images took 0.58 s with them and 0.40 s without (OMP_NUM_THREADS=1)."""
+    faiss = load_faiss()
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 def open_index(store: Images) -> VectorIndex:
@@ -344,6 +359,9 @@ PAIR_CELLS_PER_ROOT = 1.0  # about sqrt(N) cells
 # threshold needs a wider margin. Recall of planted pairs at 1M: scripts/bench_dedupe.py.
 PAIR_PROBES = ((0.92, 8, 0.03), (0.0, 8, 0.05))  # (threshold from, probes, margin)
 ASSIGN_ROWS = 65536  # rows converted to float32 at a time to find their cells
+PAIR_AXES = 96  # principal components the cells are compared on first (_cell_pairs)
+PAIR_QUERY_ROWS = 4096  # rows range-searched in a cell at a time
+EXACT_PAIR_CHUNK = 262_144  # candidate pairs scored exactly at a time
 
 
 def pair_probes(threshold: float) -> tuple[int, float]:
@@ -357,12 +375,14 @@ def pairs_above(matrix: np.ndarray, threshold: float, neighbours: int = 16, exac
     of every row against all the others. Returns arrays (i, j, similarity); never builds the N x N matrix.
 
     `rows`, if given, are the rows of `matrix` taking part, and i, j are positions in it: `matrix` (float16
-    or float32, memory-mapped or not) is never copied whole, only a block of rows at a time is float32.
+    or float32, memory-mapped or not) is never copied whole, only a block of rows at a time is float32, and
+    the pages of a memory map read are let go again (`forget_pages`).
     Up to `exact_limit` rows every pair is scored in blocks. Above it, faiss's k-means splits the rows
     into about sqrt(N) cells and each row is compared with the rows of its `pair_probes(threshold)` nearest
     cells: pairs above a high cosine sit in the same or adjacent cells (recall: scripts/bench_dedupe.py).
-    The comparisons run cell by cell as matrix products, not one query at a time (faiss's own IVF
-    search of every row took ~20x longer on 2 cores); a cell's own rows are compared among themselves once.
+    The comparisons run cell by cell as faiss range searches (both cores), first on the rows' principal
+    components (`_cell_pairs` says why no pair is lost), not one query at a time (faiss's own IVF search of
+    every row took ~20x longer on 2 cores); a cell's own rows are compared among themselves once.
     """
     n = len(matrix) if rows is None else len(rows)
 
@@ -378,12 +398,25 @@ def pairs_above(matrix: np.ndarray, threshold: float, neighbours: int = 16, exac
                                  whole[start:], np.arange(start, n), threshold, neighbours)
                  for start in range(0, n, BLOCK_ROWS)]
     else:
-        found = _cell_pairs(take, n, threshold, neighbours, seed)
+        found = [_cell_pairs(take, n, threshold, neighbours, seed, lambda: forget_pages(matrix))]
+    forget_pages(matrix)
     low = np.concatenate([np.minimum(f[0], f[1]) for f in found])
     high = np.concatenate([np.maximum(f[0], f[1]) for f in found])
     sims = np.concatenate([f[2] for f in found])
     _keys, first = np.unique(low * n + high, return_index=True)  # the same pair may be found twice
     return low[first], high[first], sims[first]
+
+
+def forget_pages(matrix: np.ndarray) -> None:
+    """Let go of the pages of the memory map `matrix` views (if it does), which count in the process's
+    resident memory once read: dedupe reads all of a million rows (1 GB) once. The page cache keeps them."""
+    import mmap
+
+    base: Any = matrix
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    if base is not None and hasattr(base, "madvise") and not base.closed:
+        base.madvise(mmap.MADV_DONTNEED)
 
 
 def _pairs_in_block(queries: np.ndarray, query_ids: np.ndarray, targets: np.ndarray, target_ids: np.ndarray,
@@ -395,40 +428,75 @@ def _pairs_in_block(queries: np.ndarray, query_ids: np.ndarray, targets: np.ndar
     hit_rows, hit_cols = hit_rows[not_self], hit_cols[not_self]
     if len(hit_rows) == 0:
         return hit_rows, hit_rows, np.zeros(0, dtype=np.float32)
-    values = sims[hit_rows, hit_cols]
-    counts = np.bincount(hit_rows, minlength=len(queries))
-    if counts.max() > neighbours:  # rare (huge groups): keep each query's best
-        order = np.lexsort((-values, hit_rows))
-        hit_rows, hit_cols, values = hit_rows[order], hit_cols[order], values[order]
-        rank = np.arange(len(hit_rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-        keep = rank < neighbours
-        hit_rows, hit_cols, values = hit_rows[keep], hit_cols[keep], values[keep]
-    return query_ids[hit_rows], target_ids[hit_cols], values
+    return _best_per_query(query_ids[hit_rows], target_ids[hit_cols], sims[hit_rows, hit_cols], neighbours)
 
 
-def _cell_pairs(take: Callable[[Any], np.ndarray], n: int, threshold: float, neighbours: int,
-                seed: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _best_per_query(queries: np.ndarray, targets: np.ndarray, sims: np.ndarray,
+                    neighbours: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs (query, target, similarity) less all but the best `neighbours` of each query."""
+    if len(queries) == 0:
+        return queries, targets, sims
+    _, counts = np.unique(queries, return_counts=True)
+    if counts.max() <= neighbours:
+        return queries, targets, sims
+    order = np.lexsort((-sims, queries))  # rare (huge groups): keep each query's best
+    queries, targets, sims = queries[order], targets[order], sims[order]
+    rank = np.arange(len(queries)) - np.repeat(np.cumsum(counts) - counts, counts)
+    keep = rank < neighbours
+    return queries[keep], targets[keep], sims[keep]
+
+
+def _principal_axes(sample: np.ndarray, count: int) -> np.ndarray:
+    """The `count` directions holding most of the sample rows' energy (uncentred), as a (dim, count) matrix."""
+    moments = sample.T.astype(np.float64) @ sample.astype(np.float64)
+    _, vectors = np.linalg.eigh(moments)  # ascending
+    return np.ascontiguousarray(vectors[:, ::-1][:, :count], dtype=np.float32)
+
+
+def _cell_pairs(take: Callable[[Any], np.ndarray], n: int, threshold: float, neighbours: int, seed: int,
+                forget: Callable[[], None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs by k-means cells: each cell's rows among themselves, and against the rows that probe it as one of
-    their other nearest cells. `take(positions)` gives rows as float32, a cell's or a block's at a time."""
+    their other nearest cells. `take(positions)` gives rows as float32, a block's at a time; `forget()` lets
+    go of the pages read.
+
+    Rows are compared on their PAIR_AXES principal components (of a sample) first: a pair's cosine is the
+    dot product of those components plus that of the rest, and the rest's is at most the product of the
+    rest's lengths (Cauchy-Schwarz). So a pair whose components fall short of the threshold by more than
+    that cannot reach it, and the few that come close are scored exactly on the whole rows: the same pairs
+    as comparing whole rows, at a fraction of the arithmetic and memory (random 512-d vectors keep a quarter
+    of their length in 96 components, and the rest's products are ~0.8; photos' vectors keep more).
+    """
     faiss = load_faiss()
     rng = np.random.default_rng(seed)
-    sample = take(np.sort(rng.choice(n, min(n, max(16, int(PAIR_CELLS_PER_ROOT * np.sqrt(n))) * 40),
-                                     replace=False)))
-    dim = sample.shape[1]
     cells = max(16, int(PAIR_CELLS_PER_ROOT * np.sqrt(n)))
+    sample = take(np.sort(rng.choice(n, min(n, cells * 40), replace=False)))
+    dim = sample.shape[1]
     probes, margin = pair_probes(threshold)
     probes = min(probes, cells)
     kmeans = faiss.Kmeans(dim, cells, niter=8, seed=seed, spherical=True, max_points_per_centroid=40)
     kmeans.train(sample)
+    axes = _principal_axes(sample, PAIR_AXES) if dim > 2 * PAIR_AXES else None
     del sample
     quantizer = faiss.IndexFlatIP(dim)
     quantizer.add(kmeans.centroids)
+    width = dim if axes is None else PAIR_AXES
+    components = np.empty((n, width), dtype=np.float32)  # what the cells are compared on
+    rest = np.zeros(n, dtype=np.float32)  # the length of the rest of each row (0 when whole rows are compared)
     nearest = np.empty((n, probes), dtype=np.int32)  # each row's nearest cells, best first
     close = np.empty((n, probes), dtype=bool)  # and whether each is within `margin` of the nearest one
     for start in range(0, n, ASSIGN_ROWS):
-        scores, cells_found = quantizer.search(take(slice(start, min(n, start + ASSIGN_ROWS))), probes)
+        block = take(slice(start, min(n, start + ASSIGN_ROWS)))
+        scores, cells_found = quantizer.search(block, probes)
         nearest[start:start + ASSIGN_ROWS] = cells_found
         close[start:start + ASSIGN_ROWS] = scores >= scores[:, :1] - margin
+        if axes is None:
+            components[start:start + ASSIGN_ROWS] = block
+        else:
+            part = block @ axes
+            components[start:start + ASSIGN_ROWS] = part
+            left = np.einsum("ij,ij->i", block, block) - np.einsum("ij,ij->i", part, part)
+            rest[start:start + ASSIGN_ROWS] = np.sqrt(np.maximum(left, 0)) * 1.001 + 1e-3  # float32 rounding
+        forget()
     members = np.argsort(nearest[:, 0], kind="stable")
     member_bounds = np.searchsorted(nearest[members, 0], np.arange(cells + 1))
     # rows that probe a cell other than their own, grouped by that cell
@@ -439,20 +507,43 @@ def _cell_pairs(take: Callable[[Any], np.ndarray], n: int, threshold: float, nei
     probe_points, probe_cells = probe_points[order], probe_cells[order]
     probe_bounds = np.searchsorted(probe_cells, np.arange(cells + 1))
     del order, probe_cells
-    found = []
+    found_q, found_t = [], []
     for cell in range(cells):
         target_ids = members[member_bounds[cell]:member_bounds[cell + 1]]
         if len(target_ids) == 0:
             continue
-        targets = take(target_ids)
-        for start in range(0, len(target_ids), BLOCK_ROWS):  # the cell's rows among themselves
-            found.append(_pairs_in_block(targets[start:start + BLOCK_ROWS], target_ids[start:start + BLOCK_ROWS],
-                                         targets[start:], target_ids[start:], threshold, neighbours))
-        query_ids = probe_points[probe_bounds[cell]:probe_bounds[cell + 1]]
-        for start in range(0, len(query_ids), BLOCK_ROWS):
-            block = query_ids[start:start + BLOCK_ROWS]
-            found.append(_pairs_in_block(take(block), block, targets, target_ids, threshold, neighbours))
-    if not found:
-        empty = np.zeros(0, dtype=np.int64)
-        found.append((empty, empty, np.zeros(0, dtype=np.float32)))
-    return found
+        index = faiss.IndexFlatIP(width)
+        index.add(components[target_ids])
+        reach = float(rest[target_ids].max())
+        own = len(target_ids)
+        query_ids = np.concatenate([target_ids, probe_points[probe_bounds[cell]:probe_bounds[cell + 1]]])
+        for start in range(0, len(query_ids), PAIR_QUERY_ROWS):
+            block = query_ids[start:start + PAIR_QUERY_ROWS]
+            radius = threshold - float(rest[block].max()) * reach if axes is not None else threshold - 1e-4
+            lims, _, hits = index.range_search(components[block], radius)
+            queries = np.repeat(block, np.diff(lims))
+            targets = target_ids[hits]
+            # a cell's own rows meet each other twice: keep (lower, higher) once
+            keep = (queries < targets) | (np.repeat(np.arange(start, start + len(block)), np.diff(lims)) >= own)
+            keep &= queries != targets
+            found_q.append(queries[keep])
+            found_t.append(targets[keep])
+    queries = np.concatenate(found_q) if found_q else np.zeros(0, dtype=np.int64)
+    targets = np.concatenate(found_t) if found_t else np.zeros(0, dtype=np.int64)
+    del found_q, found_t, components
+    sims = _exact_cosines(take, queries, targets, forget)
+    keep = sims >= threshold
+    return _best_per_query(queries[keep], targets[keep], sims[keep], neighbours)
+
+
+def _exact_cosines(take: Callable[[Any], np.ndarray], a: np.ndarray, b: np.ndarray,
+                   forget: Callable[[], None]) -> np.ndarray:
+    """Cosine of rows a[k] and b[k] for every k, from the whole rows, read in order a chunk of pairs at a time."""
+    sims = np.empty(len(a), dtype=np.float32)
+    for start in range(0, len(a), EXACT_PAIR_CHUNK):
+        left, right = a[start:start + EXACT_PAIR_CHUNK], b[start:start + EXACT_PAIR_CHUNK]
+        needed, at = np.unique(np.concatenate([left, right]), return_inverse=True)
+        rows = take(needed)
+        sims[start:start + len(left)] = np.einsum("ij,ij->i", rows[at[:len(left)]], rows[at[len(left):]])
+        forget()
+    return sims

@@ -1,6 +1,6 @@
 """Time and peak memory of `clipsearch dedupe` on a synthetic index of 100,000 (or 1,000,000) images.
 
-    python scripts/bench_dedupe.py [--images 100000] [--runs 3] [--crops 200] [--stages]
+    python scripts/bench_dedupe.py [--images 100000] [--runs 3] [--crops 200] [--stages] [--cache DIR]
 
 The index is a real clipsearch SQLite file holding random 512-d unit vectors
 (ViT-B/32's size) with planted groups: exact copies (same content hash),
@@ -21,12 +21,18 @@ set size. The first run also builds the vector cache beside the index, as the
 first query after indexing would. Recall is the share of planted pairs found in
 the right tier. `--stages` adds one in-process run under cProfile and prints the
 time of each stage (reading the index, CLIP neighbours, hash candidates, symmetry
-checks, crop checks, grouping).
+checks, crop checks, grouping) and the peak resident memory within it.
+
+The index (and its planted pairs, and the crop pictures) is kept in `--cache`
+(default: clipsearch-bench-dedupe in the temporary folder), one per size, so
+later runs skip building it (minutes at a million images); `--cache ''` builds
+a fresh one in a temporary folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -197,13 +203,24 @@ def main() -> None:
     parser.add_argument("--crops", type=int, default=200, help="real pictures with a crop of each to plant")
     parser.add_argument("--stages", action="store_true", help="also time each stage in-process (cProfile)")
     parser.add_argument("--no-similar", action="store_true", help="time plain dedupe only")
+    parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "clipsearch-bench-dedupe"),
+                        help="folder keeping built indexes between runs ('' for a fresh one)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as workdir:
-        db = Path(workdir) / "index.db"
-        started = time.perf_counter()
-        planted = build_index(db, args.images, crops=args.crops)
-        print(f"built a {args.images:,}-image index in {time.perf_counter() - started:.1f}s ("
-              + ", ".join(f"{len(pairs)} {kind}" for kind, pairs in planted.items()) + " pairs planted)")
+        folder = Path(args.cache) / f"{args.images}-{args.crops}" if args.cache else Path(workdir)
+        db, planted_file = folder / "index.db", folder / "planted.json"
+        if planted_file.exists():
+            planted = json.loads(planted_file.read_text())
+            print(f"reusing the {args.images:,}-image index in {folder}")
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            for stale in folder.glob("index.db*"):
+                stale.unlink()
+            started = time.perf_counter()
+            planted = build_index(db, args.images, crops=args.crops)
+            planted_file.write_text(json.dumps(planted))
+            print(f"built a {args.images:,}-image index in {time.perf_counter() - started:.1f}s ("
+                  + ", ".join(f"{len(pairs)} {kind}" for kind, pairs in planted.items()) + " pairs planted)")
         tiers = {"exact": "exact", "near": "near", "similar": "similar", "mirror": "near", "rotate90": "near",
                  "crop": "near"}
         runs = (("dedupe", ()),) if args.no_similar else (("dedupe", ()), ("dedupe --similar", ("--similar",)))
@@ -223,7 +240,7 @@ def main() -> None:
 
 
 STAGES = {
-    "read the index (rows, vectors)": ("file_table", "vectors"),
+    "read the index (rows, vectors)": ("file_table", "vectors", "_read_files"),
     "CLIP neighbours": ("neighbour_pairs",),
     "hash candidates (multi-index)": ("hash_candidates",),
     "sub-window candidates": ("window_candidates",),
@@ -233,23 +250,63 @@ STAGES = {
 }
 
 
+def _status(field: str) -> int:
+    """A figure of this process's /proc status in MB (VmRSS, VmHWM)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) // 1024
+    return 0
+
+
+class _Peaks:
+    """Peak resident memory inside each stage: the kernel's high-water mark, reset as a stage starts."""
+
+    def __init__(self) -> None:
+        self.peak = _status("VmHWM")
+        self.by_stage: dict[str, int] = {}
+
+    def reset(self) -> None:
+        self.peak = max(self.peak, _status("VmHWM"))
+        with contextlib.suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+
+    def wrap(self, stage: str, function):  # type: ignore[no-untyped-def]
+        def timed(*args, **kwargs):  # type: ignore[no-untyped-def]
+            self.reset()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.by_stage[stage] = max(self.by_stage.get(stage, 0), _status("VmHWM"))
+        return timed
+
+
 def stages(db: Path) -> None:
-    """One in-process dedupe under cProfile: the cumulative time of each stage's functions."""
+    """One in-process dedupe under cProfile: the cumulative time of each stage's functions, and the peak
+    resident memory inside each (MB, /proc/self/status VmHWM)."""
     import cProfile
     import pstats
 
-    from clipsearch.dedupe.groups import find_duplicates
+    from clipsearch.dedupe import crops, geometry, groups
+    from clipsearch.store import images
 
+    peaks = _Peaks()
+    owners = [groups, geometry, crops, images.Images]
+    for stage, names in STAGES.items():
+        for owner in owners:
+            for name in names:
+                if name in vars(owner) and callable(getattr(owner, name)):
+                    setattr(owner, name, peaks.wrap(stage, getattr(owner, name)))
     profile = cProfile.Profile()
     with Store.open(db) as store:
         started = time.perf_counter()
-        profile.runcall(find_duplicates, store)
+        profile.runcall(groups.find_duplicates, store)
         total = time.perf_counter() - started
+    peaks.reset()
     table = pstats.Stats(profile).stats  # type: ignore[attr-defined]
     for stage, names in STAGES.items():
         seconds = sum(row[3] for (_, _, function), row in table.items() if function in names)
-        print(f"stage {stage:34}: {seconds:.2f}s")
-    print(f"stage {'find_duplicates in all (profiled)':34}: {total:.2f}s")
+        print(f"stage {stage:34}: {seconds:.2f}s, peak RSS in it {peaks.by_stage.get(stage, 0):,} MB")
+    print(f"stage {'find_duplicates in all (profiled)':34}: {total:.2f}s, peak RSS {peaks.peak:,} MB")
 
 
 if __name__ == "__main__":

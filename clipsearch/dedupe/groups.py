@@ -144,7 +144,15 @@ def neighbour_pairs(matrix: np.ndarray, threshold: float, neighbours: int = 16,
 
 def _cosines(matrix: np.ndarray, rest: np.ndarray, leader: int) -> np.ndarray:
     """Cosine of each row in `rest` to row `leader`, in float32 (`matrix` may hold float16 rows)."""
-    return np.asarray(matrix[rest], dtype=np.float32) @ np.asarray(matrix[leader], dtype=np.float32)
+    rows = vector_index.gather_rows(matrix, np.r_[np.asarray(rest, dtype=np.int64), leader])
+    return rows[:-1] @ rows[-1]
+
+
+def _pair_cosines(matrix: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine of rows a[k] and b[k] for every k, each row read once."""
+    needed, at = np.unique(np.concatenate([a, b]), return_inverse=True)
+    rows = vector_index.gather_rows(matrix, needed)
+    return np.einsum("ij,ij->i", rows[at[:len(a)]], rows[at[len(a):]]) if len(a) else np.zeros(0, np.float32)
 
 
 def _components(count: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -166,8 +174,8 @@ class _Files:
     size: np.ndarray
     mtime: np.ndarray
     pixels: np.ndarray
-    width: list
-    height: list
+    width: np.ndarray  # -1 where unknown
+    height: np.ndarray
     phash: np.ndarray
     has_phash: np.ndarray
     colour: np.ndarray
@@ -179,24 +187,84 @@ class _Files:
     cropped: np.ndarray  # a crop of another file (found by the near tier): never kept over its original
     bordered: np.ndarray  # has borders added (letterbox, frame) where another file of its group has none
 
+    def dimensions(self, i: int) -> tuple[int | None, int | None]:
+        width, height = int(self.width[i]), int(self.height[i])
+        return (None if width < 0 else width), (None if height < 0 else height)
+
     def member(self, i: int) -> Member:
-        return Member(self.paths[i], self.width[i], self.height[i], int(self.size[i]), int(self.mtime[i]),
-                      taken=self.taken[i])
+        return Member(self.paths[i], *self.dimensions(i), int(self.size[i]), int(self.mtime[i]), taken=self.taken[i])
+
+
+# What `_read_files` reads of each image; `camera` is whether it has a camera's EXIF (make, model or a shutter date).
+_COLUMNS = ("id", "path", "size", "mtime_ns", "ifnull(width, -1)", "ifnull(height, -1)", "phash",
+            "ifnull(colourfulness, 0.0)",
+            f"ifnull(camera_make, '') <> '' OR ifnull(camera_model, '') <> '' "
+            f"OR ifnull(taken_source, '{FROM_FILE}') <> '{FROM_FILE}'",
+            "taken", "geometry")
+
+
+def _read_files(store: Store, folder: str | None) -> tuple[_Files, np.ndarray, np.ndarray]:
+    """The facts of the images (under `folder`) as columns, their ids, and the exact tier's labels (files holding
+    one content hash share one). Read a chunk of rows at a time into arrays: a million images' rows as Python
+    objects took ~1 GB; only the paths and dates taken stay Python strings."""
+    chunks: list[tuple] = []
+    with store.transaction():  # one snapshot for the rows and the shared hashes
+        for rows in store.column_chunks(_COLUMNS, folder):
+            ids, names, size, mtime, width, height, phash, colour, camera, taken, geo = zip(*rows)
+            numbers = np.asarray([ids, size, mtime, width, height], dtype=np.int64)
+            chunks.append((numbers, list(names), fingerprint.hash_matrix(list(phash)),
+                           np.asarray([p is not None for p in phash]), np.asarray(colour, dtype=np.float32),
+                           np.asarray(camera, dtype=bool), list(taken), fingerprint.split_geometry(list(geo))))
+            del rows, ids, names, size, mtime, width, height, phash, colour, camera, taken, geo
+        shared = store.same_hash_ids(folder)
+    if not chunks:
+        chunks.append((np.zeros((5, 0), dtype=np.int64), [], fingerprint.hash_matrix([]), np.zeros(0, dtype=bool),
+                       np.zeros(0, dtype=np.float32), np.zeros(0, dtype=bool), [], fingerprint.split_geometry([])))
+    numbers = np.concatenate([c[0] for c in chunks], axis=1)
+    paths = [path for c in chunks for path in c[1]]
+    ids, width, height = numbers[0], numbers[3], numbers[4]
+    files = _Files(
+        paths=paths, size=numbers[1], mtime=numbers[2],
+        pixels=np.maximum(width, 0) * np.maximum(height, 0), width=width, height=height,
+        phash=np.concatenate([c[2] for c in chunks]), has_phash=np.concatenate([c[3] for c in chunks]),
+        colour=np.concatenate([c[4] for c in chunks]),
+        raw=np.fromiter((p[p.rfind("."):].lower() in RAW_EXTENSIONS for p in paths), dtype=bool, count=len(paths)),
+        camera=np.concatenate([c[5] for c in chunks]),
+        lossless=np.fromiter((p[p.rfind("."):].lower() in LOSSLESS_EXTENSIONS for p in paths), dtype=bool,
+                             count=len(paths)),
+        taken=[taken for c in chunks for taken in c[6]],
+        geo=fingerprint.join_geometry([c[7] for c in chunks]),
+        cropped=np.zeros(len(paths), dtype=bool), bordered=np.zeros(len(paths), dtype=bool),
+    )
+    del chunks, numbers
+    label = np.arange(len(ids), dtype=np.int64)
+    if shared:
+        members = np.concatenate([np.asarray(group, dtype=np.int64) for group in shared])
+        leaders = np.repeat([min(group) for group in shared], [len(group) for group in shared])
+        found = np.searchsorted(ids, members)
+        found[found >= len(ids)] = 0
+        ok = ids[found] == members  # always, in one snapshot
+        label[found[ok]] = np.searchsorted(ids, leaders)[ok]
+    return files, ids, label
 
 
 def _sort_key(files: _Files, i: int, options: DedupeOptions) -> tuple:
     path = files.paths[i]
     preferred = not any(path.startswith(folder.rstrip(os.sep) + os.sep) for folder in options.prefer)
-    by_policy = {
+    pixels, size, mtime = int(files.pixels[i]), int(files.size[i]), int(files.mtime[i])
+    keep = options.keep
+    if keep == KeepPolicy.best:
         # taken: the date, then the file time to the nanosecond (a copy is newer than its original)
-        KeepPolicy.best: (bool(files.cropped[i]) or bool(files.bordered[i]), not files.camera[i],
-                          bool(files.lossless[i]), -files.pixels[i], (files.taken[i] or "9999", files.mtime[i]),
-                          len(path)),
-        KeepPolicy.oldest: (files.mtime[i], -files.pixels[i], -files.size[i], len(path)),
-        KeepPolicy.newest: (-files.mtime[i], -files.pixels[i], -files.size[i], len(path)),
-        KeepPolicy.largest: (-files.size[i], -files.pixels[i], files.mtime[i], len(path)),
-        KeepPolicy.shortest_path: (len(path), -files.pixels[i], -files.size[i], files.mtime[i]),
-    }[options.keep]
+        by_policy: tuple = (bool(files.cropped[i]) or bool(files.bordered[i]), not files.camera[i],
+                            bool(files.lossless[i]), -pixels, (files.taken[i] or "9999", mtime), len(path))
+    elif keep == KeepPolicy.oldest:
+        by_policy = (mtime, -pixels, -size, len(path))
+    elif keep == KeepPolicy.newest:
+        by_policy = (-mtime, -pixels, -size, len(path))
+    elif keep == KeepPolicy.largest:
+        by_policy = (-size, -pixels, mtime, len(path))
+    else:
+        by_policy = (len(path), -pixels, -size, mtime)
     return (preferred, *by_policy, path)
 
 
@@ -230,7 +298,8 @@ def _reason(criterion: str, files: _Files, kept: int, runner_up: int) -> str:
         return "without borders" if files.bordered[runner_up] and not files.cropped[runner_up] else \
             "the uncropped original"
     if criterion == "most pixels":
-        return f"most pixels ({files.width[kept]}x{files.height[kept]})"
+        width, height = files.dimensions(kept)
+        return f"most pixels ({width}x{height})"
     if criterion == "taken first":
         if files.taken[kept] != files.taken[runner_up]:
             return f"taken first ({files.taken[kept]})"
@@ -258,38 +327,15 @@ def find_duplicates(store: Store, folder: str | None = None, options: DedupeOpti
     options = (options or DedupeOptions()).resolved(recorded[0] if recorded else None)
     assert options.near_threshold is not None and options.similar_threshold is not None  # resolved
     folder = normalise_path(folder) if folder else None
-    table = store.file_table(folder)
+    files, ids, exact_label = _read_files(store, folder)
     vectors = store.vectors(folder, float32=False)  # the whole index: its float16 rows, memory-mapped
-    if len(table["id"]) != len(vectors) or not np.array_equal(np.asarray(table["id"], dtype=np.int64), vectors.ids):
+    if len(ids) != len(vectors) or not np.array_equal(ids, vectors.ids):
         raise DedupeError("The index changed while dedupe was reading it; run dedupe again.")
-    count = len(table["id"])
+    count = len(ids)
     if count < 2:
         return []
-    files = _Files(
-        paths=table["path"],
-        size=np.asarray(table["size"], dtype=np.int64),
-        mtime=np.asarray(table["mtime_ns"], dtype=np.int64),
-        pixels=np.asarray([(w or 0) * (h or 0) for w, h in zip(table["width"], table["height"])], dtype=np.int64),
-        width=table["width"], height=table["height"],
-        phash=fingerprint.hash_matrix(table["phash"]),
-        has_phash=np.asarray([p is not None for p in table["phash"]]),
-        colour=np.asarray([c if c is not None else 0.0 for c in table["colourfulness"]], dtype=np.float32),
-        raw=np.asarray([p[p.rfind("."):].lower() in RAW_EXTENSIONS for p in table["path"]]),
-        camera=np.asarray([bool(make or model) or source not in (None, FROM_FILE) for make, model, source
-                           in zip(table["camera_make"], table["camera_model"], table["taken_source"])]),
-        lossless=np.asarray([p[p.rfind("."):].lower() in LOSSLESS_EXTENSIONS for p in table["path"]]),
-        taken=table["taken"],
-        geo=fingerprint.split_geometry(table["geometry"]),
-        cropped=np.zeros(count, dtype=bool), bordered=np.zeros(count, dtype=bool),
-    )
-    del table["phash"], table["geometry"]  # the blobs are in `files` now: ~250 MB at a million images
     matrix = vectors.matrix
     groups: list[Group] = []
-
-    # exact: the same content hash (labels by first appearance: a dict is ~10x faster than sorting the text)
-    first_seen: dict[str, int] = {}
-    exact_label = np.fromiter((first_seen.setdefault(h, len(first_seen)) for h in table["hash"]), dtype=np.int64,
-                              count=count)
     exact_keep = _tier_groups("exact", files, exact_label, options, groups, matrix)
 
     # near and similar: one neighbour search among the kept files of the exact tier
@@ -419,10 +465,17 @@ def _kept_of(label: np.ndarray, kept: np.ndarray, nodes: np.ndarray) -> np.ndarr
 
 def _near_to(leader: int, rest: np.ndarray, files: _Files, options: DedupeOptions, matrix: np.ndarray) -> np.ndarray:
     """Which of `rest` pass both near-identical checks against `leader`: the cosine and the hash (with colour)."""
+    leaders = np.full(len(rest), leader, dtype=np.int64)
+    return _near_pairs(rest, leaders, _cosines(matrix, rest, leader), files, options)
+
+
+def _near_pairs(a: np.ndarray, b: np.ndarray, similarity: np.ndarray, files: _Files,
+                options: DedupeOptions) -> np.ndarray:
+    """Which pairs (a[k], b[k]) of cosine similarity[k] pass both near-identical checks (b[k] is the file kept)."""
     assert options.near_threshold is not None  # resolved
-    return ((_cosines(matrix, rest, leader) >= options.near_threshold) & files.has_phash[rest]
-            & (fingerprint.hamming(files.phash[rest], files.phash[leader]) <= options.max_hash_distance)
-            & ~fingerprint.colour_mismatch(files.colour[rest], files.colour[leader]))
+    return ((similarity >= options.near_threshold) & files.has_phash[a]
+            & (fingerprint.hamming(files.phash[a], files.phash[b]) <= options.max_hash_distance)
+            & ~fingerprint.colour_mismatch(files.colour[a], files.colour[b]))
 
 
 def _split_around_leaders(label: np.ndarray, nodes: np.ndarray, files: _Files, options: DedupeOptions,
@@ -473,25 +526,33 @@ def _tier_groups(tier: str, files: _Files, label: np.ndarray, options: DedupeOpt
     sorted_nodes, sorted_labels = nodes[order], label[nodes][order]
     starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
     ends = np.r_[starts[1:], len(sorted_nodes)]
-    kept = []
-    for start, end in zip(starts, ends):
-        if end - start == 1:
-            kept.append(sorted_nodes[start])
-            continue
-        ordered, reason = _choose_keep(files, [int(i) for i in sorted_nodes[start:end]], options)
-        kept.append(ordered[0])
-        keep = files.member(ordered[0])
+    alone = ends - starts == 1
+    kept = [sorted_nodes[starts[alone]]]
+    chosen = []
+    for start, end in zip(starts[~alone].tolist(), ends[~alone].tolist()):
+        ordered, reason = _choose_keep(files, sorted_nodes[start:end].tolist(), options)
+        kept.append(np.asarray(ordered[:1], dtype=np.int64))
+        chosen.append((ordered, reason))
+    # each member against the file kept, all at once: cosine, hash bits apart, and whether the plain checks pass
+    member = np.asarray([i for ordered, _ in chosen for i in ordered[1:]], dtype=np.int64)
+    leader = np.asarray([ordered[0] for ordered, _ in chosen for _ in ordered[1:]], dtype=np.int64)
+    similarity = _pair_cosines(matrix, member, leader)
+    hashed = files.has_phash[member] & files.has_phash[leader]
+    distance = fingerprint.hamming(files.phash[member], files.phash[leader])
+    near = _near_pairs(member, leader, similarity, files, options)
+    at = 0
+    for ordered, reason in chosen:
         others = []
         for i in ordered[1:]:
             other = files.member(i)
-            other.similarity = float(_cosines(matrix, np.asarray([i]), ordered[0])[0])
-            if files.has_phash[i] and files.has_phash[ordered[0]]:
-                other.hash_distance = int(fingerprint.hamming(files.phash[i], files.phash[ordered[0]]))
+            other.similarity = float(similarity[at])
+            if hashed[at]:
+                other.hash_distance = int(distance[at])
             link = (links or {}).get((min(i, ordered[0]), max(i, ordered[0])))
-            if link is not None and (link.crop is not None
-                                     or not _near_to(ordered[0], np.asarray([i]), files, options, matrix)[0]):
+            if link is not None and (link.crop is not None or not near[at]):
                 other.transform, other.borders, other.crop, other.cropped = link.seen_from(ordered[0])
                 other.hash_distance = link.distance
             others.append(other)
-        groups.append(Group(tier, keep, reason, others))
-    return np.sort(np.asarray(kept, dtype=np.int64))
+            at += 1
+        groups.append(Group(tier, files.member(ordered[0]), reason, others))
+    return np.sort(np.concatenate(kept))

@@ -273,3 +273,9 @@ def split_geometry(blobs: list[bytes | None]) -> Geometry:
     hashes = raw[:, HEADER_BYTES:].copy().view(np.uint64).reshape(len(blobs), 1 + len(WINDOWS), HASH_BYTES // 8)
     return Geometry(has, box, raw[:, BOX_BYTES:BOX_BYTES + 3].astype(np.float32),
                     raw[:, BOX_BYTES + 3].astype(np.float32), hashes[:, 0].copy(), hashes[:, 1:].copy())
+
+
+def join_geometry(parts: list[Geometry]) -> Geometry:
+    """Geometry of consecutive chunks of rows as one."""
+    return Geometry(*(np.concatenate([getattr(part, name) for part in parts])
+                      for name in ("has", "box", "colour", "detail", "hash", "windows")))

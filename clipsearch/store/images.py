@@ -10,7 +10,7 @@ never imports torch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -398,6 +398,22 @@ class Images(Connection):
                  *METADATA_COLUMNS, "geometry"]
         rows = self.conn.execute(f"SELECT {', '.join(names)} FROM images {where} ORDER BY id", params).fetchall()
         return {name: [row[i] for row in rows] for i, name in enumerate(names)}
+
+    def column_chunks(self, columns: Sequence[str], folder: str | None = None,
+                      size: int = 65_536) -> Iterator[list[tuple]]:
+        """The values of `columns` (SQL expressions) of every image (or those under `folder`) in id order, `size`
+        rows at a time: dedupe builds arrays over a million images without a Python object per value at once."""
+        where, params = scope_sql(folder)
+        cursor = self.conn.execute(f"SELECT {', '.join(columns)} FROM images {where} ORDER BY id", params)
+        while rows := cursor.fetchmany(size):
+            yield rows
+
+    def same_hash_ids(self, folder: str | None = None) -> list[list[int]]:
+        """Ids of the images sharing a content hash (under `folder`): one list per hash two or more images hold."""
+        where, params = scope_sql(folder)
+        found = self.conn.execute(f"SELECT group_concat(id) FROM images {where} GROUP BY hash HAVING count(*) > 1",
+                                  params)
+        return [[int(i) for i in ids.split(",")] for (ids,) in found]
 
     def rows_for_paths(self, paths: Iterable[str]) -> list[dict]:
         """Whole rows (vector included) of these paths, to keep in a dedupe manifest."""

@@ -32,6 +32,7 @@ import pickle
 import socket
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Generator, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -89,13 +90,17 @@ class RayEmbedder:
                 if self.address == "local":
                     ray.init(include_dashboard=False, **quiet)
                 elif self.address.startswith("ray://"):
-                    ray.init(self.address, logging_level=logging.ERROR)
+                    ray.init(self.address, **quiet)
                 else:
                     ray.init(self.address, include_dashboard=False, **quiet)
         except Exception as exc:  # noqa: BLE001 - Ray raises plain Exceptions too ("timed out during startup")
+            token = ""
+            if self.address.startswith("ray://") and not os.environ.get("RAY_AUTH_MODE"):
+                token = (" If the cluster requires a token (Ray 2.59 and later turn token authentication on): "
+                         "RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(ray get-auth-token) clipsearch index ...")
             raise BadInputError(f"Cannot reach a Ray cluster at '{self.address}' ({str(exc).splitlines()[0]}). "
                                 f"Start one with `ray start --head`, give its ray://HOST:PORT, "
-                                f"or use --ray local.") from None
+                                f"or use --ray local.{token}") from None
         return True
 
     def _plan(self) -> tuple[int, float, str | None, str]:
@@ -127,30 +132,19 @@ class RayEmbedder:
     def _stream(self, entries: Sequence[FileEntry], known_hashes: set[str], model_ready: Callable[[str, int], None],
                 prep: Preprocess, own_cluster: bool) -> Generator[Result, None, None]:
         ray = self.ray
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = False  # the CLI draws its own bar
-        context.print_on_execution_start = False
-        for handler in logging.getLogger("ray.data").handlers:  # Ray Data's own INFO lines on the console
-            if not isinstance(handler, logging.FileHandler):
-                handler.setLevel(logging.ERROR)
         actors, gpus, device, described = self._plan()
         # Decoding tasks on the CPUs the actors leave free (each actor holds one).
         decoders = max(1, int(ray.cluster_resources().get("CPU", 1)) - actors)
         self.progress.notice(f"Ray cluster at {self.address}: {described}.")
-        batch_size = self.options.batch_size
-        rows = [{"i": i, "path": os.fsencode(entry.path)} for i, entry in enumerate(entries)]
-        dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
-        dataset = dataset.map_batches(
-            _decode, batch_size=batch_size, batch_format="numpy", num_cpus=1, concurrency=decoders,
-            fn_kwargs={"known": known_hashes, "prep": prep, "max_megapixels": self.options.max_megapixels,
-                       "max_file_mb": self.options.max_file_mb})
-        dataset = dataset.map_batches(
-            _Embed, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
-            fn_constructor_args=(self.model_id, device, self.options.precision.value), num_cpus=1, num_gpus=gpus,
-            memory=ENCODER_MEMORY)
+        paths = [os.fsencode(entry.path) for entry in entries]
+        plan = _Plan(self.model_id, device, self.options.precision.value, self.options.batch_size, decoders, actors,
+                     gpus, prep, self.options.max_megapixels, self.options.max_file_mb)
         self.progress.model_loading(self.model_id)  # the actors load it on the cluster
         recorded = False
-        batches = iter(dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1))
+        if _through_ray_client(ray):
+            batches: Iterator[dict[str, np.ndarray]] = _batches_from_a_driver_actor(ray, paths, known_hashes, plan)
+        else:
+            batches = iter(_pipeline(ray, paths, known_hashes, plan))
         try:
             for number, batch in enumerate(batches):
                 if number == 0:
@@ -176,9 +170,80 @@ class RayEmbedder:
         finally:
             # Stop the pipeline: a cluster started for this run is shut down whole (run() does it), which is
             # quicker and quieter than stopping its actors one by one first.
+            # Through Ray Client the driver actor is killed either way (the cluster outlives this process).
             close = getattr(batches, "close", None)
-            if close is not None and not own_cluster:
+            if close is not None and (not own_cluster or _through_ray_client(ray)):
                 close()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """How the cluster decodes and embeds: everything the pipeline needs besides the files and known hashes."""
+
+    model_id: str
+    device: str | None
+    precision: str
+    batch_size: int
+    decoders: int
+    actors: int
+    gpus: float
+    prep: Preprocess
+    max_megapixels: float
+    max_file_mb: float
+
+
+def _pipeline(ray: Any, paths: list[bytes], known_hashes: set[str], plan: _Plan) -> Iterator[dict[str, np.ndarray]]:
+    """The Ray Data pipeline (decode tasks, then embedding actors), as an iterator of finished blocks."""
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the CLI draws its own bar
+    context.print_on_execution_start = False
+    for handler in logging.getLogger("ray.data").handlers:  # Ray Data's own INFO lines on the console
+        if not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.ERROR)
+    rows = [{"i": i, "path": path} for i, path in enumerate(paths)]
+    dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / plan.batch_size)))
+    dataset = dataset.map_batches(
+        _decode, batch_size=plan.batch_size, batch_format="numpy", num_cpus=1,
+        compute=ray.data.TaskPoolStrategy(size=plan.decoders),
+        fn_kwargs={"known": known_hashes, "prep": plan.prep, "max_megapixels": plan.max_megapixels,
+                   "max_file_mb": plan.max_file_mb})
+    dataset = dataset.map_batches(
+        _Embed, batch_size=plan.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=plan.actors),
+        fn_constructor_args=(plan.model_id, plan.device, plan.precision), num_cpus=1, num_gpus=plan.gpus,
+        memory=ENCODER_MEMORY)
+    return dataset.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1)
+
+
+def _through_ray_client(ray: Any) -> bool:
+    """Whether this process talks to its cluster through Ray Client (`ray://`): Ray Data cannot run its executor
+    in such a driver (it needs a core worker of its own), so the pipeline runs in an actor on the cluster."""
+    client = getattr(getattr(ray, "util", None), "client", None)
+    is_connected = getattr(getattr(client, "ray", None), "is_connected", None)
+    return bool(is_connected and is_connected())
+
+
+class _PipelineDriver:
+    """Ray actor, on the cluster, for a Ray Client driver: runs `_pipeline` and hands its blocks out one by one."""
+
+    def __init__(self, paths: list[bytes], known_hashes: set[str], plan: _Plan):
+        import ray
+
+        self.blocks = iter(_pipeline(ray, paths, known_hashes, plan))
+
+    def next_block(self) -> dict[str, np.ndarray] | None:
+        return next(self.blocks, None)
+
+
+def _batches_from_a_driver_actor(ray: Any, paths: list[bytes], known_hashes: set[str], plan: _Plan
+                                 ) -> Iterator[dict[str, np.ndarray]]:
+    """The pipeline's blocks through Ray Client: a driver actor runs it on the cluster (no CPU of its own, so the
+    decoders keep theirs) and this process asks it for the next block, one at a time; it is killed at the end."""
+    driver = ray.remote(num_cpus=0)(_PipelineDriver).remote(paths, known_hashes, plan)
+    try:
+        while (block := ray.get(driver.next_block.remote())) is not None:
+            yield block
+    finally:
+        ray.kill(driver)
 
 
 @contextlib.contextmanager
@@ -204,19 +269,27 @@ def _cluster_messages_to_stderr(ray: Any) -> Iterator[None]:
 @contextlib.contextmanager
 def _stderr_kept_unless_failed() -> Iterator[None]:
     """Hold what is written to file descriptor 2 (by Ray's C++ core as it starts, and by the processes a local
-    cluster starts) and show it only if starting fails."""
-    with tempfile.TemporaryFile() as held:
+    cluster starts) and show it only if starting fails. Python's own stderr (the progress bar) keeps the
+    terminal meanwhile, and Ray Client's warnings are left out: a failure is reported as one error instead."""
+    python_stderr = sys.stderr
+    python_stderr.flush()
+    encoding = getattr(python_stderr, "encoding", None) or "utf-8"
+    with tempfile.TemporaryFile() as held, open(os.dup(2), "w", encoding=encoding, errors="backslashreplace",
+                                                 buffering=1) as terminal:
         saved = os.dup(2)
-        sys.stderr.flush()
+        sys.stderr = terminal
         os.dup2(held.fileno(), 2)
         try:
-            yield
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
         except BaseException:
             os.dup2(saved, 2)
             held.seek(0)
-            sys.stderr.write(held.read().decode(errors="replace"))
+            python_stderr.write(held.read().decode(errors="replace"))
             raise
         finally:
+            sys.stderr = python_stderr
             os.dup2(saved, 2)
             os.close(saved)
 

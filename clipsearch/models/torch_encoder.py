@@ -94,7 +94,7 @@ def _offline_message(model_id: str, error: Exception) -> str:
                 f"Pass a folder saved with save_pretrained, or a Hugging Face model id.")
     return (
         f"Model '{model_id}' is not on this machine and could not be downloaded "
-        f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}).\n"
+        f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}). "
         f"Fix: run clipsearch once with network access so the weights are cached "
         f"(~/.cache/huggingface), or download them elsewhere and pass the folder: --model /path/to/model"
     )

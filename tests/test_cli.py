@@ -1,5 +1,6 @@
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -116,6 +117,26 @@ def test_offline_missing_model_is_a_clear_message(tmp_path, small_library):
         env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120,
     )
     assert missing_folder.returncode == 2 and "no-such-model-folder" in missing_folder.stderr
+
+
+def test_an_unreachable_hub_is_noticed_at_once_not_after_its_retries(tmp_path, small_library):
+    """No HF_HUB_OFFLINE, and huggingface.co cannot be reached (here: its endpoint is a closed local port):
+    the clear message comes in seconds, not after huggingface_hub's ~30 s of retries."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    env = {key: value for key, value in os.environ.items() if key != "HF_HUB_OFFLINE" and "proxy" not in key.lower()}
+    env.update({"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": f"http://127.0.0.1:{closed_port}",
+                "XDG_DATA_HOME": str(tmp_path / "data")})
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "clipsearch", "index", str(small_library), "--db", str(tmp_path / "i.db")],
+        env=env, capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in result.stderr and "--model" in result.stderr
+    assert "Retrying" not in result.stderr
+    assert time.monotonic() - started < 20
 
 
 def test_console_script_help_and_version():

@@ -9,6 +9,7 @@ is actually needed, so database-only commands start instantly.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,7 @@ def preprocess_of(model: str) -> Preprocess:
     import json
 
     model_id = model_id_from(model)
+    _offline_if_the_hub_is_unreachable(model_id)
     try:
         if os.path.isdir(model_id):
             with open(os.path.join(model_id, "preprocessor_config.json"), encoding="utf-8") as handle:
@@ -84,6 +86,32 @@ def preprocess_of(model: str) -> Preprocess:
     except (OSError, ValueError) as exc:  # huggingface_hub's errors are OSErrors
         raise ModelError(_offline_message(model_id, exc)) from exc
     return _preprocess_from_config(config)[0]
+
+
+def _offline_if_the_hub_is_unreachable(model_id: str) -> None:
+    """Switch huggingface_hub to offline mode when its server cannot be reached (no network, a firewall).
+
+    Otherwise every file of a model is retried with back-off: an offline `index` took 30 s to say the
+    model is missing, and a cached model would wait the same before it is used. One TCP connection, at most
+    2 s, and only for a Hub id loaded without HF_HUB_OFFLINE; skipped behind a proxy, which this cannot probe.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    if os.path.isdir(model_id) or os.environ.get("HF_HUB_OFFLINE") or any(
+            os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co",
+                                       endpoint.port or (80 if endpoint.scheme == "http" else 443)), timeout=2):
+            return
+    except OSError:
+        pass
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:  # already imported: it read the variable at import
+        setattr(constants, "HF_HUB_OFFLINE", True)  # noqa: B010 - a module's constant, untyped
 
 
 def _offline_message(model_id: str, error: Exception) -> str:
@@ -126,6 +154,7 @@ class Encoder:
         the CPU keeps fp32 weights and computes images under bf16 autocast when asked for bf16.
         """
         model_id = model_id_from(model)
+        _offline_if_the_hub_is_unreachable(model_id)
         device = pick_device(device)
         import torch
         from transformers import AutoModel, AutoTokenizer

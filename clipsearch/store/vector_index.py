@@ -309,13 +309,18 @@ def _one_thread() -> Iterator[None]:
     """faiss on one thread for one query: it gains nothing from more (its scans are memory-bound), and the
     OpenMP threads it would start keep spinning after it returns, taking a core from the rest of the query:
     a `find` at 1M images took 0.58 s with them and 0.40 s without (OMP_NUM_THREADS=1)."""
+    global _faiss_threads
     faiss = load_faiss()
-    threads = faiss.omp_get_max_threads()
+    if _faiss_threads is None:  # faiss's own count, before any query: what every other caller gets back
+        _faiss_threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
         yield
-    finally:
-        faiss.omp_set_num_threads(threads)
+    finally:  # never a count saved by a query running in another thread (the web app's), which would be 1
+        faiss.omp_set_num_threads(_faiss_threads)
+
+
+_faiss_threads: int | None = None
 
 
 def open_index(store: Images) -> VectorIndex:

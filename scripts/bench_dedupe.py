@@ -199,7 +199,7 @@ def recall(groups: list, planted: list[tuple[str, str]], tier: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=100_000)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="processes timed per command (0: --stages only)")
     parser.add_argument("--crops", type=int, default=200, help="real pictures with a crop of each to plant")
     parser.add_argument("--stages", action="store_true", help="also time each stage in-process (cProfile)")
     parser.add_argument("--no-similar", action="store_true", help="time plain dedupe only")
@@ -224,6 +224,7 @@ def main() -> None:
         tiers = {"exact": "exact", "near": "near", "similar": "similar", "mirror": "near", "rotate90": "near",
                  "crop": "near"}
         runs = (("dedupe", ()),) if args.no_similar else (("dedupe", ()), ("dedupe --similar", ("--similar",)))
+        runs = runs if args.runs > 0 else ()
         for label, extra in runs:
             results = [run(db, *extra) for _ in range(args.runs)]
             seconds = [r[0] for r in results]

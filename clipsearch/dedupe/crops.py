@@ -17,6 +17,7 @@ draft mode; a file that vanished or cannot be read is skipped.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -192,19 +193,17 @@ def verify_pairs(pairs: Iterable[tuple[int, int]], paths: list[str], trims: np.n
     pairs = list(pairs)
     if not pairs:
         return {}
-    needed = sorted({i for pair in pairs for i in pair})
+    needed = [i for i in sorted({i for pair in pairs for i in pair}) if os.path.exists(paths[i])]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="crop-check") as pool:
         def prepared(i: int) -> Picture | None:
             grey = load(paths[i], tuple(trims[i]))
             return None if grey is None else Picture.of(grey)
 
-        loaded = dict(zip(needed, pool.map(prepared, needed)))
+        loaded = dict(zip(needed, pool.map(prepared, needed)))  # a file gone since it was indexed is left out
+        readable = [(i, j) for i, j in pairs if loaded.get(i) is not None and loaded.get(j) is not None]
 
         def check(pair: tuple[int, int]) -> tuple[tuple[int, int], CropMatch] | None:
             i, j = pair
-            a, b = loaded[i], loaded[j]
-            if a is None or b is None:
-                return None
             first, second = (i, j) if pixels[i] >= pixels[j] else (j, i)
             for large, small in ((first, second), (second, first)):
                 match = find_crop(loaded[large], loaded[small])  # type: ignore[arg-type]  # checked above
@@ -212,5 +211,5 @@ def verify_pairs(pairs: Iterable[tuple[int, int]], paths: list[str], trims: np.n
                     return (large, small), match
             return None
 
-        found = [result for result in pool.map(check, pairs) if result is not None]
+        found = [result for result in pool.map(check, readable) if result is not None]
     return dict(found)

@@ -35,7 +35,7 @@ MAX_COLOUR_SHIFT = 24.0  # mean colour (0-255 per channel) two copies may differ
 CHUNK_BITS = 24
 CHUNKS = 10  # 240 of the 256 bits, in 3-byte chunks
 BUCKET_LIMIT = 64  # a chunk value shared by more pictures than this proposes no pairs (plain, repetitive pictures)
-BLOCK = 65_536
+BLOCK = 65_536  # rows whose symmetric hashes are looked up at a time (7 x 32 bytes each)
 DIRECT_LIMIT = 100_000
 _NAMES = tuple(SYMMETRIES)
 # Querying every picture's symmetric hashes against every picture's stored one finds each pair under s or its
@@ -74,45 +74,41 @@ def _chunk_keys(hashes: np.ndarray) -> np.ndarray:
 
 
 class _Tables:
-    """Per chunk, the stored rows sorted by their 24-bit value. Above DIRECT_LIMIT rows also a direct-address
-    count of each value (one byte per value: 16 MB a chunk), so most lookups end at one array read instead of
-    a binary search."""
+    """Per chunk, the stored rows sorted by their 24-bit value. Above DIRECT_LIMIT rows also a bitmap of the
+    values held (by at most BUCKET_LIMIT rows: 2 MB a chunk, which stays in the processor's cache), so most
+    lookups end at one bit read, and only the few that hit search the sorted values."""
 
     def __init__(self, hashes: np.ndarray, rows: np.ndarray):
         keys = _chunk_keys(hashes[rows])
-        self.sorted_keys, self.order, self.counts = [], [], []
+        self.sorted_keys, self.order, self.present = [], [], []
         for c in range(CHUNKS):
             order = np.argsort(keys[:, c])
             ordered = keys[order, c]
             if len(rows) > DIRECT_LIMIT:
                 starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
                 values, counts = ordered[starts], np.diff(np.r_[starts, len(ordered)])
-                table = np.zeros(1 << CHUNK_BITS, dtype=np.uint8)
-                table[values] = np.where(counts > BUCKET_LIMIT, 0, counts)  # too common to mean anything
-                self.counts.append(table)
+                flags = np.zeros(1 << CHUNK_BITS, dtype=bool)
+                flags[values[counts <= BUCKET_LIMIT]] = True  # a more common value means nothing
+                self.present.append(np.packbits(flags, bitorder="little"))
             self.sorted_keys.append(ordered)
             self.order.append(rows[order].astype(np.int32))
 
-    def _counts(self, c: int, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """How many stored rows hold each key in chunk c, and where the first one sits."""
-        if self.counts:
-            count = self.counts[c][key].astype(np.int64)
-            return count, np.zeros(0, dtype=np.int64)
-        left = np.searchsorted(self.sorted_keys[c], key, "left")
-        count = np.searchsorted(self.sorted_keys[c], key, "right") - left
-        count[count > BUCKET_LIMIT] = 0
-        return count, left
+    def _hits(self, c: int, key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Which keys stored rows hold in chunk c (at most BUCKET_LIMIT of them), how many, where the first sits."""
+        hit = np.arange(len(key))
+        if self.present:
+            hit = np.flatnonzero((self.present[c][key >> 3] >> (key & 7)) & 1)
+        first = np.searchsorted(self.sorted_keys[c], key[hit], "left")
+        count = np.searchsorted(self.sorted_keys[c], key[hit], "right") - first
+        keep = (count > 0) & (count <= BUCKET_LIMIT)
+        return hit[keep], count[keep], first[keep]
 
     def lookup(self, query_rows: np.ndarray, query_keys: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(query row, stored row) pairs sharing at least one chunk value (the same pair may come more than once)."""
         for c in range(CHUNKS):
-            key = query_keys[:, c]
-            count, left = self._counts(c, key)
-            hit = np.flatnonzero(count)
+            hit, count, first = self._hits(c, query_keys[:, c])
             if len(hit) == 0:
                 continue
-            count = count[hit]
-            first = left[hit] if len(left) else np.searchsorted(self.sorted_keys[c], key[hit])
             offsets = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
             yield np.repeat(query_rows[hit], count), self.order[c][np.repeat(first, count) + offsets].astype(np.int64)
 
@@ -129,19 +125,24 @@ def hash_candidates(geo: Geometry, allowed: np.ndarray) -> tuple[np.ndarray, np.
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty
     tables = _Tables(geo.hash, rows)
+    queried = np.asarray(_QUERIED, dtype=np.int64)
     for start in range(0, len(rows), BLOCK):
         block = rows[start:start + BLOCK]
-        turned = fingerprint.symmetries(geo.hash[block])
-        for s in _QUERIED:
-            keys = _chunk_keys(turned[s])
-            for qi, sj in tables.lookup(np.arange(len(block)), keys):
-                i = block[qi]
-                keep = i != sj
-                qi, i, sj = qi[keep], i[keep], sj[keep]
-                close = fingerprint.hamming(turned[s][qi], geo.hash[sj]) <= MAX_DISTANCE
-                found_i.append(i[close])
-                found_j.append(sj[close])
-                found_s.append(np.full(int(close.sum()), s, dtype=np.int64))
+        # every queried symmetry of the block's hashes at once: query q is symmetry queried[q // n] of block[q % n]
+        turned = fingerprint.symmetries(geo.hash[block])[queried].reshape(-1, geo.hash.shape[1])
+        n = len(block)
+        parts = [(q, j) for q, j in tables.lookup(np.arange(len(turned)), _chunk_keys(turned))]
+        if not parts:
+            continue
+        q = np.concatenate([part[0] for part in parts])
+        j = np.concatenate([part[1] for part in parts])
+        order = np.argsort(q // n, kind="stable")  # by symmetry, then chunk: the order pairs were found in before
+        q, j = q[order], j[order]
+        i = block[q % n]
+        close = (i != j) & (fingerprint.hamming(turned[q], geo.hash[j]) <= MAX_DISTANCE)
+        found_i.append(i[close])
+        found_j.append(j[close])
+        found_s.append(queried[q[close] // n])
     return _unique_pairs(np.concatenate(found_i or [np.zeros(0, np.int64)]),
                          np.concatenate(found_j or [np.zeros(0, np.int64)]),
                          np.concatenate(found_s or [np.zeros(0, np.int64)]))
@@ -197,7 +198,7 @@ def best_symmetry(geo: Geometry, i: np.ndarray, j: np.ndarray) -> tuple[np.ndarr
 
 def plausible(geo: Geometry, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Both fingerprints usable and their mean colours close (a hash of signs ignores brightness)."""
-    both = usable(geo)[i] & usable(geo)[j]
+    both = geo.has[i] & (geo.detail[i] >= MIN_DETAIL) & geo.has[j] & (geo.detail[j] >= MIN_DETAIL)  # usable()
     return both & (np.abs(geo.colour[i] - geo.colour[j]).max(axis=1) <= MAX_COLOUR_SHIFT)
 
 

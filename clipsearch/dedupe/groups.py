@@ -148,11 +148,15 @@ def _cosines(matrix: np.ndarray, rest: np.ndarray, leader: int) -> np.ndarray:
     return rows[:-1] @ rows[-1]
 
 
-def _pair_cosines(matrix: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cosine of rows a[k] and b[k] for every k, each row read once."""
-    needed, at = np.unique(np.concatenate([a, b]), return_inverse=True)
-    rows = vector_index.gather_rows(matrix, needed)
-    return np.einsum("ij,ij->i", rows[at[:len(a)]], rows[at[len(a):]]) if len(a) else np.zeros(0, np.float32)
+def _pair_cosines(matrix: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 16_384) -> np.ndarray:
+    """Cosine of rows a[k] and b[k] for every k, a chunk of pairs at a time (each of its rows read once)."""
+    sims = np.zeros(len(a), dtype=np.float32)
+    for start in range(0, len(a), chunk):
+        left, right = a[start:start + chunk], b[start:start + chunk]
+        needed, at = np.unique(np.concatenate([left, right]), return_inverse=True)
+        rows = vector_index.gather_rows(matrix, needed)
+        sims[start:start + len(left)] = np.einsum("ij,ij->i", rows[at[:len(left)]], rows[at[len(left):]])
+    return sims
 
 
 def _components(count: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -223,15 +227,14 @@ def _read_files(store: Store, folder: str | None) -> tuple[_Files, np.ndarray, n
     numbers = np.concatenate([c[0] for c in chunks], axis=1)
     paths = [path for c in chunks for path in c[1]]
     ids, width, height = numbers[0], numbers[3], numbers[4]
+    kinds = {**dict.fromkeys(RAW_EXTENSIONS, 1), **dict.fromkeys(LOSSLESS_EXTENSIONS, 2)}  # by extension
+    kind = np.fromiter((kinds.get(p[p.rfind("."):].lower(), 0) for p in paths), dtype=np.int8, count=len(paths))
     files = _Files(
         paths=paths, size=numbers[1], mtime=numbers[2],
         pixels=np.maximum(width, 0) * np.maximum(height, 0), width=width, height=height,
         phash=np.concatenate([c[2] for c in chunks]), has_phash=np.concatenate([c[3] for c in chunks]),
         colour=np.concatenate([c[4] for c in chunks]),
-        raw=np.fromiter((p[p.rfind("."):].lower() in RAW_EXTENSIONS for p in paths), dtype=bool, count=len(paths)),
-        camera=np.concatenate([c[5] for c in chunks]),
-        lossless=np.fromiter((p[p.rfind("."):].lower() in LOSSLESS_EXTENSIONS for p in paths), dtype=bool,
-                             count=len(paths)),
+        raw=kind == 1, camera=np.concatenate([c[5] for c in chunks]), lossless=kind == 2,
         taken=[taken for c in chunks for taken in c[6]],
         geo=fingerprint.join_geometry([c[7] for c in chunks]),
         cropped=np.zeros(len(paths), dtype=bool), bordered=np.zeros(len(paths), dtype=bool),

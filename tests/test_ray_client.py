@@ -42,7 +42,8 @@ def head_node(shared_cache_home):
     """A one-machine cluster as `ray start --head` makes it, with its Ray Client server; stopped at the end."""
     temp = tempfile.mkdtemp(prefix="cs-ray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1",
-           "XDG_CACHE_HOME": str(shared_cache_home)}  # the workers find the tiny model's exported towers there
+           "XDG_CACHE_HOME": str(shared_cache_home),  # the workers find the tiny model's exported towers there
+           "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "180"}  # a busy 2-core machine starts a client's server slowly
     client_port = free_port()
     # Its own process group (`ray start` exits; the cluster's processes keep its group), so that the end stops
     # this cluster alone: `ray stop` would stop every Ray cluster of the machine.
@@ -53,7 +54,7 @@ def head_node(shared_cache_home):
     _, errors = starter.communicate(timeout=120)
     try:
         assert starter.returncode == 0, errors
-        yield f"ray://127.0.0.1:{client_port}", env
+        yield f"ray://127.0.0.1:{client_port}", env, temp
     finally:
         _stop_group(starter.pid)
         shutil.rmtree(temp, ignore_errors=True)
@@ -72,6 +73,12 @@ def _stop_group(group: int) -> None:
     raise AssertionError(f"processes of the Ray cluster (group {group}) outlived SIGKILL")
 
 
+def _client_server_logs(head: tuple) -> str:
+    """The head's Ray Client server logs, to say why a connection failed."""
+    logs = sorted(Path(head[2]).glob("session_*/logs/ray_client_server*.err"))
+    return "".join(f"\n--- {log.name}:\n" + log.read_text(errors="replace")[-3000:] for log in logs)
+
+
 def stored(db: Path) -> dict[str, tuple]:
     with Store.open(db) as store:
         return {row["path"]: (row["hash"], decode_vectors([row["vector"]], 64)[0])
@@ -79,11 +86,11 @@ def stored(db: Path) -> dict[str, tuple]:
 
 
 def test_a_ray_client_address_indexes_on_the_cluster_as_a_local_run_does(head_node, small_library, tmp_path):
-    address, env = head_node
+    address, env, _ = head_node
     db = tmp_path / "ray.db"
     done = subprocess.run([CLIPSEARCH, "index", small_library, "--db", db, "--model", TINY_MODEL, "--ray", address,
                            "--batch-size", "4"], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stderr + _client_server_logs(head_node)
     assert f"Ray cluster at {address}: 2 CPUs" in done.stderr
     assert "(_PipelineDriver" not in done.stderr and "core_worker" not in done.stderr, "Ray's own log lines"
     with Store.open(tmp_path / "local.db") as store:

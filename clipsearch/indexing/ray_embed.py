@@ -98,7 +98,7 @@ class RayEmbedder:
             if self.address.startswith("ray://") and not os.environ.get("RAY_AUTH_MODE"):
                 token = (" If the cluster requires a token (Ray 2.59 and later turn token authentication on): "
                          "RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(ray get-auth-token) clipsearch index ...")
-            raise BadInputError(f"Cannot reach a Ray cluster at '{self.address}' ({str(exc).splitlines()[0]}). "
+            raise BadInputError(f"Cannot reach a Ray cluster at '{self.address}' ({_reason(exc)}). "
                                 f"Start one with `ray start --head`, give its ray://HOST:PORT, "
                                 f"or use --ray local.{token}") from None
         return True
@@ -174,6 +174,13 @@ class RayEmbedder:
             close = getattr(batches, "close", None)
             if close is not None and (not own_cluster or _through_ray_client(ray)):
                 close()
+
+
+def _reason(error: Exception) -> str:
+    """The gist of Ray's error: its first line, and the last one when that is all there is to it (Ray Client
+    sends the head's whole traceback after "Initialization failure from server:")."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+    return lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1]}"
 
 
 @dataclasses.dataclass(frozen=True)

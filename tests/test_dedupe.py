@@ -170,6 +170,24 @@ def test_inverted_file_search_finds_the_pairs_exact_search_finds():
     assert (sims >= 0.9).all()
 
 
+def test_cells_compared_on_principal_components_find_what_whole_rows_find():
+    """At 512 dimensions the cells are compared on principal components plus the rest's length first
+    (vector_index._cell_pairs): a bound, so no pair above the threshold in the cells searched is lost."""
+    rng = np.random.default_rng(2)
+    base = rng.standard_normal((4000, 512)).astype(np.float32)
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    noise = rng.standard_normal((400, 512)).astype(np.float32)
+    copies = base[:400] + 0.3 * noise / np.linalg.norm(noise, axis=1, keepdims=True)  # cosine ~0.96
+    matrix = np.vstack([base, copies]).astype(np.float16)  # as the vector file holds them
+    matrix /= np.linalg.norm(matrix.astype(np.float32), axis=1, keepdims=True).astype(np.float16)
+    exact = set(zip(*[a.tolist() for a in neighbour_pairs(matrix, 0.93)[:2]]))
+    rows, cols, sims = neighbour_pairs(matrix, 0.93, exact_limit=0)
+    approximate = set(zip(rows.tolist(), cols.tolist()))
+    assert len(exact) >= 390
+    assert approximate <= exact and len(approximate) >= 0.98 * len(exact)
+    assert (sims >= 0.93).all()
+
+
 def test_cli_json_and_paths(duplicate_library, cli):
     _, _files, db_path = duplicate_library
     result = cli("dedupe", "--db", db_path, "--json")

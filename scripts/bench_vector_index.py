@@ -5,7 +5,7 @@
 On synthetic 512-d unit vectors (bench_search.synthetic: clustered like CLIP's, or uniform), each
 candidate is built in this process and asked 100 held-out queries one at a time, as `find` does:
 
-- faiss IVF-SQ8 (what clipsearch uses, store/ann.py): about sqrt(N) cells, 8-bit codes, PROBES
+- faiss IVF-SQ8 (what clipsearch uses, store/ann.py): about sqrt(N) cells, 8-bit codes, DEFAULT_PROBES
   cells searched, the best RERANK candidates ranked again exactly from the float16 rows;
 - faiss IVF-Flat: the same cells with float32 rows (4x the memory), no re-ranking needed;
 - faiss HNSW-Flat (M=32, efConstruction 40, efSearch 128);
@@ -67,7 +67,7 @@ def faiss_ivf(data: np.ndarray, half: np.ndarray, queries: np.ndarray, flat: boo
     rng = np.random.default_rng(0)
     index.train(data[rng.choice(len(data), min(len(data), cells * ann.TRAIN_PER_CELL), replace=False)])
     index.add(data)
-    index.nprobe = min(vector_index.PROBES, cells)
+    index.nprobe = min(ann.DEFAULT_PROBES, cells)
 
     def search(query: np.ndarray) -> np.ndarray:
         if flat:

@@ -53,6 +53,30 @@ def test_help_imports_none_of_the_heavy_libraries(args):
     assert "IMPORTED=\n" in result.stderr, result.stderr
 
 
+def test_a_text_query_imports_no_pillow_nor_torch(store):
+    """What a `find` process imports is most of what it costs: a text asked before needs neither an image
+    library nor a model runtime; a new text needs the ONNX text encoder, still without Pillow or torch."""
+    script = textwrap.dedent(f"""
+        import sys
+        from clipsearch.cli import app
+        try:
+            app(sys.argv[1:], standalone_mode=False)
+        except SystemExit:
+            pass
+        print("IMPORTED=" + ",".join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)
+    """)
+
+    def imported(text: str) -> set[str]:
+        result = subprocess.run([sys.executable, "-c", script, "find", text, "--db", str(store.path)],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip(), "no hits"
+        return set(result.stderr.rsplit("IMPORTED=", 1)[1].strip().split(",")) - {""}
+
+    assert imported("a red circle") == {"numpy", "onnxruntime"}  # a new text: the ONNX text encoder
+    assert imported("a red circle") == {"numpy"}  # remembered by the index: no model at all
+
+
 def test_cli_holds_no_sql_and_short_commands():
     source = (ROOT / "clipsearch" / "cli" / "__init__.py").read_text()
     assert not re.search(r"\b(SELECT|INSERT|UPDATE|DELETE FROM)\b|sqlite|Store\.open", source)

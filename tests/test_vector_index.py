@@ -61,6 +61,56 @@ def test_exact_and_approximate_give_the_same_top_results(big):
     assert scores == sorted(scores, reverse=True) and all(-1.0 <= s <= 1.0 for s in scores)
 
 
+def test_the_cells_a_query_scans_are_measured_on_the_library(big):
+    index = vector_index.open_index(big)
+    assert index.ann is not None
+    assert 1 <= index.ann.probes <= index.ann.cells // 4 and index.ann.recall >= annfile.RECALL_TARGET
+    described = vector_index.describe(big)
+    assert described["probes"] == index.ann.probes and described["calibrated_recall"] == index.ann.recall
+    assert f"{index.ann.probes} searched per query" in described["summary"]
+
+
+def test_vectors_without_neighbourhoods_are_ranked_exactly(tmp_path, monkeypatch):
+    """Uniform random vectors have no neighbourhoods for cells to capture: the index built over them misses
+    most of the ten best, so calibration turns it off and every query ranks all rows (right, if slower)."""
+    monkeypatch.setenv(vector_index.APPROXIMATE_FROM_ENV, "1000")
+    rng = np.random.default_rng(5)
+    uniform = rng.standard_normal((3000, DIM)).astype(np.float32)
+    uniform /= np.linalg.norm(uniform, axis=1, keepdims=True)
+    with Store.open(tmp_path / "index.db") as store:
+        store.set_model("test/uniform", DIM)
+        store.write(records(uniform))
+        with store.writer():
+            vector_index.refresh(store, background=False)
+        current = vector_index.sync(store)
+        ann = annfile.read(annfile.ann_path(store.path), current)
+        assert ann is not None and ann.probes == 0 and ann.recall < annfile.RECALL_TARGET  # built, then judged
+        index = vector_index.open_index(store)
+        assert index.kind == "exact"
+        assert vector_index.describe(store)["summary"].startswith("exact: the approximate index found only")
+        query = uniform[7]
+        assert index.search(query, 10) == index.search(query, 10, exact=True)
+        with store.writer():
+            assert vector_index.maintain(store, background=False) is None  # not rebuilt at every run
+
+
+def test_an_index_written_before_calibration_scans_the_default_cells_until_measured(big):
+    path = annfile.ann_path(big.path)
+    data = path.read_bytes()
+    trailer = json.loads(data[-annfile.TRAILER_BYTES:].decode())
+    del trailer["probes"], trailer["recall"]
+    path.write_bytes(data[:-annfile.TRAILER_BYTES] + json.dumps(trailer).encode().ljust(annfile.TRAILER_BYTES))
+    index = vector_index.open_index(big)
+    assert index.kind == "approximate" and index.ann is not None
+    assert index.ann.probes == annfile.DEFAULT_PROBES and index.ann.recall is None
+    before = data[:-annfile.TRAILER_BYTES]
+    with big.writer():
+        assert vector_index.maintain(big, background=False) == "calibrate"  # the next index run measures it
+    assert path.read_bytes()[:-annfile.TRAILER_BYTES] == before  # the trailer only
+    index = vector_index.open_index(big)
+    assert index.ann is not None and index.ann.recall is not None and 1 <= index.ann.probes <= index.ann.cells // 4
+
+
 def test_a_small_library_ranks_exactly(tmp_path):
     with Store.open(tmp_path / "index.db") as store:
         store.set_model("test/clustered", DIM)

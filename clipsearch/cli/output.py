@@ -26,6 +26,18 @@ if TYPE_CHECKING:  # only for annotations: the CLI imports this module for --hel
     from ..config import Config
     from ..options import SidecarStyle
 
+
+def write_json(data: Any) -> None:
+    """--json output. On a terminal, where a person reads it, indented. To a pipe or a file a list is written one
+    item per line, each compact: grep finds a whole record, and json's C encoder does the work (indenting falls
+    back to pure Python: a million-image dedupe's 75 MB of groups took 3.3 s indented, 0.75 s this way).
+    Either way it is the same JSON to a parser."""
+    if isinstance(data, list) and not sys.stdout.isatty():
+        sys.stdout.write("[\n" + ",\n".join(map(json.dumps, data)) + "\n]\n" if data else "[]\n")
+    else:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
 class _Console:
     """A rich Console made on first use: a query piped into another program prints no rich output, and
     does not import rich (40 ms of a 0.3 s query)."""
@@ -170,7 +182,7 @@ def _taken(hit: Hit) -> Text:
 def show_hits(hits: Sequence[Hit], fmt: Format, null: bool = False) -> None:
     """Results: JSON, bare paths, `score<TAB>path` lines when stdout is a pipe (like rclip), else a table."""
     if fmt is Format.json:
-        sys.stdout.write(json.dumps([hit.to_dict() | path_json(hit.path) for hit in hits], indent=2) + "\n")
+        write_json([hit.to_dict() | path_json(hit.path) for hit in hits])
         return
     if fmt is Format.paths:
         for hit in hits:
@@ -258,7 +270,7 @@ def show_index_report(report: IndexReport, fmt: Format, text: OcrReport | None =
         data["images_per_second"] = round(report.images_per_second, 2)
         if text is not None:
             data["ocr"] = _ocr_json(text)
-        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        write_json(data)
         return
     rate = f", {report.images_per_second:.1f} images/s through the model" if report.encoded else ""
     indexed = max(0, report.scanned - len(report.skipped))
@@ -291,7 +303,7 @@ def _ocr_json(report: OcrReport) -> dict[str, Any]:
 def show_ocr_report(report: OcrReport, fmt: Format) -> None:
     """What an OCR pass read: to stdout as JSON, else to stderr for people."""
     if fmt is Format.json:
-        sys.stdout.write(json.dumps(_ocr_json(report), indent=2) + "\n")
+        write_json(_ocr_json(report))
         return
     if report.unavailable:
         stderr.print(f"[yellow]Text in photos not read:[/] {escape(shown(report.unavailable))}")
@@ -306,7 +318,7 @@ def show_ocr_report(report: OcrReport, fmt: Format) -> None:
 
 def show_info(info: dict, fmt: Format) -> None:
     if fmt is Format.json:
-        sys.stdout.write(json.dumps(info, indent=2) + "\n")
+        write_json(info)
         return
     for key, value in info.items():
         if isinstance(value, list):
@@ -397,7 +409,7 @@ def _show_group(number: int, group: Group) -> None:
 def show_groups(groups: Sequence[Group], fmt: Format, null: bool = False) -> None:
     """Duplicate groups: the file kept and why, then the others; --paths lists only the others."""
     if fmt is Format.json:
-        sys.stdout.write(json.dumps([group.to_dict() for group in groups], indent=2) + "\n")
+        write_json([group.to_dict() for group in groups])
         return
     if fmt is Format.paths:
         for group in groups:
@@ -441,8 +453,7 @@ def show_move_report(report: MoveReport, fmt: Format) -> None:
 def show_undo_report(report: UndoReport, fmt: Format) -> None:
     if fmt is Format.json:
         skipped = [{"path": p, "reason": r} for p, r in report.skipped]
-        sys.stdout.write(json.dumps({"restored": report.restored, "already_restored": report.already,
-                                     "skipped": skipped}, indent=2) + "\n")
+        write_json({"restored": report.restored, "already_restored": report.already, "skipped": skipped})
         return
     for path, reason in report.skipped:
         stderr.print(f"[yellow]not restored[/] {escape(shown(path))}: {escape(shown(reason))}")
@@ -458,7 +469,7 @@ def show_tag_report(report: TagReport, fmt: Format) -> None:
     if fmt is Format.json:
         data = {k: v for k, v in report.__dict__.items()}
         data["images_per_second"] = round(report.images_per_second, 1)
-        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        write_json(data)
         return
     rate = f" ({report.images_per_second:,.0f} images/s)" if report.tagged else ""
     stderr.print(
@@ -475,7 +486,7 @@ def show_tag_report(report: TagReport, fmt: Format) -> None:
 
 def show_tag_counts(counts: Sequence[dict], fmt: Format) -> None:
     if fmt is Format.json:
-        sys.stdout.write(json.dumps(counts, indent=2) + "\n")
+        write_json(counts)
         return
     if not counts:
         stderr.print("No tags yet. Run: clipsearch tag")
@@ -494,7 +505,7 @@ def show_tag_counts(counts: Sequence[dict], fmt: Format) -> None:
 
 def show_image_tags(image: str, image_tags: Sequence[dict], fmt: Format) -> None:
     if fmt is Format.json:
-        sys.stdout.write(json.dumps({"path": image, "tags": list(image_tags)}, indent=2) + "\n")
+        write_json({"path": image, "tags": list(image_tags)})
         return
     described = [f"{t['tag']}" + (f" ({t['score']:.2f})" if t["source"] == "auto" else " (manual)") for t in image_tags]
     stdout.print(f"{escape(shown(image))}: {escape(shown(', '.join(described))) or 'no tags'}")
@@ -514,8 +525,8 @@ def show_settings(rows: Sequence[tuple[str, object, str]], loaded: Config, fmt: 
     """`clipsearch config`: each setting, its value and where it came from."""
     if fmt is Format.json:
         settings = {name: {"value": value, "source": source} for name, value, source in rows}
-        sys.stdout.write(json.dumps({"config_file": str(loaded.path), "exists": loaded.exists,
-                                     "libraries": sorted(loaded.libraries), "settings": settings}, indent=2) + "\n")
+        write_json({"config_file": str(loaded.path), "exists": loaded.exists,
+                    "libraries": sorted(loaded.libraries), "settings": settings})
         return
     state = "" if loaded.exists else " (not there: built-in defaults)"
     stdout.print(f"[bold]config file[/]: {escape(str(loaded.path))}{state}")

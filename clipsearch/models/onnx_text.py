@@ -98,15 +98,20 @@ class OnnxTextEncoder:
         settings = json.loads((folder / "settings.json").read_text())
         graph = settings["auto"] if precision == "auto" else precision
         try:
-            onnxruntime = export_cache.import_onnxruntime()
             from tokenizers import Tokenizer
+        except ImportError as exc:
+            raise TextEncoderUnavailable(f"{exc.name or 'tokenizers'} is not installed") from None
+        # The tokenizer first: reading it (50 ms for CLIP's) lets go of the GIL, so in search's background load
+        # it overlaps the query's own imports; importing onnxruntime (Python code, 35 ms) would not.
+        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        try:
+            onnxruntime = export_cache.import_onnxruntime()
         except ImportError as exc:
             raise TextEncoderUnavailable(f"{exc.name or 'onnxruntime'} is not installed") from None
         try:
             session = export_cache.session(onnxruntime, folder, graph, keep_optimised)
         except Exception as exc:  # noqa: BLE001 - a damaged file, or an onnxruntime that cannot run it
             raise TextEncoderUnavailable(f"onnxruntime cannot load {folder}: {exc}") from None
-        tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         tokenizer.enable_truncation(settings["max_length"])
         tokenizer.enable_padding(pad_id=settings["pad_id"], pad_token=settings["pad_token"],
                                  length=settings["max_length"] if settings["pad_to_max"] else None)

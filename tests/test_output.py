@@ -139,3 +139,22 @@ def test_index_summary_is_short_lines(cli, small_library, tmp_path):
     summary = lines[lines.index(next(line for line in lines if line.startswith("Indexed"))):]
     assert len(summary) >= 2 and all(len(line) <= 100 for line in summary), summary
     assert "Indexed 12 images under this folder" in result.stderr and "12 new" in result.stderr
+
+
+def test_the_progress_rate_waits_for_a_second_of_work():
+    """Two images in the first milliseconds are not "26986.9 img/s": the rate shows once a second has passed."""
+    from rich.progress import Progress
+
+    from clipsearch.cli.progress import MIN_RATE_SECONDS, _RateColumn
+
+    bar = Progress(auto_refresh=False)
+    task_id = bar.add_task("Indexing", total=10)
+    bar.advance(task_id, 2)
+    task = bar.tasks[0]
+    assert str(_RateColumn().render(task)) == ""
+    assert task.start_time is not None
+    task.start_time -= MIN_RATE_SECONDS + 1  # as if it had started earlier
+    bar.advance(task_id, 2)
+    assert str(_RateColumn().render(task)).endswith(" img/s")
+    bar.advance(task_id, 6)  # finished: the final rate stays
+    assert str(_RateColumn().render(bar.tasks[0])).endswith(" img/s")

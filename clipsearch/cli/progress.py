@@ -34,9 +34,17 @@ if TYPE_CHECKING:
 
 
 class _RateColumn(ProgressColumn):
+    """Images per second, once there is a second of work to measure it on: a rate from the first milliseconds
+    is noise ("26986.9 img/s" for two images), and its width pushed an 80-column bar to the last column."""
+
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text(f"{speed:.1f} img/s" if speed else "", style="cyan")
+        if not speed or (task.finished_speed is None and (task.elapsed or 0.0) < MIN_RATE_SECONDS):
+            return Text("")
+        return Text(f"{speed:.1f} img/s", style="cyan")
+
+
+MIN_RATE_SECONDS = 1.0
 
 
 class RichProgress(LibraryProgress):

@@ -315,6 +315,19 @@ def test_a_failing_preparation_step_is_reported_from_its_child_process(tmp_path)
     assert notes == ["Preparing the image encoder (once): checking and timing..."]
 
 
+@pytest.mark.parametrize("ending", ["echo 'Traceback (most recent call last):' >&2; echo KeyboardInterrupt >&2; exit 1",
+                                    "kill -INT $$"])
+def test_ctrl_c_in_a_preparation_step_interrupts_and_is_not_a_failed_export(tmp_path, monkeypatch, ending):
+    """Ctrl-C reaches the step's child too: dying of it, or exiting 1 with KeyboardInterrupt as its last words
+    (as torch's exporter did in a terminal), is the person stopping the run, not an export to record as failed."""
+    child = tmp_path / "python"
+    child.write_text(f"#!/bin/sh\n{ending}\n")
+    child.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(child))
+    with pytest.raises(KeyboardInterrupt):
+        prepare.run_step("torch", "image", TINY_MODEL, tmp_path, lambda note: None)
+
+
 def test_info_says_which_image_encoder_index_takes(cli, small_library, tmp_path, monkeypatch):
     monkeypatch.setenv("CLIPSEARCH_CPU_FLAGS", "sse4_2 avx2")
     db = tmp_path / "index.db"

@@ -260,3 +260,23 @@ def test_index_quiet_draws_no_progress_bar_on_a_terminal(cli, small_library, tmp
     quiet = index("b.db", "--quiet")
     assert "Found 12 images" in drawn and "Found 12 images" not in quiet, "--quiet: no chatter either (cron)"
     assert "12/12" not in quiet and "\x1b[?25l" not in quiet and "━" not in quiet, quiet
+
+
+def test_ctrl_c_while_the_model_loads_stops_every_worker_without_loading_again(monkeypatch):
+    """The first decoding thread that needs the model loads it (a one-time export can take a minute). Ctrl-C there
+    must not have the next thread start the export again while the run stops: it gets the same interrupt."""
+    from clipsearch.indexing import embed
+    from clipsearch.options import ImagePrecision
+
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(embed, "load_image_encoder", interrupted)
+    lazy = embed._LazyEncoder(TINY_MODEL, None, ImagePrecision.auto, Progress())
+    for _ in range(2):
+        with pytest.raises(KeyboardInterrupt):
+            lazy.get()
+    assert len(calls) == 1

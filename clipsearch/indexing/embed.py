@@ -108,7 +108,7 @@ class _LazyEncoder:
     def __init__(self, model_id: str, device: str | None, precision: ImagePrecision, progress: Progress):
         self.model_id, self.device, self.precision, self.progress = model_id, device, precision, progress
         self.encoder: ImageEncoder | None = None
-        self._error: Exception | None = None
+        self._error: BaseException | None = None
         self._lock = threading.Lock()
 
     def get(self) -> ImageEncoder:
@@ -120,8 +120,8 @@ class _LazyEncoder:
                 try:
                     self.encoder = load_image_encoder(self.model_id, self.device, self.precision,
                                                       notify=self.progress.notice)
-                except Exception as exc:
-                    self._error = exc
+                except BaseException as exc:  # Ctrl-C during a one-time export too: the next worker must not
+                    self._error = exc  # start the export again while the run stops
                     raise
                 self.progress.model_loaded()
             return self.encoder

@@ -68,7 +68,10 @@ def run_step(name: str, tower: str, model_id: str, work: Path | None, notify: Ca
         last_error_line = (errors.read().strip().splitlines() or [""])[-1]
     if code == 0:
         return
-    if code == -signal.SIGINT:
+    # Ctrl-C reaches the child too. It may die of it, or (inside torch's export) exit 1 with KeyboardInterrupt as
+    # its last word: either way the person stopped it, and it must not be recorded as a failed export, which
+    # would keep the next runs on torch.
+    if code in (-signal.SIGINT, 128 + signal.SIGINT) or last_error_line.startswith("KeyboardInterrupt"):
         raise KeyboardInterrupt
     if not outcome:
         how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"

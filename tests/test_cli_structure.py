@@ -77,26 +77,6 @@ def test_a_text_query_imports_no_pillow_nor_torch(store):
     assert imported("a red circle") == {"numpy"}  # remembered by the index: no model at all
 
 
-def test_preloading_a_query_s_libraries_imports_no_python_module():
-    """cli/preload.py loads numpy's, faiss's, tokenizers' and onnxruntime's compiled libraries in a thread; it must
-    import none of their Python modules (a second thread importing numpy meanwhile can break it), and the
-    imports afterwards must work."""
-    script = textwrap.dedent("""
-        import sys
-        from clipsearch.cli import preload
-        assert preload.start("index") is None and preload.start("info") is None
-        thread = preload.start("find")
-        thread.join(60)
-        print(sorted(m for m in ("numpy", "faiss", "tokenizers", "onnxruntime") if m in sys.modules))
-        print(sum(len(preload._library_files(p)) for p in ("numpy", "faiss", "tokenizers", "onnxruntime")))
-        import faiss, numpy, onnxruntime, tokenizers
-        print(faiss.IndexFlatIP(4).d)
-    """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split("\n")[:3] == ["[]", "4", "4"]
-
-
 def test_cli_holds_no_sql_and_short_commands():
     source = (ROOT / "clipsearch" / "cli" / "__init__.py").read_text()
     assert not re.search(r"\b(SELECT|INSERT|UPDATE|DELETE FROM)\b|sqlite|Store\.open", source)

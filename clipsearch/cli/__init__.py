@@ -767,11 +767,6 @@ def main() -> None:
     import sys
 
     signal.signal(signal.SIGTERM, _terminate)
-    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
-    if command and "--help" not in sys.argv:
-        from . import preload
-
-        preload.start(command)  # numpy, faiss, onnxruntime... load on the other core meanwhile (preload.py)
     try:
         app()
     except BrokenPipeError:  # a write outside any command (typer's own output), or at exit

@@ -187,3 +187,46 @@ def test_the_workers_pixel_settings_come_from_the_model_config_alone(encoder):
     from clipsearch.models.torch_encoder import preprocess_of
 
     assert preprocess_of(TINY_MODEL) == encoder.preprocess
+
+
+@needs_ray
+def test_a_ray_client_connection_is_tried_again_when_the_proxy_fails_to_start_its_server():
+    """Ray Client's proxy sometimes fails to start a new client's server (ray-project/ray#63202): that failure is
+    tried again, up to RAY_CLIENT_ATTEMPTS in all; any other failure, or the last one, is the one-line error."""
+    from clipsearch.indexing import ray_embed
+
+    class FlakyRay:
+        def __init__(self, failures: int, message: str = ray_embed.CLIENT_SERVER_FAILED):
+            self.failures, self.message, self.inits, self.shutdowns = failures, message, 0, 0
+
+        def is_initialized(self) -> bool:
+            return False
+
+        def init(self, *args, **kwargs) -> None:
+            self.inits += 1
+            if self.inits <= self.failures:
+                raise ConnectionAbortedError(f"Initialization failure from server: RuntimeError: {self.message}.")
+
+        def shutdown(self) -> None:
+            self.shutdowns += 1
+
+    def embedder(fake: FlakyRay, address: str = "ray://127.0.0.1:10001") -> ray_embed.RayEmbedder:
+        made = ray_embed.RayEmbedder(address, TINY_MODEL, None, IndexOptions(), Progress())
+        made.ray = fake
+        return made
+
+    flaky = FlakyRay(ray_embed.RAY_CLIENT_ATTEMPTS - 1)
+    assert embedder(flaky)._connect() is True
+    assert (flaky.inits, flaky.shutdowns) == (ray_embed.RAY_CLIENT_ATTEMPTS, ray_embed.RAY_CLIENT_ATTEMPTS - 1)
+    broken = FlakyRay(ray_embed.RAY_CLIENT_ATTEMPTS)
+    with pytest.raises(BadInputError, match="Cannot reach a Ray cluster"):
+        embedder(broken)._connect()
+    assert broken.inits == ray_embed.RAY_CLIENT_ATTEMPTS
+    refused = FlakyRay(1, "Connection refused")
+    with pytest.raises(BadInputError, match="Connection refused"):
+        embedder(refused)._connect()
+    assert refused.inits == 1  # not the proxy's failure: said at once
+    auto = FlakyRay(1)
+    with pytest.raises(BadInputError):
+        embedder(auto, "auto")._connect()
+    assert auto.inits == 1  # only Ray Client addresses go through the proxy

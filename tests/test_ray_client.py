@@ -41,8 +41,9 @@ def free_port() -> int:
 def head_node(shared_cache_home):
     """A one-machine cluster as `ray start --head` makes it, with its Ray Client server; stopped at the end."""
     temp = tempfile.mkdtemp(prefix="cs-ray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
-    # Not RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S: with it set (to wait longer on a busy machine), Ray 2.60's
-    # client server could not start a server for any client here (the process exits at once, its log empty).
+    # Ray's proxy sometimes fails to start a client's server (ray-project/ray#63202: the child dies at once, its log
+    # empty), which `index --ray` tries again (indexing/ray_embed.py); each failed try waits out the proxy's channel
+    # check, so it stays at its default 30 s here.
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1",
            "XDG_CACHE_HOME": str(shared_cache_home)}  # the workers find the tiny model's exported towers there
     client_port = free_port()

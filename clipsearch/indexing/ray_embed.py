@@ -34,7 +34,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -68,6 +68,13 @@ def import_ray() -> Any:
     return ray
 
 
+# Ray Client's proxy sometimes fails to start the server of a new client: it forks while gRPC's threads run, and
+# the child dies at once (ray-project/ray#63202, open; several percent of connections, more on a busy machine).
+# That failure says CLIENT_SERVER_FAILED; connecting again usually works, so a ray:// address gets a few tries.
+RAY_CLIENT_ATTEMPTS = 3
+CLIENT_SERVER_FAILED = "Starting Ray client server failed"
+
+
 class RayEmbedder:
     """Decode + embed on the Ray cluster at `address`: `auto` (the cluster this machine belongs to, as
     ray.init("auto")), `local` (a cluster of this machine, started now and stopped at the end) or
@@ -85,23 +92,32 @@ class RayEmbedder:
         if ray.is_initialized():
             return False
         quiet = {"logging_level": logging.ERROR, "log_to_driver": False}  # no banners over the progress bar
-        try:
-            with _stderr_kept_unless_failed():
-                if self.address == "local":
-                    ray.init(include_dashboard=False, **quiet)
-                elif self.address.startswith("ray://"):
-                    ray.init(self.address, **quiet)
-                else:
-                    ray.init(self.address, include_dashboard=False, **quiet)
-        except Exception as exc:  # noqa: BLE001 - Ray raises plain Exceptions too ("timed out during startup")
-            token = ""
-            if self.address.startswith("ray://") and not os.environ.get("RAY_AUTH_MODE"):
-                token = (" If the cluster requires a token (Ray 2.59 and later turn token authentication on): "
-                         "RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(ray get-auth-token) clipsearch index ...")
-            raise BadInputError(f"Cannot reach a Ray cluster at '{self.address}' ({_reason(exc)}). "
-                                f"Start one with `ray start --head`, give its ray://HOST:PORT, "
-                                f"or use --ray local.{token}") from None
-        return True
+        attempts = RAY_CLIENT_ATTEMPTS if self.address.startswith("ray://") else 1
+        while True:
+            try:
+                with _stderr_kept_unless_failed():
+                    if self.address == "local":
+                        ray.init(include_dashboard=False, **quiet)
+                    elif self.address.startswith("ray://"):
+                        ray.init(self.address, **quiet)
+                    else:
+                        ray.init(self.address, include_dashboard=False, **quiet)
+                return True
+            except Exception as exc:  # noqa: BLE001 - Ray raises plain Exceptions too ("timed out during startup")
+                attempts -= 1
+                if attempts == 0 or CLIENT_SERVER_FAILED not in str(exc):
+                    self._cannot_reach(exc)
+                with contextlib.suppress(Exception):  # what the failed connection left, if anything
+                    ray.shutdown()
+
+    def _cannot_reach(self, exc: Exception) -> NoReturn:
+        token = ""
+        if self.address.startswith("ray://") and not os.environ.get("RAY_AUTH_MODE"):
+            token = (" If the cluster requires a token (Ray 2.59 and later turn token authentication on): "
+                     "RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(ray get-auth-token) clipsearch index ...")
+        raise BadInputError(f"Cannot reach a Ray cluster at '{self.address}' ({_reason(exc)}). "
+                            f"Start one with `ray start --head`, give its ray://HOST:PORT, "
+                            f"or use --ray local.{token}") from None
 
     def _plan(self) -> tuple[int, float, str | None, str]:
         """How many embedding actors, GPUs per actor and the device they use, and the cluster in words."""

@@ -41,6 +41,7 @@ _PUBLIC = {
     "SidecarStyle": "options",
     "ImagePrecision": "options",
     "TextPrecision": "options",
+    "TextWorker": "models.text_worker",
     "ClipsearchError": "errors",
     "BadInputError": "errors",
     "NothingFoundError": "errors",
@@ -69,6 +70,7 @@ if TYPE_CHECKING:  # for type checkers: the names __getattr__ gives (`X as X`: r
     from .library import Duplicates as Duplicates
     from .library import Library as Library
     from .library import Photo as Photo
+    from .models.text_worker import TextWorker as TextWorker
     from .ocr.job import OcrReport as OcrReport
     from .options import ImagePrecision as ImagePrecision
     from .options import KeepPolicy as KeepPolicy

@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # each command imports the modules it uses when it runs, so a
     from .indexing import job as indexer
     from .models.protocols import GetQueryModel
     from .models.query import LoadedModels, QueryEncoder
+    from .models.text_worker import TextWorker
     from .models.torch_encoder import Encoder
     from .ocr.job import OcrReport
     from .places.names import Place
@@ -78,17 +79,20 @@ class Library:
     `model` a Hugging Face id or local folder (default: the index's own model);
     `device` cuda, mps or cpu (default: the fastest available). Close it, or use `with`.
     `query_model`, when given, gives the model that embeds every query instead (an already loaded
-    one, or a test's stand-in).
+    one, or a test's stand-in). `text_worker` (`TextWorker.start()`, forked at a program's start) embeds the
+    first query's new texts while the index opens: the command line's `find` uses it.
 
     A Library is used by one thread at a time (SQLite connections stay in their thread): another
     thread takes `for_thread()`, which shares the loaded models.
     """
 
     def __init__(self, db: PathLike | None = None, model: str | None = None, device: str | None = None,
-                 notify: Callable[[str], None] | None = None, *, query_model: GetQueryModel | None = None):
+                 notify: Callable[[str], None] | None = None, *, query_model: GetQueryModel | None = None,
+                 text_worker: TextWorker | None = None):
         self.db, self.model, self.device = db, model, device
         self.notify: Callable[[str], None] = notify or (lambda message: None)
         self.query_model = query_model
+        self.text_worker = text_worker
         self._store: Store | None = None
         self._encoder: Encoder | None = None
         self._query_encoders: dict[str, QueryEncoder] = {}
@@ -153,7 +157,9 @@ class Library:
             model_id = resolve_model(self.store, self.model)
             models = self._models.setdefault((model_id, precision), LoadedModels())
             self._query_encoders[precision] = QueryEncoder(self.store, model_id, self.device, precision,
-                                                           notify=self.notify, models=models)
+                                                           notify=self.notify, models=models,
+                                                           worker=self.text_worker)
+            self.text_worker = None  # one query's texts: the first encoder asks it, or stops it
         return self._query_encoders[precision]
 
     def _query_model(self, precision: str = "auto") -> GetQueryModel:

@@ -15,9 +15,9 @@ writes through store.write). Then, timing what a user waits for:
 - cold find: a new `clipsearch find` process with a text the index has never seen (the ONNX text
   encoder runs), and repeated find (a remembered text), wall time and peak RSS (/usr/bin/time), medians;
 - in one process: ranking alone, approximate and exact (--exact), and recall@10 of the approximate
-  index against exact ranking over 100 queries drawn like the library's vectors;
+  index against exact ranking over 100 queries drawn like the library's vectors (medians, one query at a time);
 - an incremental `index`-like run that adds 10,000 photos (store.write + refresh): its time, and
-  that the IVF file was not rebuilt;
+  that the IVF file was not rebuilt; the photos are then removed again, so every run measures the same library;
 - the disk used. --delete removes each index and its files when done (10M: ~26 GB).
 Prints one line per figure.
 """
@@ -43,6 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".bench"
 BENCH_MODEL = Path.home() / ".cache" / "clipsearch-bench" / "vit-b32"
 CLIPSEARCH = Path(sys.executable).with_name("clipsearch")
+ADDED = "/photos/new"  # where add_photos puts its photos
 
 
 def model_dim(model: Path) -> int:
@@ -116,39 +117,49 @@ def files_mb(path: Path) -> dict[str, float]:
 
 
 def recall_at_10(path: Path, kind: str, dim: int, count: int, queries: int) -> tuple[float, float, float]:
-    """Mean recall@10 of the index's ranking against exact ranking; ms per query of each (in one process).
-
-    The exact answers are taken in one batch through faiss (one pass over the rows per query), the
-    index's one query at a time, as `find` asks."""
+    """Mean recall@10 of the index's ranking against exact ranking (`--exact`: every live row, the photos
+    removed since left out); ms per query of each, one query at a time as `find` asks (in one process)."""
     held_out = synthetic(kind, 10 * count, queries, dim, count)  # drawn like the library, not in it
-    found, fast = [], []
+    found, exact, fast, slow = [], [], [], []
     with Store.open(path, create=False) as store:
         index = vector_index.open_index(store)
         for query in held_out:
             started = time.perf_counter()
-            found.append([i for i, _ in index.search(query, 10)])
+            found.append({i for i, _ in index.search(query, 10)})
             fast.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        _, rows = index.vectors.faiss_index().search(held_out, 10)
-        slow = (time.perf_counter() - started) / queries
-        exact = index.vectors.ids[rows]
-    recall = float(np.mean([len(set(f) & set(e.tolist())) / 10 for f, e in zip(found, exact)]))
-    return recall, statistics.median(fast) * 1000, slow * 1000
+            started = time.perf_counter()
+            exact.append({i for i, _ in index.search(query, 10, exact=True)})
+            slow.append(time.perf_counter() - started)
+    recall = float(np.mean([len(f & e) / 10 for f, e in zip(found, exact)]))
+    return recall, statistics.median(fast) * 1000, statistics.median(slow) * 1000
 
 
 def add_photos(path: Path, kind: str, dim: int, count: int, added: int = 10_000) -> tuple[float, bool]:
-    """An index run's writing and upkeep for `added` new photos: seconds, and whether the IVF file was rewritten."""
+    """An index run's writing and upkeep for `added` new photos: seconds, and whether the IVF file was rewritten.
+    The photos are removed again afterwards (`remove_added`), so every run measures the same library."""
     ivf = ann.ann_path(path)
     before = ivf.stat().st_mtime_ns if ivf.exists() else None
     vectors = synthetic(kind, 20 * count, added, dim, count)
     started = time.perf_counter()
     with Store.open(path, create=False) as store, store.writer():
         for start in range(0, added, 1000):
-            store.write([ImageRecord(f"/photos/new/{uuid.uuid4().hex}.jpg", 3_000_000, 1, uuid.uuid4().hex, 4000,
+            store.write([ImageRecord(f"{ADDED}/{uuid.uuid4().hex}.jpg", 3_000_000, 1, uuid.uuid4().hex, 4000,
                                      3000, encode_vector(v)) for v in vectors[start:start + 1000]])
         vector_index.refresh(store, background=False)
     seconds = time.perf_counter() - started
-    return seconds, (ivf.stat().st_mtime_ns if ivf.exists() else None) != before
+    rewritten = (ivf.stat().st_mtime_ns if ivf.exists() else None) != before
+    remove_added(path)
+    return seconds, rewritten
+
+
+def remove_added(path: Path) -> None:
+    """Take out the photos add_photos wrote (as `index` does for deleted files): their rows in the vector file
+    become dead ones, which the IVF never held."""
+    with Store.open(path, create=False) as store, store.writer():
+        added = store.paths(ADDED)
+        if added:
+            store.remove(added)
+            vector_index.refresh(store, background=False)
 
 
 def main() -> None:
@@ -171,6 +182,7 @@ def main() -> None:
             label = f"{count:>10,} {kind}"
             started = time.perf_counter()
             build(path, count, model, dim, kind)
+            remove_added(path)  # left by an earlier run that was interrupted (or by one before this was done)
             print(f"{label}: rows written/checked in {time.perf_counter() - started:.0f} s", flush=True)
             with Store.open(path, create=False) as store, store.writer():
                 started = time.perf_counter()

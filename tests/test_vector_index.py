@@ -162,6 +162,49 @@ def test_incremental_add_and_remove_without_rebuild(big):
     assert big.execute("SELECT count(*) FROM vector_log").fetchone()[0] <= 2, "the log is pruned"
 
 
+@pytest.mark.parametrize("overfetch", [10_000, 3])  # dead rows dropped from what is found / live rows selected
+def test_removed_photos_are_never_found_even_when_they_match_best(big, monkeypatch, overfetch):
+    monkeypatch.setattr(vector_index, "OVERFETCH_DEAD", overfetch)
+    vectors = clustered(3000, seed=1)
+    gone = [f"/photos/{i // 100:03d}/{i:05d}.jpg" for i in range(0, 40)]
+    tail = clustered(30, seed=8)
+    big.write(records(tail, start=5000))  # appended after the IVF was written: ranked exactly
+    with big.writer():
+        vector_index.refresh(big, background=False)
+    tail_gone = [f"/photos/{i // 100:03d}/{i:05d}.jpg" for i in range(5000, 5020)]
+    gone_ids = {big.id_for_path(p) for p in gone + tail_gone}
+    big.remove(gone + tail_gone)
+    with big.writer():
+        vector_index.refresh(big, background=False)
+    indexed = {row[0] for row in big.execute("SELECT id FROM images")}
+    index = vector_index.open_index(big)
+    assert index.kind == "approximate" and index.vectors.dead == 60
+    for query in [*vectors[:40:7], *tail[:20:5]]:  # each the vector of a removed photo: its best match
+        for exact in (False, True):
+            found = [i for i, _ in index.search(query, 10, exact=exact)]
+            assert len(found) == 10 and set(found) <= indexed and not set(found) & gone_ids
+    kept_tail = {big.id_for_path(f"/photos/{i // 100:03d}/{i:05d}.jpg") for i in range(5020, 5030)}
+    for row in range(20, 30):  # the tail's live rows are still found behind its dead ones
+        assert index.search(tail[row], 1)[0][0] in kept_tail
+    assert [i for i, _ in index.search(vectors[100], 20)] == exact_top(big, vectors[100], 20)
+
+
+def test_live_rows_behind_many_removed_ones_in_the_unindexed_tail_are_found(big, monkeypatch):
+    monkeypatch.setattr(vector_index, "RERANK", 10)  # candidates fetched: fewer than the removed rows
+    rng = np.random.default_rng(9)
+    centre = clustered(1, seed=9)[0]
+    near = centre + rng.standard_normal((30, DIM)).astype(np.float32) * np.linspace(0.002, 0.02, 30)[:, None]
+    near /= np.linalg.norm(near, axis=1, keepdims=True)  # rows 0-19 nearest the centre, then 20-29
+    big.write(records(near, start=7000))
+    with big.writer():
+        vector_index.refresh(big, background=False)
+    big.remove([f"/photos/{i // 100:03d}/{i:05d}.jpg" for i in range(7000, 7020)])
+    with big.writer():
+        vector_index.refresh(big, background=False)
+    kept = {big.id_for_path(f"/photos/{i // 100:03d}/{i:05d}.jpg") for i in range(7020, 7030)}
+    assert {i for i, _ in vector_index.open_index(big).search(centre, 5)} <= kept
+
+
 def test_many_additions_extend_the_ivf_and_drift_rebuilds_it(big):
     big.write(records(clustered(1200, seed=7), start=5000))
     with big.writer():

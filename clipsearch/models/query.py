@@ -22,6 +22,7 @@ import numpy as np
 from ..store import Store
 from . import export_cache, onnx_text
 from .onnx_text import OnnxTextEncoder, TextEncoderUnavailable
+from .text_worker import TextWorker
 
 if TYPE_CHECKING:  # the torch model and Pillow: imported only when a query needs them
     from .preprocess import Preprocess
@@ -48,12 +49,14 @@ class QueryEncoder:
     """
 
     def __init__(self, store: Store, model_id: str, device: str | None = None, precision: str = "auto",
-                 notify: Callable[[str], None] | None = None, models: LoadedModels | None = None):
+                 notify: Callable[[str], None] | None = None, models: LoadedModels | None = None,
+                 worker: TextWorker | None = None):
         if precision not in onnx_text.PRECISIONS:
             raise ValueError(f"precision must be one of {onnx_text.PRECISIONS}, not {precision!r}")
         self.store, self.model_id, self.device, self.precision = store, model_id, device, precision
         self.notify = notify or (lambda message: None)
         self.models = models or LoadedModels()
+        self.worker = worker  # the command line's text worker (text_worker.py): asked instead of the thread
 
     def on(self, store: Store) -> QueryEncoder:
         """The same models, remembering queries in `store`: for another thread, which has its own connection."""
@@ -74,21 +77,31 @@ class QueryEncoder:
         known = self.store.remembered_queries(self.model_id, self.precision, list(dict.fromkeys(texts)))
         new = [text for text in dict.fromkeys(texts) if text not in known]
         if new:
-            with self.models.lock:
-                vectors = dict(zip(new, self.text_encoder().embed_texts(new)))
+            embedded = None
+            if self.worker is not None:
+                embedded, self.worker = self.worker.answer(new), None
+            if embedded is None:
+                with self.models.lock:
+                    embedded = self.text_encoder().embed_texts(new)
+            vectors = dict(zip(new, embedded))
             self.store.remember_queries(self.model_id, self.precision, vectors)
             known.update(vectors)
         return np.stack([known[text] for text in texts])
 
     def start_loading(self, texts: list[str]) -> None:
-        """Start loading the text encoder in a background thread when some of `texts` are not remembered, so it
-        loads (onnxruntime, the tokenizer, the graph: ~0.3 s) while the caller opens the index and ranks
-        (search.find). Only the cached ONNX export is loaded there; anything else (an export, the torch
-        fallback and its notices) is left to `text_encoder`, in the caller's thread."""
-        if self.models.text is not None:
-            return
-        known = self.store.remembered_queries(self.model_id, self.precision, list(dict.fromkeys(texts)))
-        if all(text in known for text in texts):
+        """Start embedding the texts that are not remembered while the caller opens the index and filters it
+        (search.find): the text worker is asked when there is one, else the text encoder loads in a background
+        thread (onnxruntime, the tokenizer, the graph: ~0.1 s). Only the cached ONNX export is used there;
+        anything else (an export, the torch fallback and its notices) is left to `text_encoder`, in the
+        caller's thread."""
+        new = [] if self.models.text is not None else list(dict.fromkeys(texts))
+        if new:
+            known = self.store.remembered_queries(self.model_id, self.precision, new)
+            new = [text for text in new if text not in known]
+        if self.worker is not None and not (new and self.worker.ask(self.model_id, self.precision, new)):
+            self.worker.stop()  # not needed: its core goes back to the query
+            self.worker = None
+        if not new or self.worker is not None:
             return
         threading.Thread(target=self._load_cached_text_encoder, name="clipsearch-text-encoder", daemon=True).start()
 

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from clipsearch.store import SCHEMA_VERSION, Store
 from clipsearch_dev import scenes
 
@@ -301,3 +303,16 @@ def test_similar_to_an_image_outside_the_index_needs_no_torch(small_library, tmp
     assert done.returncode == 0, done.stderr
     path, score, torch_loaded = done.stdout.split()
     assert path == str(original) and float(score) >= 0.99 and torch_loaded == "False"
+
+
+@pytest.mark.parametrize("command", ["find", "index"])
+def test_ctrl_c_says_work_is_saved_only_where_there_is_work(cli, scene_index, tmp_path, monkeypatch, command):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(f"clipsearch.library.Library.{command}", interrupted)
+    args = ["a red circle"] if command == "find" else [tmp_path]
+    result = cli(command, *args, "--db", scene_index)
+    assert result.exit_code == 130
+    assert "Interrupted." in result.output
+    assert ("Work so far is saved" in result.output) == (command == "index")  # a query has nothing to save

@@ -166,9 +166,10 @@ def _format(json_: bool, paths: bool = False) -> Format:
 
 
 @contextmanager
-def _errors() -> Iterator[None]:
+def _errors(saves_work: bool = True) -> Iterator[None]:
     """The one place errors become exit codes: a library error is one clear line and its own code;
-    anything else is a bug, reported as an internal error (with the traceback under --debug)."""
+    anything else is a bug, reported as an internal error (with the traceback under --debug).
+    `saves_work`: an interruption says the work so far is kept (not for a query, which has none)."""
     try:
         yield
     except ClipsearchError as exc:
@@ -176,7 +177,8 @@ def _errors() -> Iterator[None]:
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt as exc:
         what = "Terminated" if isinstance(exc, Terminated) else "Interrupted"
-        stderr.print(f"[yellow]{what}.[/] Work so far is saved; run the same command again to continue.")
+        saved = " Work so far is saved; run the same command again to continue." if saves_work else ""
+        stderr.print(f"[yellow]{what}.[/]{saved}")
         raise typer.Exit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED) from None
     except BrokenPipeError:  # `clipsearch find cat | head -1`: the reader has all it wanted
         _silence_stdout()
@@ -196,11 +198,11 @@ def _errors() -> Iterator[None]:
 
 @contextmanager
 def _library(db: Path | None, model: str | None = None, device: str | None = None,
-             text_worker: TextWorker | None = None) -> Iterator[Library]:
+             text_worker: TextWorker | None = None, saves_work: bool = True) -> Iterator[Library]:
     """The index as the Python API sees it, with errors mapped to exit codes and notices on stderr."""
     from ..library import Library
 
-    with _errors(), Library(db, model, device, notify=lambda message: stderr.print(escape(message)),
+    with _errors(saves_work), Library(db, model, device, notify=lambda message: stderr.print(escape(message)),
                             text_worker=text_worker) as library:
         yield library
 
@@ -324,7 +326,7 @@ def find_command(
     """Find images matching a description (and/or example images), best first."""
     _quick_exit()
     fmt = _format(json_, paths)
-    with _library(db, model, device, text_worker=_text_worker) as lib:
+    with _library(db, model, device, text_worker=_text_worker, saves_work=False) as lib:
         hits = lib.find(query, top=top, folder=folder, threshold=threshold, tags=tag, after=after, before=before,
                         camera=camera, precision=precision.value, place=place, country=country, near=near,
                         radius=radius, text=text, exact=exact)
@@ -358,7 +360,7 @@ def similar_command(
     """Find the images most like IMAGE (IMAGE itself is not listed)."""
     _quick_exit()
     fmt = _format(json_, paths)
-    with _library(db, model, device) as lib:
+    with _library(db, model, device, saves_work=False) as lib:
         hits = lib.similar(image, top=top, folder=folder, threshold=threshold, after=after, before=before,
                            camera=camera, place=place, country=country, near=near, radius=radius, exact=exact)
         _show_query_hits(hits, fmt, preview_size if show_preview else None, null)

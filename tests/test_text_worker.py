@@ -192,3 +192,23 @@ def test_stop_before_an_answer_ends_the_worker_at_once():
 def test_the_worker_is_not_forked_where_the_platform_is_not_linux(monkeypatch):
     monkeypatch.setattr(sys, "platform", "darwin")
     assert TextWorker.start() is None  # the query loads its encoder in a thread instead
+
+
+def test_a_worker_that_does_not_answer_is_given_up_on_and_ended():
+    answer = run_python(f"""
+        import json, os, signal, time
+        from clipsearch.models import text_worker
+        from clipsearch.models.text_worker import TextWorker
+        worker = TextWorker.start()
+        pid = worker.pid
+        os.kill(pid, signal.SIGSTOP)  # stuck: it will never answer
+        text_worker.ANSWER_TIMEOUT = 0.5
+        worker.ask({TINY_MODEL!r}, "auto", ["a red circle"])
+        started = time.monotonic()
+        vectors = worker.answer(["a red circle"])
+        waited = time.monotonic() - started
+        worker.stop(wait=True)
+        print(json.dumps({{"answer": vectors, "waited": waited, "pid": pid}}))
+    """)
+    assert answer["answer"] is None and 0.4 < answer["waited"] < 10
+    assert gone(answer["pid"])

@@ -21,12 +21,17 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import numpy as np
+
+# Loading takes ~0.1 s (seconds from a cold, slow disk); a worker stuck for longer is given up on, and the
+# caller loads the encoder itself.
+ANSWER_TIMEOUT = 60.0
 
 
 class TextWorker:
@@ -87,6 +92,8 @@ class TextWorker:
         if self.asked != texts or self._results is None:
             return None
         try:
+            if not select.select([self._results], [], [], ANSWER_TIMEOUT)[0]:
+                raise TimeoutError
             with os.fdopen(self._results, "rb", closefd=False) as results:
                 header = json.loads(results.readline() or b"{}")
                 rows, dim = int(header.get("rows", 0)), int(header.get("dim", 0))
